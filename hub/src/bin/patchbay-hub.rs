@@ -1,0 +1,76 @@
+//! `patchbay-hub`: runs the hub until Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use patchbay_hub::config::HubConfig;
+use patchbay_hub::server::{serve, Hub};
+use tokio::net::TcpListener;
+
+/// The patchbay hub: routes tagged messages between agents, controllers and
+/// operators, keeps the latest state of every device, and brokers commands.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file (every field is optional; see README.md).
+    #[arg(long, short, env = "PATCHBAY_HUB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Wire-protocol address, overriding the config's `listen` [default: 127.0.0.1:7400].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Allow listening on a non-loopback address with no tokens configured.
+    #[arg(long)]
+    insecure: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => HubConfig::load(path)?,
+        None => HubConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if !config.auth_required() && !config.listen.ip().is_loopback() && !args.insecure {
+        bail!(
+            "refusing to listen on {} with no tokens configured: anyone who can reach it could control every device. \
+             Add [[tokens]] to the config, listen on a loopback address, or pass --insecure",
+            config.listen
+        );
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    println!("patchbay-hub listening on {addr}");
+    tracing::info!(%addr, auth = config.auth_required(), "hub started");
+    let hub = Hub::new(config);
+    serve(hub, listener, shutdown_signal()).await;
+    tracing::info!("hub stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

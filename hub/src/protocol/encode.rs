@@ -1,0 +1,304 @@
+//! Encoding frames into line buffers.
+//!
+//! The hub's encoders write straight into a caller's `Vec<u8>`, borrowing
+//! bodies as raw JSON, so a message fanned out to many subscribers is
+//! serialized once. [`ClientOut`] is the client side's frame type.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::ErrorCode;
+
+fn line<T: Serialize>(buf: &mut Vec<u8>, frame: &T) {
+    // Serializing plain structs of strings, numbers and raw JSON into a Vec cannot fail.
+    serde_json::to_writer(&mut *buf, frame).expect("frame serializes");
+    buf.push(b'\n');
+}
+
+/// A routed message as the hub writes it.
+#[derive(Serialize)]
+pub struct MsgOut<'a> {
+    op: &'static str,
+    /// Concrete tag.
+    pub tag: &'a str,
+    /// Body as raw JSON.
+    pub body: &'a RawValue,
+    /// Publisher name.
+    pub from: &'a str,
+    /// Hub-wide sequence number.
+    pub seq: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    /// True for retained tags.
+    pub retained: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Correlation id.
+    pub cid: Option<&'a str>,
+}
+
+/// Appends a `msg` frame.
+pub fn encode_msg(
+    buf: &mut Vec<u8>,
+    tag: &str,
+    body: &RawValue,
+    from: &str,
+    seq: u64,
+    retained: bool,
+    cid: Option<&str>,
+) {
+    line(
+        buf,
+        &MsgOut {
+            op: "msg",
+            tag,
+            body,
+            from,
+            seq,
+            retained,
+            cid,
+        },
+    );
+}
+
+/// Appends a forwarded `req` frame carrying the hub's own request id.
+pub fn encode_req(
+    buf: &mut Vec<u8>,
+    tag: &str,
+    body: &RawValue,
+    rid: u64,
+    from: &str,
+    cid: Option<&str>,
+) {
+    #[derive(Serialize)]
+    struct ReqOut<'a> {
+        op: &'static str,
+        tag: &'a str,
+        body: &'a RawValue,
+        rid: u64,
+        from: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cid: Option<&'a str>,
+    }
+    line(
+        buf,
+        &ReqOut {
+            op: "req",
+            tag,
+            body,
+            rid,
+            from,
+            cid,
+        },
+    );
+}
+
+/// Appends a `rep` frame carrying the requester's own `rid`.
+pub fn encode_rep(buf: &mut Vec<u8>, rid: &RawValue, body: &RawValue) {
+    #[derive(Serialize)]
+    struct RepOut<'a> {
+        op: &'static str,
+        rid: &'a RawValue,
+        body: &'a RawValue,
+    }
+    line(
+        buf,
+        &RepOut {
+            op: "rep",
+            rid,
+            body,
+        },
+    );
+}
+
+/// Appends an `ok` frame; `seq` marks the end of a snapshot.
+pub fn encode_ok(buf: &mut Vec<u8>, id: Option<&RawValue>, seq: Option<u64>) {
+    #[derive(Serialize)]
+    struct OkOut<'a> {
+        op: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    }
+    line(buf, &OkOut { op: "ok", id, seq });
+}
+
+/// Appends an `err` frame; `id` names the failed frame, `rid` the failed request.
+pub fn encode_err(
+    buf: &mut Vec<u8>,
+    id: Option<&RawValue>,
+    rid: Option<&RawValue>,
+    code: &str,
+    message: &str,
+) {
+    #[derive(Serialize)]
+    struct ErrOut<'a> {
+        op: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<&'a RawValue>,
+        code: &'a str,
+        message: &'a str,
+    }
+    line(
+        buf,
+        &ErrOut {
+            op: "err",
+            id,
+            rid,
+            code,
+            message,
+        },
+    );
+}
+
+/// Appends a `pong` frame.
+pub fn encode_pong(buf: &mut Vec<u8>, id: Option<&RawValue>) {
+    #[derive(Serialize)]
+    struct PongOut<'a> {
+        op: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+    }
+    line(buf, &PongOut { op: "pong", id });
+}
+
+/// Appends the hub's `ping` frame.
+pub fn encode_ping(buf: &mut Vec<u8>) {
+    buf.extend_from_slice(b"{\"op\":\"ping\"}\n");
+}
+
+/// Appends a `welcome` frame.
+pub fn encode_welcome(
+    buf: &mut Vec<u8>,
+    id: Option<&RawValue>,
+    client: u64,
+    name: &str,
+    role: &str,
+) {
+    #[derive(Serialize)]
+    struct WelcomeOut<'a> {
+        op: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        client: u64,
+        name: &'a str,
+        role: &'a str,
+        version: &'static str,
+    }
+    line(
+        buf,
+        &WelcomeOut {
+            op: "welcome",
+            id,
+            client,
+            name,
+            role,
+            version: env!("CARGO_PKG_VERSION"),
+        },
+    );
+}
+
+impl ErrorCode {
+    /// Encodes this code as a connection-level `err` frame.
+    pub fn frame(self, message: &str) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(64 + message.len());
+        encode_err(&mut buf, None, None, self.as_str(), message);
+        buf
+    }
+}
+
+/// A frame a client sends, for the client library and tools.
+#[derive(Debug, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum ClientOut<'a> {
+    /// `hello`.
+    Hello {
+        /// Frame id.
+        id: u64,
+        /// Client name.
+        name: &'a str,
+        /// Token.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token: Option<&'a str>,
+    },
+    /// `sub`.
+    Sub {
+        /// Frame id.
+        id: u64,
+        /// Patterns.
+        tags: &'a [String],
+        /// Snapshot first.
+        snapshot: bool,
+    },
+    /// `unsub`.
+    Unsub {
+        /// Frame id.
+        id: u64,
+        /// Patterns.
+        tags: &'a [String],
+    },
+    /// `pub`.
+    Pub {
+        /// Frame id; none for fire-and-forget.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// Tag.
+        tag: &'a str,
+        /// Body.
+        body: &'a Value,
+        /// Retain.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        retain: bool,
+        /// Correlation id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cid: Option<&'a str>,
+    },
+    /// `claim`.
+    Claim {
+        /// Frame id.
+        id: u64,
+        /// Prefix.
+        prefix: &'a str,
+    },
+    /// `req`.
+    Req {
+        /// Request id.
+        rid: u64,
+        /// Tag.
+        tag: &'a str,
+        /// Body.
+        body: &'a Value,
+        /// Timeout.
+        timeout_ms: u64,
+        /// Correlation id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cid: Option<&'a str>,
+    },
+    /// `rep` with a body.
+    Rep {
+        /// The hub's rid.
+        rid: u64,
+        /// Body.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        body: Option<&'a Value>,
+        /// Error.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<&'a super::ErrorBody>,
+    },
+    /// `ping`.
+    Ping {
+        /// Frame id.
+        id: u64,
+    },
+    /// `pong`.
+    Pong,
+}
+
+impl ClientOut<'_> {
+    /// Appends this frame as one line.
+    pub fn encode(&self, buf: &mut Vec<u8>) {
+        line(buf, self);
+    }
+}

@@ -1,0 +1,347 @@
+//! One client's protocol session, independent of its transport.
+//!
+//! A transport (TCP here, WebSocket on the HTTP side) feeds complete lines to
+//! [`Session::handle_line`] and runs the outbox's writer; the session checks
+//! each frame, enforces auth, roles and limits, and calls into the [`Hub`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use super::hub::{Hub, Identity, OpError};
+use super::metrics::Metrics;
+use super::outbox::{Outbox, Push};
+use super::ConnId;
+use crate::config::Role;
+use crate::protocol::{
+    encode_err, encode_ok, encode_ping, encode_pong, encode_welcome, parse_client_frame,
+    ClientFrame, ErrorCode,
+};
+use crate::tag::{validate_pattern, validate_tag, TagError};
+
+/// Whether the transport should keep the connection open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading.
+    Continue,
+    /// Stop reading; the outbox holds the final frame to flush.
+    Close,
+}
+
+/// The state of one connected client.
+pub struct Session {
+    hub: Arc<Hub>,
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+    role: Option<Role>,
+    greeted: bool,
+    bad_in_row: u32,
+    last_heard: Instant,
+    pinged: bool,
+}
+
+fn tag_error(e: TagError) -> OpError {
+    OpError::new(ErrorCode::BadTag, e.to_string())
+}
+
+impl Session {
+    /// Registers a new connection with the hub.
+    pub fn open(hub: Arc<Hub>, peer: SocketAddr, outbox: Arc<Outbox>) -> Result<Self, OpError> {
+        let conn = hub.connect(peer, outbox.clone())?;
+        let role = (!hub.config().auth_required()).then_some(Role::Agent);
+        Ok(Session {
+            hub,
+            conn,
+            outbox,
+            role,
+            greeted: false,
+            bad_in_row: 0,
+            last_heard: Instant::now(),
+            pinged: false,
+        })
+    }
+
+    /// The hub this session belongs to.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// The hub's id for this connection.
+    pub fn id(&self) -> ConnId {
+        self.conn
+    }
+
+    fn send(&self, frame: Vec<u8>) {
+        if self.outbox.push(Bytes::from(frame)) == Push::Overflow {
+            Metrics::inc(&self.hub.metrics().slow_consumer_drops);
+            self.outbox
+                .kill(Bytes::from(ErrorCode::SlowConsumer.frame(
+                    "outbound queue full: the client is not reading its replies",
+                )));
+        }
+    }
+
+    fn send_err(&self, id: Option<&RawValue>, e: &OpError) {
+        let mut buf = Vec::with_capacity(64 + e.message.len());
+        encode_err(&mut buf, id, None, e.code.as_str(), &e.message);
+        self.send(buf);
+    }
+
+    fn close_with(&self, code: ErrorCode, message: &str) -> Flow {
+        self.outbox.kill(Bytes::from(code.frame(message)));
+        Flow::Close
+    }
+
+    /// Notes that the client sent something (any bytes count as a sign of life).
+    pub fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+        self.pinged = false;
+    }
+
+    /// Heartbeat check: pings a quiet client, closes a silent one.
+    pub fn tick(&mut self, now: Instant) -> Flow {
+        let quiet = now.saturating_duration_since(self.last_heard);
+        let cfg = self.hub.config();
+        if quiet >= cfg.idle_timeout() {
+            return self.close_with(
+                ErrorCode::IdleTimeout,
+                &format!("nothing received for {} ms", cfg.idle_timeout_ms),
+            );
+        }
+        if quiet >= cfg.ping_interval() && !self.pinged {
+            self.pinged = true;
+            let mut buf = Vec::with_capacity(16);
+            encode_ping(&mut buf);
+            self.send(buf);
+        }
+        Flow::Continue
+    }
+
+    /// Reports a line longer than the frame limit (its bytes are being discarded).
+    pub fn frame_too_large(&mut self) -> Flow {
+        let e = OpError::new(
+            ErrorCode::FrameTooLarge,
+            format!(
+                "frame exceeds the limit of {} bytes and was discarded",
+                self.hub.config().max_frame_bytes
+            ),
+        );
+        self.bad_frame(None, &e)
+    }
+
+    fn bad_frame(&mut self, id: Option<&RawValue>, e: &OpError) -> Flow {
+        Metrics::inc(&self.hub.metrics().bad_frames);
+        self.bad_in_row += 1;
+        let limit = self.hub.config().max_bad_frames;
+        if self.bad_in_row >= limit {
+            self.send_err(id, e);
+            return self.close_with(
+                ErrorCode::TooManyErrors,
+                &format!("{limit} bad frames in a row; closing the connection"),
+            );
+        }
+        self.send_err(id, e);
+        Flow::Continue
+    }
+
+    /// Handles one line (without its newline).
+    pub fn handle_line(&mut self, line: &[u8]) -> Flow {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Flow::Continue;
+        }
+        let incoming = match parse_client_frame(line) {
+            Ok(i) => i,
+            Err(fe) => {
+                let e = OpError::new(fe.code, fe.message);
+                return self.bad_frame(fe.id.as_deref(), &e);
+            }
+        };
+        self.bad_in_row = 0;
+        let id = incoming.id;
+        let frame = incoming.frame;
+        if let ClientFrame::Hello { name, token } = frame {
+            return self.hello(id, name, token);
+        }
+        let Some(role) = self.role else {
+            return self.close_with(
+                ErrorCode::Unauthorized,
+                "this hub requires a token: send {\"op\":\"hello\",\"token\":\"...\"} first",
+            );
+        };
+        match self.dispatch(role, id, frame) {
+            Ok(()) => {}
+            Err(e) => self.send_err(id, &e),
+        }
+        Flow::Continue
+    }
+
+    fn ok(&self, id: Option<&RawValue>, seq: Option<u64>) {
+        if id.is_some() {
+            let mut buf = Vec::with_capacity(48);
+            encode_ok(&mut buf, id, seq);
+            self.send(buf);
+        }
+    }
+
+    fn require(&self, role: Role, allowed: &[Role], what: &str) -> Result<(), OpError> {
+        if allowed.contains(&role) {
+            Ok(())
+        } else {
+            Err(OpError::new(
+                ErrorCode::Forbidden,
+                format!("the `{}` role may not {what}", role.as_str()),
+            ))
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        role: Role,
+        id: Option<&RawValue>,
+        frame: ClientFrame<'_>,
+    ) -> Result<(), OpError> {
+        const WRITERS: &[Role] = &[Role::Agent, Role::Operator];
+        match frame {
+            ClientFrame::Hello { .. } => unreachable!("handled before dispatch"),
+            ClientFrame::Sub { tags, snapshot } => {
+                for t in &tags {
+                    validate_pattern(t).map_err(tag_error)?;
+                }
+                self.hub.subscribe(self.conn, &tags, snapshot, id)?;
+            }
+            ClientFrame::Unsub { tags } => {
+                self.hub.unsubscribe(self.conn, &tags);
+                self.ok(id, None);
+            }
+            ClientFrame::Pub {
+                tag,
+                body,
+                retain,
+                cid,
+            } => {
+                self.require(role, WRITERS, "publish")?;
+                validate_tag(&tag).map_err(tag_error)?;
+                let seq = self
+                    .hub
+                    .publish(self.conn, &tag, body, retain, cid.as_deref())?;
+                self.ok(id, Some(seq));
+            }
+            ClientFrame::Claim { prefix } => {
+                self.require(role, &[Role::Agent], "claim tags")?;
+                validate_tag(&prefix).map_err(tag_error)?;
+                self.hub.claim(self.conn, &prefix)?;
+                self.ok(id, None);
+            }
+            ClientFrame::Req {
+                tag,
+                body,
+                rid,
+                timeout_ms,
+                cid,
+            } => {
+                let timeout = timeout_ms.map(Duration::from_millis);
+                let sent = self
+                    .require(role, WRITERS, "send requests")
+                    .and_then(|()| validate_tag(&tag).map_err(tag_error))
+                    .and_then(|()| {
+                        self.hub
+                            .request(self.conn, &tag, body, rid, timeout, cid.as_deref())
+                    });
+                match sent {
+                    Ok(()) => self.ok(id, None),
+                    // A failed request carries its rid, so the requester can match it.
+                    Err(e) => {
+                        let mut buf = Vec::with_capacity(64 + e.message.len());
+                        encode_err(&mut buf, id, Some(rid), e.code.as_str(), &e.message);
+                        self.send(buf);
+                    }
+                }
+            }
+            ClientFrame::Rep { rid, result } => {
+                self.hub.reply(self.conn, rid, result)?;
+                self.ok(id, None);
+            }
+            ClientFrame::Ping => {
+                let mut buf = Vec::with_capacity(32);
+                encode_pong(&mut buf, id);
+                self.send(buf);
+            }
+            ClientFrame::Pong => {}
+        }
+        Ok(())
+    }
+
+    fn hello(
+        &mut self,
+        id: Option<&RawValue>,
+        name: Option<String>,
+        token: Option<String>,
+    ) -> Flow {
+        if self.greeted {
+            self.send_err(
+                id,
+                &OpError::new(
+                    ErrorCode::BadFrame,
+                    "`hello` was already sent on this connection",
+                ),
+            );
+            return Flow::Continue;
+        }
+        let cfg = self.hub.config();
+        let (role, may_claim) = if cfg.auth_required() {
+            let found = token
+                .as_deref()
+                .and_then(|t| cfg.tokens.iter().find(|c| c.token == t));
+            match found {
+                Some(t) => (t.role, (t.role == Role::Agent).then(|| t.claims.clone())),
+                None => {
+                    let why = if token.is_some() {
+                        "unknown token"
+                    } else {
+                        "this hub requires a token in `hello`"
+                    };
+                    return self.close_with(ErrorCode::Unauthorized, why);
+                }
+            }
+        } else {
+            (Role::Agent, None)
+        };
+        let current = self.hub.identity(self.conn);
+        let name = match name.filter(|n| !n.is_empty()) {
+            Some(n) => Arc::from(
+                n.chars()
+                    .filter(|c| !c.is_control())
+                    .take(128)
+                    .collect::<String>(),
+            ),
+            None => current
+                .map(|i| i.name)
+                .unwrap_or_else(|| Arc::from("anonymous")),
+        };
+        self.role = Some(role);
+        self.greeted = true;
+        self.hub.identify(
+            self.conn,
+            Identity {
+                name: name.clone(),
+                role: Some(role),
+                may_claim,
+            },
+        );
+        let mut buf = Vec::with_capacity(128);
+        encode_welcome(&mut buf, id, self.conn, &name, role.as_str());
+        self.send(buf);
+        Flow::Continue
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.hub.disconnect(self.conn);
+    }
+}
