@@ -79,7 +79,7 @@ async fn read_loop(
             biased;
             _ = outbox.killed() => return,
             _ = shutdown.changed() => {
-                outbox.kill(Bytes::from(ErrorCode::ShuttingDown.frame("the hub is shutting down")));
+                outbox.end_with(Bytes::from(ErrorCode::ShuttingDown.frame("the hub is shutting down")));
                 return;
             }
             _ = tick.tick() => {

@@ -176,8 +176,8 @@ impl Outbox {
     }
 
     /// Drops everything queued, queues `last` as the final frame, closes, and
-    /// tells the connection's reader to stop. Used for slow consumers and
-    /// protocol violations, where the backlog no longer matters.
+    /// tells the connection's reader to stop. Used for slow consumers, where
+    /// the backlog is what went wrong.
     pub fn kill(&self, last: Bytes) {
         {
             let mut inner = self.lock();
@@ -200,7 +200,29 @@ impl Outbox {
         self.killed.notify_one();
     }
 
-    /// Resolves once [`Outbox::kill`] has been called.
+    /// Queues `last` after everything already queued, closes, and tells the
+    /// connection's reader to stop. Used where the client should still see
+    /// the frames before the final one (protocol violations, timeouts, shutdown).
+    pub fn end_with(&self, last: Bytes) {
+        {
+            let mut inner = self.lock();
+            if inner.closed {
+                return;
+            }
+            self.enqueue(
+                &mut inner,
+                Entry {
+                    frame: last,
+                    tag: None,
+                },
+            );
+            inner.closed = true;
+        }
+        self.wake.notify_one();
+        self.killed.notify_one();
+    }
+
+    /// Resolves once [`Outbox::kill`] or [`Outbox::end_with`] has been called.
     pub async fn killed(&self) {
         self.killed.notified().await;
     }

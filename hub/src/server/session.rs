@@ -92,7 +92,7 @@ impl Session {
     }
 
     fn close_with(&self, code: ErrorCode, message: &str) -> Flow {
-        self.outbox.kill(Bytes::from(code.frame(message)));
+        self.outbox.end_with(Bytes::from(code.frame(message)));
         Flow::Close
     }
 
