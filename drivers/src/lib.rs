@@ -1,1 +1,19 @@
-//! placeholder
+//! Device drivers for patchbay agents: PJLink, Epson ESC/VP21, and a line
+//! protocol configured in TOML, each generic over any byte stream, plus the
+//! transports that open those streams (TCP, serial) and simulators of the
+//! devices for tests and the demo.
+
+pub mod driver;
+mod error;
+pub mod escvp21;
+pub mod line;
+pub mod lineio;
+pub mod pjlink;
+pub mod schema;
+pub mod sim;
+pub mod transport;
+
+pub use driver::{AnyDriver, Driver};
+pub use error::DriverError;
+pub use schema::{Description, DeviceEvent, Kind, Level, Setting, State};
+pub use transport::{SerialSettings, Transport};

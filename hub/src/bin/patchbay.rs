@@ -117,7 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             client.subscribe(&patterns, snapshot).await?;
             let mut seen = 0u64;
-            while count.map_or(true, |c| seen < c) {
+            while count.is_none_or(|c| seen < c) {
                 let event = tokio::select! {
                     e = events.next() => e,
                     _ = tokio::signal::ctrl_c() => return Ok(()),

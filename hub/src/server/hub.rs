@@ -512,7 +512,7 @@ impl Hub {
             .unwrap_or(Duration::from_millis(self.config.request_timeout_ms))
             .min(Duration::from_millis(self.config.max_request_timeout_ms));
         let deadline = Instant::now() + timeout;
-        let earliest = st.deadlines.first().map_or(true, |(d, _)| deadline < *d);
+        let earliest = st.deadlines.first().is_none_or(|(d, _)| deadline < *d);
         st.pending.insert(
             hub_rid,
             Pending {

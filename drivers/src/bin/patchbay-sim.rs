@@ -1,0 +1,167 @@
+//! `patchbay-sim`: simulated projectors for trying patchbay without hardware.
+//!
+//! Reads control commands on stdin, one per line: `state`, `drop`,
+//! `silent on|off`, `failure on|off`, `lamp-error on|off`, and for a pty
+//! `unplug` / `plug`. Runs until Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use patchbay_drivers::sim::escvp21::{self, PtyDevice};
+use patchbay_drivers::sim::{pjlink, ProjectorConfig, Sim};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+
+/// Simulated projectors speaking PJLink or Epson ESC/VP21.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    protocol: Protocol,
+}
+
+#[derive(Subcommand)]
+enum Protocol {
+    /// A PJLink projector on a TCP port.
+    Pjlink {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:4352")]
+        listen: SocketAddr,
+        /// Require PJLink authentication with this password.
+        #[arg(long)]
+        password: Option<String>,
+        /// PJLink class (1 or 2).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+        class: u8,
+        /// Close connections idle this long, in milliseconds.
+        #[arg(long, default_value_t = 30_000)]
+        idle_close_ms: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// An Epson projector on a pseudo-terminal (serial) or TCP (ESC/VP.net).
+    Escvp21 {
+        /// Serve on a new pseudo-terminal; prints the path a driver should open.
+        #[arg(long, conflicts_with = "listen", required_unless_present = "listen")]
+        pty: bool,
+        /// With --pty: the stable path to link to the pty [default: a file in the temp dir].
+        #[arg(long, requires = "pty")]
+        link: Option<PathBuf>,
+        /// Serve ESC/VP.net on this TCP address instead.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// Projector name.
+    #[arg(long, default_value = "Simulated Projector")]
+    name: String,
+    /// Model name.
+    #[arg(long, default_value = "SIM-1000")]
+    model: String,
+    /// Warm-up time in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    warmup_ms: u64,
+    /// Cool-down time in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    cooldown_ms: u64,
+}
+
+impl Common {
+    fn config(&self) -> ProjectorConfig {
+        ProjectorConfig {
+            name: self.name.clone(),
+            model: self.model.clone(),
+            warmup: Duration::from_millis(self.warmup_ms),
+            cooldown: Duration::from_millis(self.cooldown_ms),
+            ..ProjectorConfig::default()
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut pty = None;
+    let sim = match cli.protocol {
+        Protocol::Pjlink {
+            listen,
+            password,
+            class,
+            idle_close_ms,
+            common,
+        } => {
+            let sim = Sim::new(ProjectorConfig {
+                password,
+                class,
+                idle_close: Duration::from_millis(idle_close_ms),
+                ..common.config()
+            });
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            println!("pjlink simulator listening on {}", listener.local_addr()?);
+            tokio::spawn(pjlink::serve(listener, sim.clone()));
+            sim
+        }
+        Protocol::Escvp21 {
+            pty: use_pty,
+            link,
+            listen,
+            common,
+        } => {
+            let sim = Sim::new(common.config());
+            if use_pty {
+                let link = link.unwrap_or_else(|| {
+                    std::env::temp_dir()
+                        .join(format!("patchbay-sim-escvp21-{}", std::process::id()))
+                });
+                let dev = PtyDevice::start(sim.clone(), &link)
+                    .context("cannot create a pseudo-terminal")?;
+                println!("escvp21 simulator on serial port {}", dev.path().display());
+                pty = Some(dev);
+            } else if let Some(listen) = listen {
+                let listener = TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                println!(
+                    "escvp21 simulator (ESC/VP.net) listening on {}",
+                    listener.local_addr()?
+                );
+                tokio::spawn(escvp21::serve_net(listener, sim.clone()));
+            } else {
+                bail!("give --pty or --listen");
+            }
+            sim
+        }
+    };
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            line = stdin.next_line(), if stdin_open => match line {
+                Ok(Some(line)) => {
+                    let answer = match (line.trim(), pty.as_mut()) {
+                        ("unplug", Some(dev)) => { dev.unplug(); "ok".to_owned() }
+                        ("plug", Some(dev)) => dev.plug().map(|()| "ok".to_owned()).unwrap_or_else(|e| format!("error: {e}")),
+                        (other, _) => sim.control(other),
+                    };
+                    println!("{answer}");
+                }
+                _ => stdin_open = false,
+            },
+        }
+    }
+    Ok(())
+}

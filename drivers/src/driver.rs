@@ -1,0 +1,102 @@
+//! The driver abstraction the agent runs devices through.
+
+use std::future::Future;
+
+use crate::escvp21::Escvp21;
+use crate::line::LineDriver;
+use crate::pjlink::Pjlink;
+use crate::schema::{Description, DeviceEvent, State};
+use crate::DriverError;
+
+/// What every device driver does.
+pub trait Driver: Send {
+    /// Identifies the device and returns its settings schema.
+    fn describe(&mut self) -> impl Future<Output = Result<Description, DriverError>> + Send;
+    /// Reads the whole current state.
+    fn poll(&mut self) -> impl Future<Output = Result<State, DriverError>> + Send;
+    /// Applies desired settings and returns the state the device confirms.
+    fn apply(&mut self, desired: &State)
+        -> impl Future<Output = Result<State, DriverError>> + Send;
+    /// Errors, warnings and notices seen since the last call.
+    fn take_events(&mut self) -> Vec<DeviceEvent>;
+    /// Closes the connection; the next call opens a new one.
+    fn disconnect(&mut self);
+}
+
+macro_rules! forward {
+    ($ty:ty) => {
+        impl Driver for $ty {
+            async fn describe(&mut self) -> Result<Description, DriverError> {
+                <$ty>::describe(self).await
+            }
+            async fn poll(&mut self) -> Result<State, DriverError> {
+                <$ty>::poll(self).await
+            }
+            async fn apply(&mut self, desired: &State) -> Result<State, DriverError> {
+                <$ty>::apply(self, desired).await
+            }
+            fn take_events(&mut self) -> Vec<DeviceEvent> {
+                <$ty>::take_events(self)
+            }
+            fn disconnect(&mut self) {
+                <$ty>::disconnect(self)
+            }
+        }
+    };
+}
+
+forward!(Pjlink);
+forward!(Escvp21);
+forward!(LineDriver);
+
+/// One of the built-in drivers, chosen by configuration.
+pub enum AnyDriver {
+    /// PJLink.
+    Pjlink(Pjlink),
+    /// Epson ESC/VP21.
+    Escvp21(Escvp21),
+    /// Line protocol from a TOML profile.
+    Line(LineDriver),
+}
+
+impl Driver for AnyDriver {
+    async fn describe(&mut self) -> Result<Description, DriverError> {
+        match self {
+            AnyDriver::Pjlink(d) => d.describe().await,
+            AnyDriver::Escvp21(d) => d.describe().await,
+            AnyDriver::Line(d) => d.describe().await,
+        }
+    }
+
+    async fn poll(&mut self) -> Result<State, DriverError> {
+        match self {
+            AnyDriver::Pjlink(d) => d.poll().await,
+            AnyDriver::Escvp21(d) => d.poll().await,
+            AnyDriver::Line(d) => d.poll().await,
+        }
+    }
+
+    async fn apply(&mut self, desired: &State) -> Result<State, DriverError> {
+        match self {
+            AnyDriver::Pjlink(d) => d.apply(desired).await,
+            AnyDriver::Escvp21(d) => d.apply(desired).await,
+            AnyDriver::Line(d) => d.apply(desired).await,
+        }
+    }
+
+    fn take_events(&mut self) -> Vec<DeviceEvent> {
+        match self {
+            AnyDriver::Pjlink(d) => d.take_events(),
+            AnyDriver::Escvp21(d) => d.take_events(),
+            AnyDriver::Line(d) => d.take_events(),
+        }
+    }
+
+    fn disconnect(&mut self) {
+        match self {
+            AnyDriver::Pjlink(d) => d.disconnect(),
+            AnyDriver::Escvp21(d) => d.disconnect(),
+            AnyDriver::Line(d) => d.disconnect(),
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Delimited reads and writes with timeouts over a [`BoxStream`], shared by
+//! every driver. Errors on a serial port are reported as the port being
+//! gone, since that is what EOF or EIO on a tty means.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::transport::BoxStream;
+use crate::DriverError;
+
+/// Longest reply accepted before the driver gives up on the stream.
+const MAX_REPLY: usize = 64 * 1024;
+
+/// A stream with a read buffer.
+pub struct LineIo {
+    stream: BoxStream,
+    buf: Vec<u8>,
+    serial_path: Option<String>,
+}
+
+impl LineIo {
+    /// Wraps a freshly opened stream; `serial_path` is set for serial ports.
+    pub fn new(stream: BoxStream, serial_path: Option<String>) -> Self {
+        LineIo {
+            stream,
+            buf: Vec::with_capacity(256),
+            serial_path,
+        }
+    }
+
+    fn gone(&self, reason: String) -> DriverError {
+        match &self.serial_path {
+            Some(path) => DriverError::SerialGone {
+                path: path.clone(),
+                reason,
+            },
+            None if reason == "end of stream" => DriverError::Closed,
+            None => DriverError::Io(std::io::Error::other(reason)),
+        }
+    }
+
+    /// Writes all of `bytes`.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), DriverError> {
+        let written = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        }
+        .await;
+        written.map_err(|e| self.gone(e.to_string()))
+    }
+
+    /// Drops anything already received (stale replies after a timeout).
+    pub fn discard_buffered(&mut self) {
+        self.buf.clear();
+    }
+
+    /// Reads up to and including `delim`; returns what came before it.
+    pub async fn read_until(
+        &mut self,
+        delim: &[u8],
+        timeout: Duration,
+        command: &str,
+    ) -> Result<Vec<u8>, DriverError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(pos) = find(&self.buf, delim) {
+                let rest = self.buf.split_off(pos + delim.len());
+                let mut line = std::mem::replace(&mut self.buf, rest);
+                line.truncate(pos);
+                return Ok(line);
+            }
+            if self.buf.len() > MAX_REPLY {
+                return Err(DriverError::Protocol(format!(
+                    "reply to `{command}` longer than {MAX_REPLY} bytes without a terminator"
+                )));
+            }
+            let mut chunk = [0u8; 1024];
+            let read = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await;
+            match read {
+                Err(_) => {
+                    return Err(DriverError::Timeout {
+                        command: command.to_owned(),
+                        timeout_ms: timeout.as_millis() as u64,
+                    })
+                }
+                Ok(Ok(0)) => return Err(self.gone("end of stream".into())),
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(Err(e)) => return Err(self.gone(e.to_string())),
+            }
+        }
+    }
+}
+
+impl LineIo {
+    /// Reads exactly `n` bytes (binary handshakes).
+    pub async fn read_exact(
+        &mut self,
+        n: usize,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<Vec<u8>, DriverError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.buf.len() < n {
+            let mut chunk = [0u8; 256];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => {
+                    return Err(DriverError::Timeout {
+                        command: what.to_owned(),
+                        timeout_ms: timeout.as_millis() as u64,
+                    })
+                }
+                Ok(Ok(0)) => return Err(self.gone("end of stream".into())),
+                Ok(Ok(k)) => self.buf.extend_from_slice(&chunk[..k]),
+                Ok(Err(e)) => return Err(self.gone(e.to_string())),
+            }
+        }
+        let rest = self.buf.split_off(n);
+        Ok(std::mem::replace(&mut self.buf, rest))
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}

@@ -1,0 +1,480 @@
+//! The PJLink driver (class 1, plus the class 2 queries a class 2 device has).
+//!
+//! One connection at most: the driver owns it and opens a new one only after
+//! dropping the old. Projectors close idle connections (about 30 s), so a
+//! connection idle longer than `idle_reconnect` is reopened before use, and a
+//! command that finds its reused connection closed is retried once on a
+//! fresh one. `ERR3` during warm-up or cool-down is "busy": `apply` waits for
+//! the transition to finish and retries instead of failing.
+
+pub mod codec;
+
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+
+use crate::lineio::LineIo;
+use crate::schema::{Description, DeviceEvent, Kind, Level, Setting, State};
+use crate::transport::Transport;
+use crate::DriverError;
+use codec::Greeting;
+
+/// Tunables for the PJLink driver.
+#[derive(Debug, Clone)]
+pub struct PjlinkOptions {
+    /// Password, when the projector requires one.
+    pub password: Option<String>,
+    /// Reply timeout for one command.
+    pub command_timeout: Duration,
+    /// Reopen a connection idle for longer than this (projectors drop them at ~30 s).
+    pub idle_reconnect: Duration,
+    /// Longest a warm-up or cool-down may take before `apply` gives up.
+    pub transition_timeout: Duration,
+    /// How often to check power state while waiting for a transition.
+    pub transition_poll: Duration,
+}
+
+impl Default for PjlinkOptions {
+    fn default() -> Self {
+        PjlinkOptions {
+            password: None,
+            command_timeout: Duration::from_secs(5),
+            idle_reconnect: Duration::from_secs(20),
+            transition_timeout: Duration::from_secs(120),
+            transition_poll: Duration::from_millis(500),
+        }
+    }
+}
+
+struct Conn {
+    io: LineIo,
+    /// The digest to prefix to the first command, when authenticating.
+    auth: Option<String>,
+    last_used: Instant,
+}
+
+/// A PJLink projector or display.
+pub struct Pjlink {
+    transport: Transport,
+    opts: PjlinkOptions,
+    conn: Option<Conn>,
+    class: u8,
+    /// (PJLink input code, id shown to users) for each input.
+    inputs: Vec<(String, String)>,
+    errors: Map<String, Value>,
+    events: Vec<DeviceEvent>,
+    /// Connections opened so far (for logs and tests).
+    opened: u64,
+}
+
+impl Pjlink {
+    /// A driver for the projector at `transport`; nothing is opened until first use.
+    pub fn new(transport: Transport, opts: PjlinkOptions) -> Self {
+        Pjlink {
+            transport,
+            opts,
+            conn: None,
+            class: 1,
+            inputs: Vec::new(),
+            errors: Map::new(),
+            events: Vec::new(),
+            opened: 0,
+        }
+    }
+
+    /// How many connections this driver has opened.
+    pub fn connections_opened(&self) -> u64 {
+        self.opened
+    }
+
+    /// Closes the connection, if any.
+    pub fn disconnect(&mut self) {
+        self.conn = None;
+    }
+
+    async fn open(&mut self) -> Result<(), DriverError> {
+        self.conn = None;
+        let stream = self.transport.open().await?;
+        self.opened += 1;
+        let mut io = LineIo::new(stream, self.transport.serial_path().map(str::to_owned));
+        let greeting = io
+            .read_until(b"\r", self.opts.command_timeout, "greeting")
+            .await?;
+        let greeting = String::from_utf8_lossy(&greeting).into_owned();
+        let auth = match codec::parse_greeting(&greeting)? {
+            Greeting::Open => None,
+            Greeting::Auth(random) => {
+                let password = self
+                    .opts
+                    .password
+                    .as_deref()
+                    .ok_or(DriverError::PasswordRequired)?;
+                Some(codec::digest(&random, password))
+            }
+        };
+        self.conn = Some(Conn {
+            io,
+            auth,
+            last_used: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Sends one command and returns its result, reconnecting as needed.
+    pub async fn command(
+        &mut self,
+        class: u8,
+        cmd: &str,
+        param: &str,
+    ) -> Result<String, DriverError> {
+        let stale = self
+            .conn
+            .as_ref()
+            .is_none_or(|c| c.last_used.elapsed() > self.opts.idle_reconnect);
+        let fresh = stale;
+        if stale {
+            self.open().await?;
+        }
+        match self.exchange(class, cmd, param).await {
+            Err(e) if !fresh && matches!(e, DriverError::Closed | DriverError::Io(_)) => {
+                // The projector dropped an idle connection we still held: retry once on a new one.
+                tracing::debug!("connection closed by the device; reconnecting");
+                self.open().await?;
+                self.exchange(class, cmd, param).await
+            }
+            other => other,
+        }
+    }
+
+    async fn exchange(&mut self, class: u8, cmd: &str, param: &str) -> Result<String, DriverError> {
+        let conn = self.conn.as_mut().ok_or(DriverError::Closed)?;
+        let mut line = conn.auth.take().unwrap_or_default();
+        line.push_str(&codec::command(class, cmd, param));
+        let what = format!("%{class}{cmd} {param}");
+        let result = async {
+            conn.io.send(line.as_bytes()).await?;
+            let reply = conn
+                .io
+                .read_until(b"\r", self.opts.command_timeout, &what)
+                .await?;
+            codec::parse_reply(&String::from_utf8_lossy(&reply), class, cmd, param)
+        }
+        .await;
+        match &result {
+            Err(e) if e.is_connection_lost() || matches!(e, DriverError::WrongPassword) => {
+                self.conn = None
+            }
+            _ => conn.last_used = Instant::now(),
+        }
+        result
+    }
+
+    /// A query whose `ERR1` (unsupported) or `ERR3` (unavailable now) means "no value".
+    async fn optional(
+        &mut self,
+        class: u8,
+        cmd: &str,
+        param: &str,
+    ) -> Result<Option<String>, DriverError> {
+        match self.command(class, cmd, param).await {
+            Ok(v) => Ok(Some(v)),
+            Err(DriverError::Unsupported(_) | DriverError::Busy(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Queries identity, class and inputs, and builds the settings schema.
+    pub async fn describe(&mut self) -> Result<Description, DriverError> {
+        let class = self
+            .optional(1, "CLSS", "?")
+            .await?
+            .unwrap_or_else(|| "1".into());
+        self.class = if class.trim() == "2" { 2 } else { 1 };
+        let manufacturer = self.optional(1, "INF1", "?").await?.unwrap_or_default();
+        let model = self.optional(1, "INF2", "?").await?.unwrap_or_default();
+        let mut info = Map::new();
+        info.insert("class".into(), json!(self.class));
+        for (key, class, cmd) in [
+            ("name", 1, "NAME"),
+            ("other", 1, "INFO"),
+            ("serial_number", 2, "SNUM"),
+            ("software_version", 2, "SVER"),
+        ] {
+            if class > self.class {
+                continue;
+            }
+            if let Some(v) = self.optional(class, cmd, "?").await? {
+                info.insert(key.into(), json!(v));
+            }
+        }
+        let list = self
+            .optional(self.class, "INST", "?")
+            .await?
+            .unwrap_or_default();
+        let mut inputs: Vec<(String, String)> = Vec::new();
+        for code in list.split_whitespace() {
+            let name = if self.class >= 2 {
+                self.optional(2, "INNM", &format!("?{code}")).await?
+            } else {
+                None
+            };
+            let id = name
+                .as_deref()
+                .map(slug)
+                .filter(|s| !s.is_empty() && !inputs.iter().any(|(_, i)| i == s))
+                .unwrap_or_else(|| {
+                    format!(
+                        "{}{}",
+                        codec::input_type(code),
+                        &code[1..].to_ascii_lowercase()
+                    )
+                });
+            inputs.push((code.to_owned(), id));
+        }
+        self.inputs = inputs;
+        let mut settings = vec![
+            Setting::new(
+                "power",
+                "Power",
+                Kind::Enum {
+                    values: vec!["on".into(), "off".into()],
+                    transitional: vec!["warming".into(), "cooling".into()],
+                },
+                true,
+            ),
+            Setting::new(
+                "input",
+                "Input",
+                Kind::Enum {
+                    values: self.inputs.iter().map(|(_, id)| id.clone()).collect(),
+                    transitional: Vec::new(),
+                },
+                true,
+            ),
+            Setting::new("mute", "A/V mute", Kind::Bool, true),
+        ];
+        if self.class >= 2 {
+            settings.push(Setting::new("freeze", "Freeze", Kind::Bool, true));
+        }
+        let hours = || Kind::Int {
+            min: 0,
+            max: 99_999,
+            unit: Some("h".into()),
+        };
+        settings.push(Setting::new("lamp_hours", "Lamp hours", hours(), false));
+        if self.class >= 2 {
+            settings.push(Setting::new("filter_hours", "Filter hours", hours(), false));
+        }
+        settings.push(Setting::new("errors", "Error status", Kind::Object, false));
+        Ok(Description {
+            driver: "pjlink".into(),
+            manufacturer,
+            model,
+            info,
+            settings,
+        })
+    }
+
+    async fn power(&mut self) -> Result<String, DriverError> {
+        let code = self.command(1, "POWR", "?").await?;
+        codec::power_name(&code)
+            .map(str::to_owned)
+            .ok_or_else(|| DriverError::Protocol(format!("unknown power state {code:?}")))
+    }
+
+    /// Reads the whole current state.
+    pub async fn poll(&mut self) -> Result<State, DriverError> {
+        if self.inputs.is_empty() {
+            self.describe().await?;
+        }
+        let mut state = State::new();
+        let power = self.power().await?;
+        let on = power == "on";
+        state.insert("power".into(), json!(power));
+        let input = if on {
+            self.optional(self.class, "INPT", "?").await?
+        } else {
+            None
+        };
+        let input = input.map(|code| {
+            self.inputs
+                .iter()
+                .find(|(c, _)| c.eq_ignore_ascii_case(&code))
+                .map(|(_, id)| id.clone())
+                .unwrap_or(code)
+        });
+        state.insert("input".into(), json!(input));
+        let mute = if on {
+            self.optional(1, "AVMT", "?").await?
+        } else {
+            None
+        };
+        state.insert("mute".into(), json!(mute.map(|m| m == "31")));
+        if self.class >= 2 {
+            let freeze = if on {
+                self.optional(2, "FREZ", "?").await?
+            } else {
+                None
+            };
+            state.insert("freeze".into(), json!(freeze.map(|f| f == "1")));
+        }
+        let lamp = self.optional(1, "LAMP", "?").await?;
+        let hours = lamp
+            .as_deref()
+            .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok());
+        state.insert("lamp_hours".into(), json!(hours));
+        if self.class >= 2 {
+            let filter = self.optional(2, "FILT", "?").await?;
+            state.insert(
+                "filter_hours".into(),
+                json!(filter.and_then(|f| f.trim().parse::<u64>().ok())),
+            );
+        }
+        if let Some(erst) = self.optional(1, "ERST", "?").await? {
+            let errors = parse_erst(&erst)?;
+            self.note_error_changes(&errors);
+            state.insert("errors".into(), Value::Object(errors));
+        }
+        Ok(state)
+    }
+
+    fn note_error_changes(&mut self, errors: &Map<String, Value>) {
+        for (field, level) in errors {
+            let before = self
+                .errors
+                .get(field)
+                .and_then(Value::as_str)
+                .unwrap_or("ok");
+            let now = level.as_str().unwrap_or("ok");
+            if now != before {
+                let (level, message) = match now {
+                    "error" => (Level::Error, format!("{field} error")),
+                    "warning" => (Level::Warning, format!("{field} warning")),
+                    _ => (Level::Info, format!("{field} back to normal")),
+                };
+                self.events.push(DeviceEvent {
+                    level,
+                    code: field.clone(),
+                    message,
+                });
+            }
+        }
+        self.errors = errors.clone();
+    }
+
+    /// Events noticed since the last call.
+    pub fn take_events(&mut self) -> Vec<DeviceEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Waits until the power state is no longer warming or cooling; returns it.
+    async fn settle(&mut self) -> Result<String, DriverError> {
+        let deadline = Instant::now() + self.opts.transition_timeout;
+        loop {
+            let power = self.power().await?;
+            if power != "warming" && power != "cooling" {
+                return Ok(power);
+            }
+            if Instant::now() >= deadline {
+                return Err(DriverError::Busy(format!(
+                    "still {power} after {} s",
+                    self.opts.transition_timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(self.opts.transition_poll).await;
+        }
+    }
+
+    /// Runs a set command, waiting out a warm-up or cool-down (`ERR3`) once.
+    async fn set(&mut self, class: u8, cmd: &str, param: &str) -> Result<(), DriverError> {
+        match self.command(class, cmd, param).await {
+            Ok(_) => Ok(()),
+            Err(DriverError::Busy(why)) => {
+                let power = self.settle().await?;
+                if power == "off" && cmd != "POWR" {
+                    return Err(DriverError::Busy(format!(
+                        "the projector is in standby; power it on before setting `{cmd}` ({why})"
+                    )));
+                }
+                self.command(class, cmd, param).await.map(drop)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Applies desired settings (power first) and returns the confirmed state.
+    pub async fn apply(&mut self, desired: &State) -> Result<State, DriverError> {
+        if self.inputs.is_empty() {
+            self.describe().await?;
+        }
+        if let Some(power) = desired.get("power").and_then(Value::as_str) {
+            let param = if power == "on" { "1" } else { "0" };
+            self.set(1, "POWR", param).await?;
+            // Returns once the projector reports the requested state.
+            let now = self.settle().await?;
+            if now != power {
+                return Err(DriverError::DeviceFailure(format!(
+                    "POWR {param} (projector reports {now})"
+                )));
+            }
+        }
+        if let Some(input) = desired.get("input").and_then(Value::as_str) {
+            let code = self
+                .inputs
+                .iter()
+                .find(|(_, id)| id == input)
+                .map(|(c, _)| c.clone())
+                .ok_or_else(|| DriverError::InvalidValue {
+                    setting: "input".into(),
+                    value: format!("{input:?}"),
+                    allowed: self
+                        .inputs
+                        .iter()
+                        .map(|(_, id)| id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+            let class = if code.bytes().all(|b| b.is_ascii_digit()) {
+                1
+            } else {
+                2
+            };
+            self.set(class, "INPT", &code).await?;
+        }
+        if let Some(mute) = desired.get("mute").and_then(Value::as_bool) {
+            self.set(1, "AVMT", if mute { "31" } else { "30" }).await?;
+        }
+        if let Some(freeze) = desired.get("freeze").and_then(Value::as_bool) {
+            self.set(2, "FREZ", if freeze { "1" } else { "0" }).await?;
+        }
+        self.poll().await
+    }
+}
+
+/// Parses the six `ERST` digits.
+fn parse_erst(erst: &str) -> Result<Map<String, Value>, DriverError> {
+    let bytes = erst.as_bytes();
+    if bytes.len() != 6 {
+        return Err(DriverError::Protocol(format!(
+            "ERST should be six digits, got {erst:?}"
+        )));
+    }
+    codec::ERST_FIELDS
+        .iter()
+        .zip(bytes)
+        .map(|(field, d)| {
+            codec::erst_level(*d)
+                .map(|l| ((*field).to_owned(), json!(l)))
+                .ok_or_else(|| DriverError::Protocol(format!("bad ERST digit in {erst:?}")))
+        })
+        .collect()
+}
+
+/// `HDMI 1` → `hdmi1`.
+fn slug(name: &str) -> String {
+    name.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}

@@ -1,0 +1,220 @@
+//! An Epson projector speaking ESC/VP21: over a pseudo-terminal (as a serial
+//! port) or TCP (ESC/VP.net, after its binary handshake).
+//!
+//! Every answer ends with the `:` prompt. While it powers up or down the
+//! projector stays silent for a while after `PWR ON`/`PWR OFF`, as real ones do.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use serialport::SerialPort;
+
+use super::projector::{Power, Refusal, Sim};
+
+/// The 16-byte ESC/VP.net header a client sends to connect.
+pub const NET_HELLO: [u8; 16] = *b"ESC/VP.net\x10\x03\x00\x00\x00\x00";
+/// The projector's answer: the same header with status 0x20 (OK).
+pub const NET_OK: [u8; 16] = *b"ESC/VP.net\x10\x03\x00\x00\x20\x00";
+
+/// (ESC/VP21 source code, PJLink-style input code) pairs the simulator knows.
+pub const SOURCES: &[(&str, &str)] = &[("30", "31"), ("A0", "32"), ("10", "11"), ("41", "21")];
+
+fn source_to_input(source: &str) -> Option<&'static str> {
+    SOURCES
+        .iter()
+        .find(|(s, _)| s.eq_ignore_ascii_case(source))
+        .map(|(_, i)| *i)
+}
+
+fn input_to_source(input: &str) -> &'static str {
+    SOURCES
+        .iter()
+        .find(|(_, i)| *i == input)
+        .map(|(s, _)| *s)
+        .unwrap_or("30")
+}
+
+/// Speaks ESC/VP21 on `stream` until it closes or the sim drops connections.
+pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, sim: Sim, net: bool) {
+    let _counted = sim.connection();
+    let mut drops = sim.drop_signal();
+    drops.mark_unchanged();
+    if net {
+        let mut hello = [0u8; 16];
+        if stream.read_exact(&mut hello).await.is_err() || hello[..10] != NET_HELLO[..10] {
+            return;
+        }
+        if stream.write_all(&NET_OK).await.is_err() {
+            return;
+        }
+    }
+    let mut line = Vec::new();
+    let mut byte = [0u8; 256];
+    loop {
+        let n = tokio::select! {
+            _ = drops.changed() => return,
+            r = stream.read(&mut byte) => match r {
+                Ok(0) => return,
+                Ok(n) => n,
+                // A pty master reads EIO while no one has the port open: wait for the next opener.
+                Err(_) if !net => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                Err(_) => return,
+            },
+        };
+        for &b in &byte[..n] {
+            if b != b'\r' {
+                if b != b'\n' && line.len() < 256 {
+                    line.push(b);
+                }
+                continue;
+            }
+            let command = String::from_utf8_lossy(&line).trim().to_ascii_uppercase();
+            line.clear();
+            if sim.lock().faults.silent {
+                continue;
+            }
+            let (reply, silence) = answer(&sim, &command);
+            if let Some(wait) = silence {
+                tokio::time::sleep(wait).await;
+            }
+            if stream.write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The reply (with its prompt) to one command, and how long to stay silent first.
+fn answer(sim: &Sim, command: &str) -> (String, Option<Duration>) {
+    let mut p = sim.lock();
+    let on = p.is_on();
+    let err = || ("ERR\r:".to_owned(), None);
+    let done = |r: Result<(), Refusal>| match r {
+        Ok(()) => (":".to_owned(), None),
+        Err(_) => ("ERR\r:".to_owned(), None),
+    };
+    match command.split_once(' ').unwrap_or((command, "")) {
+        ("", _) => (":".into(), None),
+        ("PWR?", _) => {
+            let code = match p.power {
+                Power::Off => "00",
+                Power::On => "01",
+                Power::Warming(_) => "02",
+                Power::Cooling(_) => "03",
+            };
+            (format!("PWR={code}\r:"), None)
+        }
+        ("PWR", arg @ ("ON" | "OFF")) => {
+            let turning_on = arg == "ON";
+            let changes = matches!(
+                (p.power, turning_on),
+                (Power::Off, true) | (Power::On, false)
+            );
+            let silence = if turning_on {
+                p.cfg.warmup / 3
+            } else {
+                p.cfg.cooldown / 3
+            };
+            match p.set_power(turning_on) {
+                Ok(()) => (":".into(), changes.then_some(silence)),
+                Err(_) => err(),
+            }
+        }
+        ("SOURCE?", _) if on => (format!("SOURCE={}\r:", input_to_source(&p.input)), None),
+        ("SOURCE", code) => match source_to_input(code) {
+            Some(input) => done(p.set_input(input)),
+            None => err(),
+        },
+        ("MUTE?", _) if on => (
+            format!("MUTE={}\r:", if p.video_mute { "ON" } else { "OFF" }),
+            None,
+        ),
+        ("MUTE", arg @ ("ON" | "OFF")) if on && !p.faults.failure => {
+            p.video_mute = arg == "ON";
+            p.audio_mute = p.video_mute;
+            (":".into(), None)
+        }
+        ("LAMP?", _) => (format!("LAMP={}\r:", p.lamp_hours), None),
+        ("ERR?", _) => (
+            format!("ERR={}\r:", if p.faults.lamp_error { "06" } else { "00" }),
+            None,
+        ),
+        _ => err(),
+    }
+}
+
+/// Accepts ESC/VP.net clients forever.
+pub async fn serve_net(listener: TcpListener, sim: Sim) {
+    loop {
+        if let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(session(stream, sim.clone(), true));
+        }
+    }
+}
+
+/// The simulator behind a pseudo-terminal, reachable at a stable path (a
+/// symlink to the pty, like a `/dev/serial/by-id/` name) that survives
+/// unplugging and replugging.
+pub struct PtyDevice {
+    sim: Sim,
+    link: PathBuf,
+    task: Option<JoinHandle<()>>,
+}
+
+impl PtyDevice {
+    /// Creates the pty, links `link` to it and starts answering.
+    pub fn start(sim: Sim, link: &Path) -> std::io::Result<Self> {
+        let mut dev = PtyDevice {
+            sim,
+            link: link.to_owned(),
+            task: None,
+        };
+        dev.plug()?;
+        Ok(dev)
+    }
+
+    /// The path a driver should open.
+    pub fn path(&self) -> &Path {
+        &self.link
+    }
+
+    /// Plugs the cable back in: a new pty behind the same path.
+    pub fn plug(&mut self) -> std::io::Result<()> {
+        self.unplug();
+        let (master, slave) = serialport::TTYPort::pair().map_err(std::io::Error::other)?;
+        let pty = slave
+            .name()
+            .ok_or_else(|| std::io::Error::other("pseudo-terminal without a name"))?;
+        let _ = std::fs::remove_file(&self.link);
+        std::os::unix::fs::symlink(&pty, &self.link)?;
+        let master = tokio_serial::SerialStream::try_from(master).map_err(std::io::Error::other)?;
+        let sim = self.sim.clone();
+        self.task = Some(tokio::spawn(async move {
+            // Holding the slave open keeps the master from reading EIO between openers.
+            let _slave = slave;
+            session(master, sim, false).await;
+        }));
+        Ok(())
+    }
+
+    /// Pulls the cable: the pty disappears, so an open port reads EOF/EIO.
+    pub fn unplug(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let _ = std::fs::remove_file(&self.link);
+    }
+}
+
+impl Drop for PtyDevice {
+    fn drop(&mut self) {
+        self.unplug();
+    }
+}

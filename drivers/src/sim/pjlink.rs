@@ -1,0 +1,243 @@
+//! A PJLink projector on a TCP port: greeting and MD5 authentication, class 1
+//! and class 2 commands, `ERR1`-`ERR4` where a real projector answers them,
+//! `ERR3` during transitions, idle connections closed after `idle_close`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::projector::{Refusal, Sim};
+use crate::pjlink::codec;
+
+/// Commands that exist only in class 2.
+const CLASS2_ONLY: &[&str] = &[
+    "SNUM", "SVER", "INNM", "IRES", "RRES", "FILT", "RLMP", "RFIL", "FREZ", "SVOL", "MVOL",
+];
+
+/// Accepts PJLink clients forever.
+pub async fn serve(listener: TcpListener, sim: Sim) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(session(stream, sim.clone()));
+            }
+            Err(e) => {
+                tracing::warn!("pjlink sim accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn random_hex() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut x = nanos ^ COUNTER.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    format!("{:08x}", x as u32)
+}
+
+async fn session(stream: TcpStream, sim: Sim) {
+    let _counted = sim.connection();
+    let mut drops = sim.drop_signal();
+    drops.mark_unchanged();
+    let (rd, mut wr) = stream.into_split();
+    let mut lines = BufReader::new(rd);
+    let (password, idle) = {
+        let p = sim.lock();
+        (p.cfg.password.clone(), p.cfg.idle_close)
+    };
+    let expected = match &password {
+        Some(pw) => {
+            let random = random_hex();
+            if wr
+                .write_all(format!("PJLINK 1 {random}\r").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            Some(codec::digest(&random, pw))
+        }
+        None => {
+            if wr.write_all(b"PJLINK 0\r").await.is_err() {
+                return;
+            }
+            None
+        }
+    };
+    let mut authenticated = expected.is_none();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let read = tokio::select! {
+            _ = drops.changed() => return,
+            r = tokio::time::timeout(idle, lines.read_until(b'\r', &mut buf)) => r,
+        };
+        match read {
+            Err(_) | Ok(Ok(0)) | Ok(Err(_)) => return, // idle close, EOF or error
+            Ok(Ok(_)) => {}
+        }
+        let line = String::from_utf8_lossy(&buf);
+        let mut line = line.trim_end_matches('\r').trim_start_matches('\n');
+        if sim.lock().faults.silent {
+            continue;
+        }
+        if !authenticated {
+            match (line.get(..32), &expected) {
+                (Some(d), Some(want)) if d == want => {
+                    authenticated = true;
+                    line = &line[32..];
+                }
+                _ => {
+                    let _ = wr.write_all(b"PJLINK ERRA\r").await;
+                    return;
+                }
+            }
+        }
+        let reply = answer(&sim, line);
+        if wr.write_all(reply.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The reply line to one command line (without CR).
+pub fn answer(sim: &Sim, line: &str) -> String {
+    let bytes = line.as_bytes();
+    if bytes.len() < 7 || bytes[0] != b'%' || !matches!(bytes[1], b'1' | b'2') {
+        // Not a PJLink command at all: answer as an undefined command.
+        return "%1ERR1\r".into();
+    }
+    let class = bytes[1] - b'0';
+    let cmd = line.get(2..6).unwrap_or("").to_ascii_uppercase();
+    let param = match line.get(6..7) {
+        Some(" ") => &line[7..],
+        _ => return format!("%{class}{cmd}=ERR2\r"),
+    };
+    let result = execute(sim, class, &cmd, param);
+    format!("%{class}{cmd}={result}\r")
+}
+
+fn refusal(r: Refusal) -> String {
+    match r {
+        Refusal::Unavailable => "ERR3",
+        Refusal::OutOfRange => "ERR2",
+        Refusal::Failure => "ERR4",
+    }
+    .into()
+}
+
+fn execute(sim: &Sim, class: u8, cmd: &str, param: &str) -> String {
+    let mut p = sim.lock();
+    if class > p.cfg.class || (class == 1 && CLASS2_ONLY.contains(&cmd)) {
+        return "ERR1".into();
+    }
+    let on = p.is_on();
+    let ok = |r: Result<(), Refusal>| r.map(|()| "OK".to_owned()).unwrap_or_else(refusal);
+    match (cmd, param) {
+        ("POWR", "?") => match p.power {
+            super::projector::Power::Off => "0",
+            super::projector::Power::On => "1",
+            super::projector::Power::Cooling(_) => "2",
+            super::projector::Power::Warming(_) => "3",
+        }
+        .into(),
+        ("POWR", "1") => ok(p.set_power(true)),
+        ("POWR", "0") => ok(p.set_power(false)),
+        ("INPT", "?") if on => p.input.clone(),
+        ("INPT", "?") => "ERR3".into(),
+        ("INPT", code) => {
+            // Class 1 input codes are two digits; letters need class 2.
+            if class == 1 && !code.bytes().all(|b| b.is_ascii_digit()) {
+                return "ERR2".into();
+            }
+            ok(p.set_input(code))
+        }
+        ("INST", "?") => p
+            .cfg
+            .inputs
+            .iter()
+            .map(|(c, _)| c.as_str())
+            .filter(|c| class == 2 || c.bytes().all(|b| b.is_ascii_digit()))
+            .collect::<Vec<_>>()
+            .join(" "),
+        ("AVMT", "?") if on => match (p.video_mute, p.audio_mute) {
+            (true, true) => "31",
+            (true, false) => "11",
+            (false, true) => "21",
+            (false, false) => "30",
+        }
+        .into(),
+        ("AVMT", "?") => "ERR3".into(),
+        ("AVMT", v) => {
+            let (video, audio) = match v {
+                "11" => (Some(true), None),
+                "10" => (Some(false), None),
+                "21" => (None, Some(true)),
+                "20" => (None, Some(false)),
+                "31" => (Some(true), Some(true)),
+                "30" => (Some(false), Some(false)),
+                _ => return "ERR2".into(),
+            };
+            if p.faults.failure {
+                return "ERR4".into();
+            }
+            if !on {
+                return "ERR3".into();
+            }
+            if let Some(v) = video {
+                p.video_mute = v;
+            }
+            if let Some(a) = audio {
+                p.audio_mute = a;
+            }
+            "OK".into()
+        }
+        ("ERST", "?") => p.erst(),
+        ("LAMP", "?") => format!("{} {}", p.lamp_hours, u8::from(on)),
+        ("NAME", "?") => p.cfg.name.clone(),
+        ("INF1", "?") => p.cfg.manufacturer.clone(),
+        ("INF2", "?") => p.cfg.model.clone(),
+        ("INFO", "?") => "patchbay simulator".into(),
+        ("CLSS", "?") => p.cfg.class.to_string(),
+        ("SNUM", "?") => "SIM0001234".into(),
+        ("SVER", "?") => "1.0.0".into(),
+        ("FILT", "?") => p.filter_hours.to_string(),
+        ("INNM", q) => match q.strip_prefix('?') {
+            Some(code) => p
+                .cfg
+                .inputs
+                .iter()
+                .find(|(c, _)| c.eq_ignore_ascii_case(code))
+                .map(|(_, n)| n.clone())
+                .unwrap_or_else(|| "ERR2".into()),
+            None => "ERR2".into(),
+        },
+        ("FREZ", "?") if on => if p.freeze { "1" } else { "0" }.into(),
+        ("FREZ", "?") => "ERR3".into(),
+        ("FREZ", v @ ("0" | "1")) => {
+            if p.faults.failure {
+                "ERR4".into()
+            } else if !on {
+                "ERR3".into()
+            } else {
+                p.freeze = v == "1";
+                "OK".into()
+            }
+        }
+        (
+            "POWR" | "ERST" | "LAMP" | "NAME" | "INF1" | "INF2" | "INFO" | "CLSS" | "INST" | "SNUM"
+            | "SVER" | "FILT",
+            _,
+        ) => "ERR2".into(),
+        _ => "ERR1".into(),
+    }
+}
