@@ -292,22 +292,28 @@ impl LineDriver {
         Ok(state)
     }
 
-    /// Sets each desired setting, then polls.
+    /// Sets each desired setting in the order the profile lists them (so a
+    /// profile puts `power` first), then polls.
     pub async fn apply(&mut self, desired: &State) -> Result<State, DriverError> {
-        for (name, value) in desired {
-            let idx = self
-                .settings
-                .iter()
-                .position(|c| &c.profile.name == name)
-                .ok_or_else(|| DriverError::UnknownSetting {
-                    setting: name.clone(),
-                    known: self
-                        .settings
-                        .iter()
-                        .map(|c| c.profile.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })?;
+        if let Some(name) = desired
+            .keys()
+            .find(|k| !self.settings.iter().any(|c| &c.profile.name == *k))
+        {
+            return Err(DriverError::UnknownSetting {
+                setting: name.clone(),
+                known: self
+                    .settings
+                    .iter()
+                    .map(|c| c.profile.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        for idx in 0..self.settings.len() {
+            let name = &self.settings[idx].profile.name;
+            let Some(value) = desired.get(name) else {
+                continue;
+            };
             let template = self.settings[idx]
                 .profile
                 .set

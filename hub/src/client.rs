@@ -139,12 +139,50 @@ pub struct Client {
 /// The stream of what the hub pushes; ends when the connection closes.
 pub struct Events {
     rx: mpsc::Receiver<Event>,
+    /// Events read ahead by [`Events::snapshot`] that belong to the live stream.
+    ahead: std::collections::VecDeque<Event>,
 }
 
 impl Events {
     /// The next event, or `None` once the connection has closed.
     pub async fn next(&mut self) -> Option<Event> {
-        self.rx.recv().await
+        match self.ahead.pop_front() {
+            Some(e) => Some(e),
+            None => self.rx.recv().await,
+        }
+    }
+
+    /// Subscribes with a snapshot and returns the retained messages that
+    /// matched, draining events meanwhile so a large snapshot cannot fill the
+    /// queue. Later events stay in the stream.
+    pub async fn snapshot(
+        &mut self,
+        client: &Client,
+        patterns: &[String],
+    ) -> Result<Vec<Message>, ClientError> {
+        let sub = client.subscribe(patterns, true);
+        tokio::pin!(sub);
+        let mut seen = Vec::new();
+        let end = loop {
+            tokio::select! {
+                r = &mut sub => break r?.unwrap_or(u64::MAX),
+                ev = self.rx.recv() => match ev {
+                    Some(e) => seen.push(e),
+                    None => return Err(ClientError::Disconnected),
+                },
+            }
+        };
+        while let Ok(e) = self.rx.try_recv() {
+            seen.push(e);
+        }
+        let mut snapshot = Vec::new();
+        for e in seen {
+            match e {
+                Event::Message(m) if m.seq <= end => snapshot.push(m),
+                other => self.ahead.push_back(other),
+            }
+        }
+        Ok(snapshot)
     }
 }
 
@@ -199,7 +237,10 @@ pub async fn connect(addr: &str, opts: &ClientOptions) -> Result<(Client, Events
             shared,
             welcome: Arc::new(welcome),
         },
-        Events { rx: ev_rx },
+        Events {
+            rx: ev_rx,
+            ahead: Default::default(),
+        },
     ))
 }
 

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod config;
+pub mod devices;
 pub mod protocol;
 pub mod server;
 pub mod tag;

@@ -1,1 +1,92 @@
-fn main() {}
+//! `patchbay-agent`: runs the devices in a configuration file, or the demo.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use patchbay_agents::config::AgentConfig;
+use patchbay_agents::demo::{self, DemoOptions};
+use tokio::sync::watch;
+
+/// The patchbay agent: drives devices over serial or TCP and keeps their
+/// state on the hub.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Agent configuration (TOML; see README.md).
+    #[arg(long, short, env = "PATCHBAY_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a hub, simulated devices and an agent in this process.
+    Demo {
+        /// Hub wire-protocol address.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        hub_listen: SocketAddr,
+    },
+    /// Check the configuration file and exit.
+    Check,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("patchbay-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: Option<PathBuf>) -> anyhow::Result<AgentConfig> {
+    let path =
+        path.ok_or_else(|| anyhow::anyhow!("give --config FILE (or run `patchbay-agent demo`)"))?;
+    Ok(AgentConfig::load(&path)?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    match cli.command {
+        Some(Command::Demo { hub_listen }) => demo::run(DemoOptions { hub_listen }, stop_rx).await,
+        Some(Command::Check) => {
+            let cfg = load(cli.config)?;
+            println!(
+                "configuration ok: {} devices, hub {}",
+                cfg.devices.len(),
+                cfg.hub
+            );
+            Ok(())
+        }
+        None => {
+            let cfg = load(cli.config)?;
+            tracing::info!(hub = %cfg.hub, devices = cfg.devices.len(), "agent starting");
+            patchbay_agents::runtime::run(cfg, stop_rx).await
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

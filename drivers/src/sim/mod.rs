@@ -3,6 +3,7 @@
 //! real thing, including warm-up, authentication, error replies and faults.
 
 pub mod escvp21;
+pub mod lg_display;
 pub mod pjlink;
 pub mod projector;
 

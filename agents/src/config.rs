@@ -1,0 +1,294 @@
+//! The agent's TOML configuration: the hub to report to and the devices to run.
+//!
+//! Every problem is reported with the file, the device and the field, and the
+//! agent refuses to start on any of them: never half-configured.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use patchbay_drivers::escvp21::{Escvp21, Escvp21Options};
+use patchbay_drivers::line::{LineDriver, LineProfile};
+use patchbay_drivers::pjlink::{Pjlink, PjlinkOptions};
+use patchbay_drivers::{AnyDriver, SerialSettings, Transport};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why, as the OS said it.
+        reason: std::io::Error,
+    },
+    /// Something in the file is wrong.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Which part and why.
+        message: String,
+    },
+}
+
+/// Which driver runs a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// PJLink over TCP.
+    Pjlink,
+    /// Epson ESC/VP21 over serial or TCP.
+    Escvp21,
+    /// A line protocol described by a profile file.
+    Line,
+}
+
+/// One device as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceFile {
+    id: String,
+    name: Option<String>,
+    location: Option<String>,
+    driver: DriverKind,
+    tcp: Option<String>,
+    serial: Option<String>,
+    #[serde(default)]
+    serial_settings: SerialSettings,
+    #[serde(default = "default_poll_ms")]
+    poll_ms: u64,
+    password: Option<String>,
+    profile: Option<PathBuf>,
+    connect_timeout_ms: Option<u64>,
+}
+
+fn default_poll_ms() -> u64 {
+    2000
+}
+
+/// The file's top level.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentFile {
+    #[serde(default = "default_hub")]
+    hub: String,
+    token: Option<String>,
+    #[serde(default = "default_name")]
+    name: String,
+    #[serde(default = "default_reconnect_max_ms")]
+    reconnect_max_ms: u64,
+    #[serde(default, rename = "device")]
+    devices: Vec<toml::Value>,
+}
+
+fn default_hub() -> String {
+    format!("127.0.0.1:{}", patchbay_hub::protocol::DEFAULT_PORT)
+}
+fn default_name() -> String {
+    "agent".into()
+}
+fn default_reconnect_max_ms() -> u64 {
+    10_000
+}
+
+/// A device ready to run.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// Unique id; the device's tags live under `dev/<id>`.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Room or location, for grouping.
+    pub location: String,
+    /// Driver.
+    pub driver: DriverKind,
+    /// How to reach it.
+    pub transport: Transport,
+    /// How often to poll.
+    pub poll: Duration,
+    /// PJLink password.
+    pub password: Option<String>,
+    /// Line-protocol profile, loaded and checked with the configuration.
+    pub profile: Option<LineProfile>,
+}
+
+impl DeviceConfig {
+    /// Builds the configured driver.
+    pub fn driver(&self) -> Result<AnyDriver, patchbay_drivers::DriverError> {
+        Ok(match self.driver {
+            DriverKind::Pjlink => AnyDriver::Pjlink(Pjlink::new(
+                self.transport.clone(),
+                PjlinkOptions {
+                    password: self.password.clone(),
+                    ..PjlinkOptions::default()
+                },
+            )),
+            DriverKind::Escvp21 => AnyDriver::Escvp21(Escvp21::new(
+                self.transport.clone(),
+                Escvp21Options::default(),
+            )),
+            DriverKind::Line => {
+                let profile = self.profile.clone().ok_or_else(|| {
+                    patchbay_drivers::DriverError::Config("the line driver needs a profile".into())
+                })?;
+                AnyDriver::Line(LineDriver::new(self.transport.clone(), profile)?)
+            }
+        })
+    }
+}
+
+/// The whole agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Hub address `host:port`.
+    pub hub: String,
+    /// Token, when the hub requires one.
+    pub token: Option<String>,
+    /// Agent name shown on the hub.
+    pub name: String,
+    /// Longest wait between reconnection attempts (hub and devices).
+    pub reconnect_max: Duration,
+    /// Devices.
+    pub devices: Vec<DeviceConfig>,
+}
+
+impl AgentConfig {
+    /// Reads and checks a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
+            path: path.display().to_string(),
+            reason,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks TOML text; `path` names it in errors and anchors relative profile paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        };
+        let file: AgentFile = toml::from_str(text).map_err(|e| invalid(flatten(&e)))?;
+        if file
+            .hub
+            .rsplit_once(':')
+            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        {
+            return Err(invalid(format!(
+                "`hub` must be host:port, not {:?}",
+                file.hub
+            )));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut devices: Vec<DeviceConfig> = Vec::new();
+        for (i, raw) in file.devices.into_iter().enumerate() {
+            let label = raw
+                .get("id")
+                .and_then(toml::Value::as_str)
+                .map(|id| format!("device `{id}`"))
+                .unwrap_or_else(|| format!("device #{}", i + 1));
+            let d: DeviceFile = raw
+                .try_into()
+                .map_err(|e: toml::de::Error| invalid(format!("{label}: {}", flatten(&e))))?;
+            let device = check_device(d, base).map_err(|m| invalid(format!("{label}: {m}")))?;
+            if devices.iter().any(|o| o.id == device.id) {
+                return Err(invalid(format!("{label}: `id` is used by another device")));
+            }
+            devices.push(device);
+        }
+        if devices.is_empty() {
+            return Err(invalid("no devices: add at least one [[device]]".into()));
+        }
+        Ok(AgentConfig {
+            hub: file.hub,
+            token: file.token,
+            name: file.name,
+            reconnect_max: Duration::from_millis(file.reconnect_max_ms.max(100)),
+            devices,
+        })
+    }
+}
+
+/// One line from a toml error, without its source excerpt.
+fn flatten(e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_owned();
+    match e.span() {
+        Some(span) if !msg.is_empty() => format!("{msg} (at byte {})", span.start),
+        _ => msg,
+    }
+}
+
+fn check_device(d: DeviceFile, base: &Path) -> Result<DeviceConfig, String> {
+    let id_ok = !d.id.is_empty()
+        && d.id.len() <= 64
+        && d.id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !id_ok {
+        return Err("`id` must be 1-64 letters, digits, `-`, `_` or `.`".into());
+    }
+    if d.poll_ms < 100 {
+        return Err(format!("`poll_ms` must be at least 100, not {}", d.poll_ms));
+    }
+    let connect_timeout = Duration::from_millis(d.connect_timeout_ms.unwrap_or(5000));
+    let transport = match (&d.tcp, &d.serial) {
+        (Some(_), Some(_)) => return Err("give either `tcp` or `serial`, not both".into()),
+        (None, None) => {
+            return Err("missing `tcp = \"host:port\"` or `serial = \"/dev/...\"`".into())
+        }
+        (Some(addr), None) => {
+            if addr
+                .rsplit_once(':')
+                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+            {
+                return Err(format!("`tcp` must be host:port, not {addr:?}"));
+            }
+            Transport::Tcp {
+                addr: addr.clone(),
+                connect_timeout,
+            }
+        }
+        (None, Some(path)) => {
+            if d.driver == DriverKind::Pjlink {
+                return Err("the pjlink driver needs `tcp`; PJLink has no serial transport".into());
+            }
+            d.serial_settings
+                .check()
+                .map_err(|m| format!("serial_settings: {m}"))?;
+            Transport::Serial {
+                path: path.clone(),
+                settings: d.serial_settings.clone(),
+            }
+        }
+    };
+    if d.password.is_some() && d.driver != DriverKind::Pjlink {
+        return Err("`password` applies to the pjlink driver only".into());
+    }
+    let profile = match (d.driver, d.profile) {
+        (DriverKind::Line, None) => {
+            return Err("the line driver needs `profile = \"path/to/profile.toml\"`".into())
+        }
+        (DriverKind::Line, Some(p)) => {
+            let p = if p.is_absolute() { p } else { base.join(p) };
+            let profile = LineDriver::load_profile(&p).map_err(|e| e.to_string())?;
+            LineDriver::new(Transport::tcp("127.0.0.1:1"), profile.clone())
+                .map_err(|e| format!("profile {}: {e}", p.display()))?;
+            Some(profile)
+        }
+        (_, Some(_)) => return Err("`profile` applies to the line driver only".into()),
+        (_, None) => None,
+    };
+    Ok(DeviceConfig {
+        name: d.name.unwrap_or_else(|| d.id.clone()),
+        location: d.location.unwrap_or_default(),
+        id: d.id,
+        driver: d.driver,
+        transport,
+        poll: Duration::from_millis(d.poll_ms),
+        password: d.password,
+        profile,
+    })
+}

@@ -1,0 +1,150 @@
+//! `patchbay-agent demo`: a hub, simulated devices and an agent driving them,
+//! in one process, so a new user sees everything work with one command.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use patchbay_drivers::line::LineProfile;
+use patchbay_drivers::sim::escvp21::PtyDevice;
+use patchbay_drivers::sim::{lg_display, pjlink, ProjectorConfig, Sim};
+use patchbay_drivers::{SerialSettings, Transport};
+use patchbay_hub::config::HubConfig;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{AgentConfig, DeviceConfig, DriverKind};
+
+/// The LG display profile shipped in `drivers/profiles`, built in so the demo needs no files.
+const LG_PROFILE: &str = include_str!("../../drivers/profiles/lg-display.toml");
+
+/// Where the demo listens.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Hub wire-protocol address.
+    pub hub_listen: SocketAddr,
+}
+
+async fn local_listener() -> anyhow::Result<(TcpListener, String)> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?.to_string();
+    Ok((l, addr))
+}
+
+fn projector(name: &str, model: &str, password: Option<&str>, class: u8) -> Sim {
+    Sim::new(ProjectorConfig {
+        name: name.into(),
+        model: model.into(),
+        password: password.map(str::to_owned),
+        class,
+        warmup: Duration::from_secs(4),
+        cooldown: Duration::from_secs(3),
+        ..ProjectorConfig::default()
+    })
+}
+
+fn device(
+    id: &str,
+    name: &str,
+    location: &str,
+    driver: DriverKind,
+    transport: Transport,
+) -> DeviceConfig {
+    DeviceConfig {
+        id: id.into(),
+        name: name.into(),
+        location: location.into(),
+        driver,
+        transport,
+        poll: Duration::from_secs(2),
+        password: None,
+        profile: None,
+    }
+}
+
+/// Runs the demo until `shutdown` turns true.
+pub async fn run(opts: DemoOptions, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let hub = patchbay_hub::server::start(HubConfig {
+        listen: opts.hub_listen,
+        ..HubConfig::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot start the hub on {}: {e}", opts.hub_listen))?;
+
+    let (l1, a1) = local_listener().await?;
+    tokio::spawn(pjlink::serve(
+        l1,
+        projector("Auditorium", "SIM-1000", None, 2),
+    ));
+    let (l2, a2) = local_listener().await?;
+    tokio::spawn(pjlink::serve(
+        l2,
+        projector("Boardroom", "SIM-500", Some("demo-pass"), 1),
+    ));
+    let pty_path =
+        std::env::temp_dir().join(format!("patchbay-demo-escvp21-{}", std::process::id()));
+    let _pty = PtyDevice::start(projector("Classroom", "EB-SIM", None, 1), &pty_path)?;
+    let (l4, a4) = local_listener().await?;
+    tokio::spawn(lg_display::serve(l4));
+
+    let lg: LineProfile = toml::from_str(LG_PROFILE)?;
+    let mut proj2 = device(
+        "proj-2",
+        "Boardroom projector",
+        "Boardroom",
+        DriverKind::Pjlink,
+        Transport::tcp(&a2),
+    );
+    proj2.password = Some("demo-pass".into());
+    let mut display = device(
+        "display-1",
+        "Lobby display",
+        "Lobby",
+        DriverKind::Line,
+        Transport::tcp(&a4),
+    );
+    display.profile = Some(lg);
+    let devices = vec![
+        device(
+            "proj-1",
+            "Auditorium projector",
+            "Auditorium",
+            DriverKind::Pjlink,
+            Transport::tcp(&a1),
+        ),
+        proj2,
+        device(
+            "proj-3",
+            "Classroom projector",
+            "Classroom 2",
+            DriverKind::Escvp21,
+            Transport::Serial {
+                path: pty_path.display().to_string(),
+                settings: SerialSettings::default(),
+            },
+        ),
+        display,
+    ];
+    let cli = "cargo run -q --release -p patchbay-hub --bin patchbay --";
+    println!("patchbay demo is running");
+    println!("  hub (wire protocol)  {}", hub.addr);
+    println!("  devices              proj-1 PJLink at {a1}, proj-2 PJLink (password) at {a2},");
+    println!(
+        "                       proj-3 ESC/VP21 on serial port {}, display-1 LG display at {a4}",
+        pty_path.display()
+    );
+    println!("try, in another terminal:");
+    println!("  {cli} devices");
+    println!("  {cli} set proj-1 power=on input=hdmi2");
+    println!("  {cli} watch");
+    println!("Ctrl-C stops everything.");
+    let agent = AgentConfig {
+        hub: hub.addr.to_string(),
+        token: None,
+        name: "demo-agent".into(),
+        reconnect_max: Duration::from_secs(5),
+        devices,
+    };
+    crate::runtime::run(agent, shutdown).await?;
+    hub.stop().await;
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! Invalid configuration files: the agent names the file, the device and the
+//! field, and does not start.
+
+use std::process::Command;
+
+fn check(name: &str, text: &str) -> (bool, String) {
+    let dir =
+        std::env::temp_dir().join(format!("patchbay-agent-cfg-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_patchbay-agent"))
+        .arg("--config")
+        .arg(&path)
+        .arg("check")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr)
+        .trim()
+        .replace(&path.display().to_string(), "agent.toml");
+    (out.status.success(), err)
+}
+
+const PROJ: &str = "[[device]]\nid = \"proj-1\"\ndriver = \"pjlink\"\ntcp = \"127.0.0.1:4352\"\n";
+
+#[test]
+fn a_valid_file_passes() {
+    let (ok, err) = check("valid", PROJ);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn exact_error_messages() {
+    let cases: &[(&str, String, &str)] = &[
+        (
+            "typo",
+            format!("{PROJ}pasword = \"x\"\n"),
+            "patchbay-agent: agent.toml: device `proj-1`: unknown field `pasword`, expected one of `id`, `name`, `location`, `driver`, `tcp`, `serial`, `serial_settings`, `poll_ms`, `password`, `profile`, `connect_timeout_ms`",
+        ),
+        (
+            "both",
+            format!("{PROJ}serial = \"/dev/ttyUSB0\"\n"),
+            "patchbay-agent: agent.toml: device `proj-1`: give either `tcp` or `serial`, not both",
+        ),
+        (
+            "neither",
+            "[[device]]\nid = \"p\"\ndriver = \"escvp21\"\n".into(),
+            "patchbay-agent: agent.toml: device `p`: missing `tcp = \"host:port\"` or `serial = \"/dev/...\"`",
+        ),
+        (
+            "dup",
+            format!("{PROJ}{PROJ}"),
+            "patchbay-agent: agent.toml: device `proj-1`: `id` is used by another device",
+        ),
+        (
+            "poll",
+            format!("{PROJ}poll_ms = 5\n"),
+            "patchbay-agent: agent.toml: device `proj-1`: `poll_ms` must be at least 100, not 5",
+        ),
+        (
+            "noid",
+            format!("{PROJ}[[device]]\ndriver = \"pjlink\"\ntcp = \"h:1\"\n"),
+            "patchbay-agent: agent.toml: device #2: missing field `id`",
+        ),
+        (
+            "driver",
+            "[[device]]\nid = \"x\"\ndriver = \"visca\"\ntcp = \"h:1\"\n".into(),
+            "patchbay-agent: agent.toml: device `x`: unknown variant `visca`, expected one of `pjlink`, `escvp21`, `line`",
+        ),
+        (
+            "parity",
+            "[[device]]\nid = \"e\"\ndriver = \"escvp21\"\nserial = \"/dev/ttyS0\"\n[device.serial_settings]\nparity = \"mark\"\n"
+                .into(),
+            "patchbay-agent: agent.toml: device `e`: serial_settings: `parity` must be none, odd or even, not \"mark\"",
+        ),
+        (
+            "pjlink-serial",
+            "[[device]]\nid = \"p\"\ndriver = \"pjlink\"\nserial = \"/dev/ttyS0\"\n".into(),
+            "patchbay-agent: agent.toml: device `p`: the pjlink driver needs `tcp`; PJLink has no serial transport",
+        ),
+        (
+            "line-profile",
+            "[[device]]\nid = \"sw\"\ndriver = \"line\"\ntcp = \"h:23\"\n".into(),
+            "patchbay-agent: agent.toml: device `sw`: the line driver needs `profile = \"path/to/profile.toml\"`",
+        ),
+        (
+            "hub",
+            format!("hub = \"localhost\"\n{PROJ}"),
+            "patchbay-agent: agent.toml: `hub` must be host:port, not \"localhost\"",
+        ),
+        ("empty", String::new(), "patchbay-agent: agent.toml: no devices: add at least one [[device]]"),
+    ];
+    for (name, text, want) in cases {
+        let (ok, err) = check(name, text);
+        assert!(!ok, "{name}: should be refused");
+        assert_eq!(&err, want, "{name}");
+    }
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_patchbay-agent"))
+        .args(["--config", "/nonexistent/agent.toml", "check"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "patchbay-agent: /nonexistent/agent.toml: cannot read: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn a_bad_line_profile_is_named() {
+    let dir =
+        std::env::temp_dir().join(format!("patchbay-agent-cfg-{}-profile", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("bad.toml"),
+        "manufacturer = \"x\"\nmodel = \"y\"\n[[setting]]\nname = \"power\"\ntype = \"bool\"\nquery = \"p\"\nreply = \"ok\"\n",
+    )
+    .unwrap();
+    let (ok, err) = check("profile", "[[device]]\nid = \"sw\"\ndriver = \"line\"\ntcp = \"h:23\"\nprofile = \"../patchbay-agent-cfg-PID-profile/bad.toml\"\n".replace("PID", &std::process::id().to_string()).as_str());
+    assert!(!ok);
+    assert!(
+        err.ends_with(
+            "bad.toml: configuration: setting `power`: `reply` needs a capture group for the value"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.starts_with("patchbay-agent: agent.toml: device `sw`: profile "),
+        "{err}"
+    );
+}

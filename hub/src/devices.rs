@@ -1,0 +1,170 @@
+//! Devices as seen through the device tag conventions (`dev/<id>/meta`,
+//! `state`, `online`): grouping retained messages into devices and turning
+//! `key=value` words into desired settings using a device's schema. Shared by
+//! the CLI and the hub's HTTP side.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Tag patterns that cover everything retained about devices.
+pub const DEVICE_PATTERNS: [&str; 3] = ["dev/+/meta", "dev/+/state", "dev/+/online"];
+
+/// One device's retained values.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DeviceView {
+    /// Device id.
+    pub id: String,
+    /// Description and settings schema (`dev/<id>/meta`).
+    pub meta: Option<Value>,
+    /// Current state (`dev/<id>/state`).
+    pub state: Option<Value>,
+    /// Reachability (`dev/<id>/online`).
+    pub online: Option<Value>,
+}
+
+impl DeviceView {
+    /// Is the device reachable (as last reported)?
+    pub fn is_online(&self) -> bool {
+        self.online
+            .as_ref()
+            .and_then(|o| o.get("online"))
+            .and_then(Value::as_bool)
+            == Some(true)
+    }
+
+    /// A string field of the meta.
+    pub fn meta_str(&self, key: &str) -> &str {
+        self.meta
+            .as_ref()
+            .and_then(|m| m.get(key))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    }
+
+    /// A state value as text (`-` when absent or null).
+    pub fn state_text(&self, key: &str) -> String {
+        match self.state.as_ref().and_then(|s| s.get(key)) {
+            None | Some(Value::Null) => "-".into(),
+            Some(Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+        }
+    }
+}
+
+/// Splits `dev/<id>/<part>` into (id, part).
+pub fn split_tag(tag: &str) -> Option<(&str, &str)> {
+    let rest = tag.strip_prefix("dev/")?;
+    let (id, part) = rest.split_once('/')?;
+    (!part.contains('/')).then_some((id, part))
+}
+
+/// Groups (tag, body) pairs into devices, by id.
+pub fn group<S: AsRef<str>>(
+    items: impl IntoIterator<Item = (S, Value)>,
+) -> BTreeMap<String, DeviceView> {
+    let mut out: BTreeMap<String, DeviceView> = BTreeMap::new();
+    for (tag, body) in items {
+        let Some((id, part)) = split_tag(tag.as_ref()) else {
+            continue;
+        };
+        let view = out.entry(id.to_owned()).or_insert_with(|| DeviceView {
+            id: id.to_owned(),
+            ..DeviceView::default()
+        });
+        match part {
+            "meta" => view.meta = Some(body),
+            "state" => view.state = Some(body),
+            "online" => view.online = Some(body),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Turns `power=on input=hdmi1 volume=30` into a desired-settings object,
+/// typing each value by the setting's schema in `meta`.
+pub fn parse_assignments(meta: &Value, words: &[String]) -> Result<Map<String, Value>, String> {
+    let settings = meta
+        .get("settings")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut out = Map::new();
+    for word in words {
+        let (key, raw) = word
+            .split_once('=')
+            .ok_or_else(|| format!("`{word}` is not key=value (e.g. power=on)"))?;
+        let setting = settings
+            .iter()
+            .find(|s| s.get("name").and_then(Value::as_str) == Some(key))
+            .ok_or_else(|| {
+                let known: Vec<&str> = settings
+                    .iter()
+                    .filter(|s| s.get("writable") == Some(&Value::Bool(true)))
+                    .filter_map(|s| s.get("name").and_then(Value::as_str))
+                    .collect();
+                format!("unknown setting `{key}`; settable: {}", known.join(", "))
+            })?;
+        let value = match setting.get("type").and_then(Value::as_str) {
+            Some("bool") => match raw {
+                "true" | "on" | "yes" | "1" => Value::Bool(true),
+                "false" | "off" | "no" | "0" => Value::Bool(false),
+                _ => return Err(format!("`{key}` takes true or false, not `{raw}`")),
+            },
+            Some("int") => Value::from(
+                raw.parse::<i64>()
+                    .map_err(|_| format!("`{key}` takes an integer, not `{raw}`"))?,
+            ),
+            _ => Value::String(raw.to_owned()),
+        };
+        out.insert(key.to_owned(), value);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn assignments_are_typed_by_schema() {
+        let meta = json!({"settings":[
+            {"name":"power","type":"enum","values":["on","off"],"writable":true},
+            {"name":"mute","type":"bool","writable":true},
+            {"name":"volume","type":"int","min":0,"max":100,"writable":true},
+        ]});
+        let words: Vec<String> = ["power=on", "mute=yes", "volume=30"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            Value::Object(parse_assignments(&meta, &words).unwrap()),
+            json!({"power":"on","mute":true,"volume":30})
+        );
+        assert_eq!(
+            parse_assignments(&meta, &["bright=1".into()]).unwrap_err(),
+            "unknown setting `bright`; settable: power, mute, volume"
+        );
+        assert_eq!(
+            parse_assignments(&meta, &["power".into()]).unwrap_err(),
+            "`power` is not key=value (e.g. power=on)"
+        );
+    }
+
+    #[test]
+    fn grouping() {
+        let g = group([
+            ("dev/a/meta", json!({"name":"A"})),
+            ("dev/a/online", json!({"online":true})),
+            ("dev/b/state", json!({"power":"on"})),
+            ("other/x", json!(1)),
+        ]);
+        assert_eq!(g.len(), 2);
+        assert!(g["a"].is_online());
+        assert_eq!(g["b"].state_text("power"), "on");
+        assert_eq!(g["b"].state_text("input"), "-");
+    }
+}

@@ -1,0 +1,193 @@
+//! The agent end to end: hub, simulators and agent as separate processes,
+//! driven with the `patchbay` CLI and watched over the wire protocol.
+
+use patchbay_hub::client::{connect, ClientOptions};
+use patchbay_tests::{agent, cli, hub, offline, online, pjlink_sim, temp_file, Watcher, WAIT};
+use serde_json::json;
+
+fn config(name: &str, hub: &str, sims: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut text = format!("hub = \"{hub}\"\nname = \"{name}\"\nreconnect_max_ms = 300\n");
+    for (id, addr) in sims {
+        text.push_str(&format!(
+            "\n[[device]]\nid = \"{id}\"\nname = \"Projector {id}\"\nlocation = \"Room 1\"\ndriver = \"pjlink\"\ntcp = \"{addr}\"\npoll_ms = 300\n"
+        ));
+    }
+    temp_file(&format!("{name}.toml"), &text)
+}
+
+#[tokio::test]
+async fn set_returns_after_warm_up_with_the_confirmed_state() {
+    let hub = hub().await;
+    let mut sim1 = pjlink_sim("127.0.0.1:0", &["--warmup-ms", "800"]).await;
+    let sim2 = pjlink_sim("127.0.0.1:0", &[]).await;
+    let cfg = config(
+        "agent-set",
+        &hub.addr(),
+        &[("proj-1", &sim1.addr()), ("proj-2", &sim2.addr())],
+    );
+    let _agent = agent(&cfg);
+    let mut w = Watcher::new(&hub.addr()).await;
+    w.until("both online", |d| {
+        online(d, "proj-1") && online(d, "proj-2")
+    })
+    .await;
+
+    let (ok, out, err) = cli(&hub.addr(), &["devices"]).await;
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("ID"), "{out}");
+    for id in ["proj-1", "proj-2"] {
+        let row = lines
+            .iter()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} missing: {out}"));
+        assert!(
+            row.contains("Room 1") && row.contains("pjlink") && row.contains("yes"),
+            "{row}"
+        );
+    }
+
+    let (ok, out, err) = cli(
+        &hub.addr(),
+        &["set", "proj-1", "power=on", "input=hdmi2", "--cid", "e2e-1"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("proj-1: confirmed (cid e2e-1)"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().eq(["power", "on"])),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().eq(["input", "hdmi2"])),
+        "{out}"
+    );
+    // The device itself agrees, and the state message carries the correlation id.
+    let state: serde_json::Value = serde_json::from_str(&sim1.control("state").await).unwrap();
+    assert_eq!(
+        (state["power"].as_str(), state["input"].as_str()),
+        (Some("on"), Some("32"))
+    );
+    w.until("state with cid", |d| {
+        d["proj-1"].state_text("power") == "on"
+    })
+    .await;
+    let (ok, json_out, _) = cli(&hub.addr(), &["get", "proj-1", "--json"]).await;
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&json_out).unwrap();
+    assert_eq!(v["state"]["input"], "hdmi2");
+
+    // A bad value is refused by the agent with the allowed values.
+    let (ok, _, err) = cli(&hub.addr(), &["set", "proj-2", "input=sdi9"]).await;
+    assert!(!ok);
+    assert!(err.contains("invalid_value: invalid value \"sdi9\" for `input`: allowed: hdmi1, hdmi2, computer, video"), "{err}");
+}
+
+#[tokio::test]
+async fn killing_the_agent_mid_command_and_restarting_it() {
+    let hub = hub().await;
+    let mut sim = pjlink_sim("127.0.0.1:0", &["--warmup-ms", "60000"]).await;
+    let cfg = config("agent-kill", &hub.addr(), &[("proj-1", &sim.addr())]);
+    let mut agent1 = agent(&cfg);
+    let mut w = Watcher::new(&hub.addr()).await;
+    w.until("online", |d| online(d, "proj-1")).await;
+
+    let (op, _events) = connect(
+        &hub.addr(),
+        &ClientOptions {
+            name: "op".into(),
+            token: None,
+        },
+    )
+    .await
+    .unwrap();
+    let pending = tokio::spawn(async move {
+        op.request(
+            "dev/proj-1/set",
+            &json!({"power":"on"}),
+            std::time::Duration::from_secs(120),
+            Some("kill-1"),
+        )
+        .await
+    });
+    // Wait until the projector is warming: the agent is in the middle of the command.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s: serde_json::Value = serde_json::from_str(&sim.control("state").await).unwrap();
+        if s["power"] == "warming" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "command never reached the projector"
+        );
+        tokio::task::yield_now().await;
+    }
+    agent1.kill().await.unwrap();
+    let err = tokio::time::timeout(WAIT, pending)
+        .await
+        .expect("requester left waiting")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), Some("unavailable"), "{err}");
+    w.until("offline after the agent died", |d| offline(d, "proj-1"))
+        .await;
+    let reason = w.devices["proj-1"].online.as_ref().unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("agent-kill"), "{reason}");
+
+    // Restart: the claim is free again, and the device comes back with fresh
+    // state: the projector is still warming, which the dead agent never published.
+    let _agent2 = agent(&cfg);
+    w.until("online again with fresh state", |d| {
+        online(d, "proj-1") && d["proj-1"].state_text("power") == "warming"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dead_simulator_goes_offline_alone_and_comes_back() {
+    let hub = hub().await;
+    let sim1 = pjlink_sim("127.0.0.1:0", &[]).await;
+    let sim2 = pjlink_sim("127.0.0.1:0", &[]).await;
+    let addr1 = sim1.addr();
+    let cfg = config(
+        "agent-sim",
+        &hub.addr(),
+        &[("proj-1", &addr1), ("proj-2", &sim2.addr())],
+    );
+    let _agent = agent(&cfg);
+    let mut w = Watcher::new(&hub.addr()).await;
+    w.until("both online", |d| {
+        online(d, "proj-1") && online(d, "proj-2")
+    })
+    .await;
+
+    sim1.kill().await;
+    w.until("proj-1 offline", |d| offline(d, "proj-1")).await;
+    let reason = w.devices["proj-1"].online.as_ref().unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains(&addr1) || reason.contains("closed"),
+        "reason should say what failed: {reason}"
+    );
+    assert!(
+        online(&w.devices, "proj-2"),
+        "the other device must stay online"
+    );
+    assert!(
+        !w.log
+            .iter()
+            .any(|(tag, body, _)| tag == "dev/proj-2/online" && body["online"] == false),
+        "proj-2 never went offline"
+    );
+
+    let _sim1 = pjlink_sim(&addr1, &[]).await;
+    w.until("proj-1 back online", |d| online(d, "proj-1")).await;
+}
