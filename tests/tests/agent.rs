@@ -191,3 +191,48 @@ async fn a_dead_simulator_goes_offline_alone_and_comes_back() {
     let _sim1 = pjlink_sim(&addr1, &[]).await;
     w.until("proj-1 back online", |d| online(d, "proj-1")).await;
 }
+
+#[tokio::test]
+async fn agent_reconnects_to_a_restarted_hub_and_republishes() {
+    let hub1 = hub().await;
+    let hub_addr = hub1.addr();
+    let sim = pjlink_sim("127.0.0.1:0", &[]).await;
+    let cfg = config("agent-rehub", &hub_addr, &[("proj-1", &sim.addr())]);
+    let _agent = agent(&cfg);
+    let mut w = Watcher::new(&hub_addr).await;
+    w.until("online", |d| online(d, "proj-1")).await;
+    hub1.kill().await;
+    // A new hub on the same address starts empty; the agent must re-claim and re-publish.
+    let _hub2 = patchbay_tests::Proc::start("patchbay-hub", &["--listen", &hub_addr]).await;
+    let mut w = Watcher::new(&hub_addr).await;
+    w.until("re-published on the new hub", |d| {
+        online(d, "proj-1") && d["proj-1"].meta.is_some() && d["proj-1"].state.is_some()
+    })
+    .await;
+    let (ok, _, err) = cli(&hub_addr, &["set", "proj-1", "mute=false"]).await;
+    assert!(!ok, "projector is in standby");
+    assert!(err.contains("busy"), "the request reached the agent through the new hub: {err}");
+}
+
+#[tokio::test]
+async fn serial_port_vanishing_and_returning() {
+    let hub = hub().await;
+    let mut sim = patchbay_tests::Proc::start("patchbay-sim", &["escvp21", "--pty"]).await;
+    let port = sim.first_line.strip_prefix("escvp21 simulator on serial port ").unwrap().to_owned();
+    let cfg = temp_file(
+        "agent-serial.toml",
+        &format!(
+            "hub = \"{}\"\nname = \"agent-serial\"\nreconnect_max_ms = 300\n[[device]]\nid = \"epson\"\ndriver = \"escvp21\"\nserial = \"{port}\"\npoll_ms = 300\n",
+            hub.addr()
+        ),
+    );
+    let _agent = agent(&cfg);
+    let mut w = Watcher::new(&hub.addr()).await;
+    w.until("online", |d| online(d, "epson")).await;
+    assert_eq!(sim.control("unplug").await, "ok");
+    w.until("offline", |d| offline(d, "epson")).await;
+    let reason = w.devices["epson"].online.as_ref().unwrap()["reason"].as_str().unwrap().to_owned();
+    assert!(reason.starts_with(&format!("serial port {port} gone")), "{reason}");
+    assert_eq!(sim.control("plug").await, "ok");
+    w.until("online again", |d| online(d, "epson")).await;
+}
