@@ -205,7 +205,7 @@ async fn serve(
                 let cid = cmd.cid.clone();
                 tracing::info!(cid = cid.as_deref().unwrap_or(""), desired = %cmd.desired, "applying");
                 let result = match desc.validate(&cmd.desired) {
-                    Err(e) => Err(e),
+                    Err(e) => Err(DriverError::from(e)),
                     Ok(()) => {
                         let desired = cmd.desired.as_object().cloned().unwrap_or_default();
                         driver.apply(&desired).await

@@ -5,8 +5,8 @@ use std::future::Future;
 use crate::escvp21::Escvp21;
 use crate::line::LineDriver;
 use crate::pjlink::Pjlink;
-use crate::schema::{Description, DeviceEvent, State};
 use crate::DriverError;
+use patchbay_hub::schema::{Description, DeviceEvent, State};
 
 /// What every device driver does.
 pub trait Driver: Send {

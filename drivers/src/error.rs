@@ -57,30 +57,9 @@ pub enum DriverError {
     /// The device sent something the driver does not understand.
     #[error("unexpected reply from the device: {0}")]
     Protocol(String),
-    /// A desired value is not allowed by the schema.
-    #[error("invalid value {value} for `{setting}`: allowed: {allowed}")]
-    InvalidValue {
-        /// Setting name.
-        setting: String,
-        /// The refused value, as JSON.
-        value: String,
-        /// What is allowed.
-        allowed: String,
-    },
-    /// A desired setting is read-only.
-    #[error("`{0}` is read-only")]
-    ReadOnly(String),
-    /// A desired setting does not exist.
-    #[error("unknown setting `{setting}`; settable: {known}")]
-    UnknownSetting {
-        /// The unknown name.
-        setting: String,
-        /// The settable names.
-        known: String,
-    },
-    /// The request is not a settings object.
-    #[error("invalid request: {0}")]
-    InvalidRequest(String),
+    /// Desired settings the schema does not allow.
+    #[error(transparent)]
+    Schema(#[from] patchbay_hub::schema::SchemaError),
     /// The driver's configuration is unusable.
     #[error("configuration: {0}")]
     Config(String),
@@ -91,11 +70,7 @@ impl DriverError {
     /// `device_timeout`, `unsupported` or `device_error`.
     pub fn code(&self) -> &'static str {
         match self {
-            DriverError::InvalidValue { .. }
-            | DriverError::ReadOnly(_)
-            | DriverError::UnknownSetting { .. }
-            | DriverError::InvalidRequest(_)
-            | DriverError::OutOfRange(_) => "invalid_value",
+            DriverError::Schema(_) | DriverError::OutOfRange(_) => "invalid_value",
             DriverError::Busy(_) => "busy",
             DriverError::Connect { .. }
             | DriverError::SerialGone { .. }

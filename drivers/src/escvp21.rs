@@ -10,10 +10,11 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use crate::lineio::LineIo;
-use crate::schema::{Description, DeviceEvent, Kind, Level, Setting, State};
 use crate::sim::escvp21::NET_HELLO;
 use crate::transport::Transport;
 use crate::DriverError;
+use patchbay_hub::schema::SchemaError;
+use patchbay_hub::schema::{Description, DeviceEvent, Kind, Level, Setting, State};
 
 /// Tunables for the ESC/VP21 driver.
 #[derive(Debug, Clone)]
@@ -321,14 +322,16 @@ impl Escvp21 {
                 .iter()
                 .find(|(id, _)| *id == input)
                 .map(|(_, c)| *c)
-                .ok_or_else(|| DriverError::InvalidValue {
-                    setting: "input".into(),
-                    value: format!("{input:?}"),
-                    allowed: SOURCES
-                        .iter()
-                        .map(|(id, _)| *id)
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                .ok_or_else(|| {
+                    DriverError::Schema(SchemaError::InvalidValue {
+                        setting: "input".into(),
+                        value: format!("{input:?}"),
+                        allowed: SOURCES
+                            .iter()
+                            .map(|(id, _)| *id)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })
                 })?;
             self.set(&format!("SOURCE {code}"), self.opts.command_timeout)
                 .await?;

@@ -9,11 +9,12 @@ pub mod escvp21;
 pub mod line;
 pub mod lineio;
 pub mod pjlink;
-pub mod schema;
 pub mod sim;
 pub mod transport;
 
 pub use driver::{AnyDriver, Driver};
 pub use error::DriverError;
-pub use schema::{Description, DeviceEvent, Kind, Level, Setting, State};
+pub use patchbay_hub::schema::{
+    self, Description, DeviceEvent, Kind, Level, SchemaError, Setting, State,
+};
 pub use transport::{SerialSettings, Transport};

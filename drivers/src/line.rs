@@ -14,9 +14,10 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::lineio::LineIo;
-use crate::schema::{Description, DeviceEvent, Kind, Setting, State};
 use crate::transport::Transport;
 use crate::DriverError;
+use patchbay_hub::schema::SchemaError;
+use patchbay_hub::schema::{Description, DeviceEvent, Kind, Setting, State};
 
 /// One setting in a profile file.
 #[derive(Debug, Clone, Deserialize)]
@@ -299,7 +300,7 @@ impl LineDriver {
             .keys()
             .find(|k| !self.settings.iter().any(|c| &c.profile.name == *k))
         {
-            return Err(DriverError::UnknownSetting {
+            return Err(DriverError::Schema(SchemaError::UnknownSetting {
                 setting: name.clone(),
                 known: self
                     .settings
@@ -307,7 +308,7 @@ impl LineDriver {
                     .map(|c| c.profile.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
-            });
+            }));
         }
         for idx in 0..self.settings.len() {
             let name = &self.settings[idx].profile.name;
@@ -318,7 +319,7 @@ impl LineDriver {
                 .profile
                 .set
                 .clone()
-                .ok_or_else(|| DriverError::ReadOnly(name.clone()))?;
+                .ok_or_else(|| DriverError::Schema(SchemaError::ReadOnly(name.clone())))?;
             let command = template.replace("{value}", &self.settings[idx].encode(value));
             let confirmed = self.exchange(&command, idx).await?;
             if &confirmed != value {

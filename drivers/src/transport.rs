@@ -142,6 +142,13 @@ impl Transport {
                         target: addr.clone(),
                         source,
                     })?;
+                // Connecting to a free port in the ephemeral range can connect the socket to itself.
+                if stream.local_addr().ok() == stream.peer_addr().ok() {
+                    return Err(DriverError::Connect {
+                        target: addr.clone(),
+                        source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+                    });
+                }
                 let _ = stream.set_nodelay(true);
                 Ok(Box::new(stream))
             }

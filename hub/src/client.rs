@@ -123,10 +123,24 @@ enum Answer {
     Err(ErrorBody),
 }
 
+/// Calls waiting for an answer; `closed` once the connection is gone, so a
+/// call made after that fails at once instead of waiting for its timeout.
+#[derive(Default)]
+struct Pending {
+    waiting: HashMap<u64, oneshot::Sender<Answer>>,
+    closed: bool,
+}
+
 struct Shared {
     out: mpsc::Sender<Vec<u8>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    pending: Mutex<Pending>,
     next: AtomicU64,
+}
+
+impl Shared {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// A handle for sending to the hub; clones share one connection.
@@ -202,13 +216,20 @@ pub async fn connect(addr: &str, opts: &ClientOptions) -> Result<(Client, Events
             addr: addr.to_owned(),
             source,
         })?;
+    // Connecting to a free port in the ephemeral range can connect the socket to itself.
+    if stream.local_addr().ok() == stream.peer_addr().ok() {
+        return Err(ClientError::Connect {
+            addr: addr.to_owned(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        });
+    }
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
     let shared = Arc::new(Shared {
         out: out_tx,
-        pending: Mutex::new(HashMap::new()),
+        pending: Mutex::new(Pending::default()),
         next: AtomicU64::new(1),
     });
     tokio::spawn(write_loop(wr, out_rx));
@@ -360,11 +381,9 @@ async fn read_loop(
             continue;
         }
     }
-    shared
-        .pending
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clear();
+    let mut pending = shared.pending();
+    pending.closed = true;
+    pending.waiting.clear();
 }
 
 /// Completes the pending call keyed by `key`; false if none was waiting.
@@ -372,11 +391,7 @@ fn answer(shared: &Shared, key: &Value, a: Answer) -> bool {
     let Some(key) = key.as_u64() else {
         return false;
     };
-    let waiter = shared
-        .pending
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&key);
+    let waiter = shared.pending().waiting.remove(&key);
     match waiter {
         Some(tx) => {
             let _ = tx.send(a);
@@ -406,27 +421,21 @@ impl Client {
 
     async fn call(&self, id: u64, frame: Vec<u8>, wait: Duration) -> Result<Answer, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.shared
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, tx);
+        {
+            let mut pending = self.shared.pending();
+            if pending.closed {
+                return Err(ClientError::Disconnected);
+            }
+            pending.waiting.insert(id, tx);
+        }
         if let Err(e) = self.send(frame).await {
-            self.shared
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            self.shared.pending().waiting.remove(&id);
             return Err(e);
         }
         let answer = tokio::time::timeout(wait, rx).await;
         match answer {
             Err(_) => {
-                self.shared
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                self.shared.pending().waiting.remove(&id);
                 Err(ClientError::Timeout(wait))
             }
             Ok(Err(_)) => Err(ClientError::Disconnected),

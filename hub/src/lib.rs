@@ -9,5 +9,6 @@ pub mod client;
 pub mod config;
 pub mod devices;
 pub mod protocol;
+pub mod schema;
 pub mod server;
 pub mod tag;

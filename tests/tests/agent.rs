@@ -211,14 +211,21 @@ async fn agent_reconnects_to_a_restarted_hub_and_republishes() {
     .await;
     let (ok, _, err) = cli(&hub_addr, &["set", "proj-1", "mute=false"]).await;
     assert!(!ok, "projector is in standby");
-    assert!(err.contains("busy"), "the request reached the agent through the new hub: {err}");
+    assert!(
+        err.contains("busy"),
+        "the request reached the agent through the new hub: {err}"
+    );
 }
 
 #[tokio::test]
 async fn serial_port_vanishing_and_returning() {
     let hub = hub().await;
     let mut sim = patchbay_tests::Proc::start("patchbay-sim", &["escvp21", "--pty"]).await;
-    let port = sim.first_line.strip_prefix("escvp21 simulator on serial port ").unwrap().to_owned();
+    let port = sim
+        .first_line
+        .strip_prefix("escvp21 simulator on serial port ")
+        .unwrap()
+        .to_owned();
     let cfg = temp_file(
         "agent-serial.toml",
         &format!(
@@ -231,8 +238,14 @@ async fn serial_port_vanishing_and_returning() {
     w.until("online", |d| online(d, "epson")).await;
     assert_eq!(sim.control("unplug").await, "ok");
     w.until("offline", |d| offline(d, "epson")).await;
-    let reason = w.devices["epson"].online.as_ref().unwrap()["reason"].as_str().unwrap().to_owned();
-    assert!(reason.starts_with(&format!("serial port {port} gone")), "{reason}");
+    let reason = w.devices["epson"].online.as_ref().unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.starts_with(&format!("serial port {port} gone")),
+        "{reason}"
+    );
     assert_eq!(sim.control("plug").await, "ok");
     w.until("online again", |d| online(d, "epson")).await;
 }

@@ -15,10 +15,11 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use crate::lineio::LineIo;
-use crate::schema::{Description, DeviceEvent, Kind, Level, Setting, State};
 use crate::transport::Transport;
 use crate::DriverError;
 use codec::Greeting;
+use patchbay_hub::schema::SchemaError;
+use patchbay_hub::schema::{Description, DeviceEvent, Kind, Level, Setting, State};
 
 /// Tunables for the PJLink driver.
 #[derive(Debug, Clone)]
@@ -425,15 +426,17 @@ impl Pjlink {
                 .iter()
                 .find(|(_, id)| id == input)
                 .map(|(c, _)| c.clone())
-                .ok_or_else(|| DriverError::InvalidValue {
-                    setting: "input".into(),
-                    value: format!("{input:?}"),
-                    allowed: self
-                        .inputs
-                        .iter()
-                        .map(|(_, id)| id.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                .ok_or_else(|| {
+                    DriverError::Schema(SchemaError::InvalidValue {
+                        setting: "input".into(),
+                        value: format!("{input:?}"),
+                        allowed: self
+                            .inputs
+                            .iter()
+                            .map(|(_, id)| id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })
                 })?;
             let class = if code.bytes().all(|b| b.is_ascii_digit()) {
                 1

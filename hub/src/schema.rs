@@ -1,11 +1,61 @@
 //! What a device is and what can be set on it: the description every driver
-//! publishes, the state it reports, and validation of desired settings
-//! against the schema (done before anything is sent to a device).
+//! publishes in `dev/<id>/meta`, the state it reports, and validation of
+//! desired settings against the schema. Shared by drivers (before applying)
+//! and the hub's HTTP side (before sending anything to an agent).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use thiserror::Error;
 
-use crate::DriverError;
+/// Desired settings that the schema does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SchemaError {
+    /// A value is not allowed for its setting.
+    #[error("invalid value {value} for `{setting}`: allowed: {allowed}")]
+    InvalidValue {
+        /// Setting name.
+        setting: String,
+        /// The refused value, as JSON.
+        value: String,
+        /// What is allowed.
+        allowed: String,
+    },
+    /// The setting cannot be set.
+    #[error("`{0}` is read-only")]
+    ReadOnly(String),
+    /// No such setting.
+    #[error("unknown setting `{setting}`; settable: {known}")]
+    UnknownSetting {
+        /// The unknown name.
+        setting: String,
+        /// The settable names.
+        known: String,
+    },
+    /// The request is not a settings object.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+impl SchemaError {
+    /// The setting concerned, if one is.
+    pub fn setting(&self) -> Option<&str> {
+        match self {
+            SchemaError::InvalidValue { setting, .. }
+            | SchemaError::UnknownSetting { setting, .. } => Some(setting),
+            SchemaError::ReadOnly(s) => Some(s),
+            SchemaError::InvalidRequest(_) => None,
+        }
+    }
+
+    /// What would have been allowed, if it can be said.
+    pub fn allowed(&self) -> Option<&str> {
+        match self {
+            SchemaError::InvalidValue { allowed, .. } => Some(allowed),
+            SchemaError::UnknownSetting { known, .. } => Some(known),
+            _ => None,
+        }
+    }
+}
 
 /// A device's current state: setting name → value.
 pub type State = Map<String, Value>;
@@ -66,14 +116,14 @@ impl Setting {
     }
 
     /// Checks a desired value against this setting.
-    pub fn check(&self, value: &Value) -> Result<(), DriverError> {
-        let invalid = |allowed: String| DriverError::InvalidValue {
+    pub fn check(&self, value: &Value) -> Result<(), SchemaError> {
+        let invalid = |allowed: String| SchemaError::InvalidValue {
             setting: self.name.clone(),
             value: value.to_string(),
             allowed,
         };
         if !self.writable {
-            return Err(DriverError::ReadOnly(self.name.clone()));
+            return Err(SchemaError::ReadOnly(self.name.clone()));
         }
         match &self.kind {
             Kind::Bool => value
@@ -92,7 +142,7 @@ impl Setting {
                 .as_str()
                 .map(drop)
                 .ok_or_else(|| invalid("text".into())),
-            Kind::Object => Err(DriverError::ReadOnly(self.name.clone())),
+            Kind::Object => Err(SchemaError::ReadOnly(self.name.clone())),
         }
     }
 }
@@ -120,19 +170,19 @@ impl Description {
     }
 
     /// Checks a whole desired-settings object; the first problem wins.
-    pub fn validate(&self, desired: &Value) -> Result<(), DriverError> {
+    pub fn validate(&self, desired: &Value) -> Result<(), SchemaError> {
         let Some(obj) = desired.as_object() else {
-            return Err(DriverError::InvalidRequest(
+            return Err(SchemaError::InvalidRequest(
                 "desired settings must be a JSON object such as {\"power\":\"on\"}".into(),
             ));
         };
         if obj.is_empty() {
-            return Err(DriverError::InvalidRequest("no settings given".into()));
+            return Err(SchemaError::InvalidRequest("no settings given".into()));
         }
         for (name, value) in obj {
             let setting = self
                 .setting(name)
-                .ok_or_else(|| DriverError::UnknownSetting {
+                .ok_or_else(|| SchemaError::UnknownSetting {
                     setting: name.clone(),
                     known: self
                         .settings
