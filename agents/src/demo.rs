@@ -22,6 +22,8 @@ const LG_PROFILE: &str = include_str!("../../drivers/profiles/lg-display.toml");
 pub struct DemoOptions {
     /// Hub wire-protocol address.
     pub hub_listen: SocketAddr,
+    /// Hub HTTP address (API and console).
+    pub http_listen: SocketAddr,
 }
 
 async fn local_listener() -> anyhow::Result<(TcpListener, String)> {
@@ -65,10 +67,17 @@ fn device(
 pub async fn run(opts: DemoOptions, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let hub = patchbay_hub::server::start(HubConfig {
         listen: opts.hub_listen,
+        http_listen: opts.http_listen,
         ..HubConfig::default()
     })
     .await
-    .map_err(|e| anyhow::anyhow!("cannot start the hub on {}: {e}", opts.hub_listen))?;
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot start the hub on {} and {}: {e}",
+            opts.hub_listen,
+            opts.http_listen
+        )
+    })?;
 
     let (l1, a1) = local_listener().await?;
     tokio::spawn(pjlink::serve(
@@ -126,7 +135,12 @@ pub async fn run(opts: DemoOptions, shutdown: watch::Receiver<bool>) -> anyhow::
     ];
     let cli = "cargo run -q --release -p patchbay-hub --bin patchbay --";
     println!("patchbay demo is running");
+    println!("  console              http://{}/", hub.http_addr);
     println!("  hub (wire protocol)  {}", hub.addr);
+    println!(
+        "  HTTP API             http://{}/api/devices",
+        hub.http_addr
+    );
     println!("  devices              proj-1 PJLink at {a1}, proj-2 PJLink (password) at {a2},");
     println!(
         "                       proj-3 ESC/VP21 on serial port {}, display-1 LG display at {a4}",

@@ -132,7 +132,6 @@ struct Pending {
 }
 
 struct Shared {
-    out: mpsc::Sender<Vec<u8>>,
     pending: Mutex<Pending>,
     next: AtomicU64,
 }
@@ -146,6 +145,7 @@ impl Shared {
 /// A handle for sending to the hub; clones share one connection.
 #[derive(Clone)]
 pub struct Client {
+    out: mpsc::Sender<Vec<u8>>,
     shared: Arc<Shared>,
     welcome: Arc<Welcome>,
 }
@@ -228,13 +228,19 @@ pub async fn connect(addr: &str, opts: &ClientOptions) -> Result<(Client, Events
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
     let shared = Arc::new(Shared {
-        out: out_tx,
         pending: Mutex::new(Pending::default()),
         next: AtomicU64::new(1),
     });
     tokio::spawn(write_loop(wr, out_rx));
     let (welcome_tx, welcome_rx) = oneshot::channel();
-    tokio::spawn(read_loop(rd, shared.clone(), ev_tx, welcome_tx));
+    // The reader holds only a weak sender: dropping every `Client` closes the connection.
+    tokio::spawn(read_loop(
+        rd,
+        shared.clone(),
+        out_tx.downgrade(),
+        ev_tx,
+        welcome_tx,
+    ));
     let mut hello = Vec::new();
     ClientOut::Hello {
         id: 0,
@@ -242,8 +248,7 @@ pub async fn connect(addr: &str, opts: &ClientOptions) -> Result<(Client, Events
         token: opts.token.as_deref(),
     }
     .encode(&mut hello);
-    shared
-        .out
+    out_tx
         .send(hello)
         .await
         .map_err(|_| ClientError::Disconnected)?;
@@ -255,6 +260,7 @@ pub async fn connect(addr: &str, opts: &ClientOptions) -> Result<(Client, Events
     };
     Ok((
         Client {
+            out: out_tx,
             shared,
             welcome: Arc::new(welcome),
         },
@@ -286,6 +292,7 @@ async fn write_loop(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Recei
 async fn read_loop(
     rd: tokio::net::tcp::OwnedReadHalf,
     shared: Arc<Shared>,
+    out: mpsc::WeakSender<Vec<u8>>,
     events: mpsc::Sender<Event>,
     welcome: oneshot::Sender<Result<Welcome, ErrorBody>>,
 ) {
@@ -368,7 +375,9 @@ async fn read_loop(
             ServerFrame::Ping => {
                 let mut buf = Vec::new();
                 ClientOut::Pong.encode(&mut buf);
-                let _ = shared.out.try_send(buf);
+                if let Some(out) = out.upgrade() {
+                    let _ = out.try_send(buf);
+                }
                 continue;
             }
             ServerFrame::Pong { id } => {
@@ -412,8 +421,7 @@ impl Client {
     }
 
     async fn send(&self, frame: Vec<u8>) -> Result<(), ClientError> {
-        self.shared
-            .out
+        self.out
             .send(frame)
             .await
             .map_err(|_| ClientError::Disconnected)

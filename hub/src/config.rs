@@ -7,6 +7,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+/// Default HTTP port.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -49,6 +52,12 @@ pub struct TokenConfig {
 pub struct HubConfig {
     /// Address of the wire-protocol listener.
     pub listen: SocketAddr,
+    /// Address of the HTTP listener (API, events, console).
+    pub http_listen: SocketAddr,
+    /// Origins allowed to call the HTTP API from a browser (`*` for any); none sends no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Largest HTTP request body, in bytes.
+    pub http_body_limit: usize,
     /// Most simultaneous connections; one more gets `err max_connections`.
     pub max_connections: usize,
     /// Longest accepted frame (one line), in bytes.
@@ -75,6 +84,9 @@ impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], crate::protocol::DEFAULT_PORT)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT)),
+            cors_origins: Vec::new(),
+            http_body_limit: 64 * 1024,
             max_connections: 10_000,
             max_frame_bytes: 1024 * 1024,
             max_subscriptions: 1024,
@@ -150,6 +162,7 @@ impl HubConfig {
             ("max_subscriptions", self.max_subscriptions as u64),
             ("max_bad_frames", u64::from(self.max_bad_frames)),
             ("outbound_queue_bytes", self.outbound_queue_bytes as u64),
+            ("http_body_limit", self.http_body_limit as u64),
             ("ping_interval_ms", self.ping_interval_ms),
             ("request_timeout_ms", self.request_timeout_ms),
         ];

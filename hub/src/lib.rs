@@ -8,6 +8,7 @@
 pub mod client;
 pub mod config;
 pub mod devices;
+pub mod http;
 pub mod protocol;
 pub mod schema;
 pub mod server;

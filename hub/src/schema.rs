@@ -171,31 +171,35 @@ impl Description {
 
     /// Checks a whole desired-settings object; the first problem wins.
     pub fn validate(&self, desired: &Value) -> Result<(), SchemaError> {
-        let Some(obj) = desired.as_object() else {
-            return Err(SchemaError::InvalidRequest(
-                "desired settings must be a JSON object such as {\"power\":\"on\"}".into(),
-            ));
-        };
-        if obj.is_empty() {
-            return Err(SchemaError::InvalidRequest("no settings given".into()));
-        }
-        for (name, value) in obj {
-            let setting = self
-                .setting(name)
-                .ok_or_else(|| SchemaError::UnknownSetting {
-                    setting: name.clone(),
-                    known: self
-                        .settings
-                        .iter()
-                        .filter(|s| s.writable)
-                        .map(|s| s.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })?;
-            setting.check(value)?;
-        }
-        Ok(())
+        validate_settings(&self.settings, desired)
     }
+}
+
+/// Checks desired settings against a settings schema; the first problem wins.
+pub fn validate_settings(settings: &[Setting], desired: &Value) -> Result<(), SchemaError> {
+    let Some(obj) = desired.as_object() else {
+        return Err(SchemaError::InvalidRequest(
+            "desired settings must be a JSON object such as {\"power\":\"on\"}".into(),
+        ));
+    };
+    if obj.is_empty() {
+        return Err(SchemaError::InvalidRequest("no settings given".into()));
+    }
+    for (name, value) in obj {
+        let setting = settings.iter().find(|s| &s.name == name).ok_or_else(|| {
+            SchemaError::UnknownSetting {
+                setting: name.clone(),
+                known: settings
+                    .iter()
+                    .filter(|s| s.writable)
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+        })?;
+        setting.check(value)?;
+    }
+    Ok(())
 }
 
 /// How serious a device event is.

@@ -17,7 +17,7 @@ struct HubProcess {
 
 async fn start_hub(extra: &[&str]) -> HubProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_patchbay-hub"))
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -130,8 +130,8 @@ async fn hub_names_the_bad_config_field() {
 #[tokio::test]
 async fn cli_pub_sub_req() {
     let hub = start_hub(&[]).await;
-    let (ok, out, _) = cli(&hub.addr, &["pub", "--retain", "room/1/temp", "{\"c\":21}"]).await;
-    assert!(ok);
+    let (ok, out, err) = cli(&hub.addr, &["pub", "--retain", "room/1/temp", "{\"c\":21}"]).await;
+    assert!(ok, "{err}");
     assert!(out.starts_with("published room/1/temp (seq "), "{out}");
 
     let mut sub = Command::new(env!("CARGO_BIN_EXE_patchbay"))

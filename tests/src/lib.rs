@@ -96,7 +96,11 @@ impl Proc {
 
 /// A hub process on a free port.
 pub async fn hub() -> Proc {
-    Proc::start("patchbay-hub", &["--listen", "127.0.0.1:0"]).await
+    Proc::start(
+        "patchbay-hub",
+        &["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
+    )
+    .await
 }
 
 /// A PJLink simulator process; `addr` may be `127.0.0.1:0`.

@@ -203,7 +203,11 @@ async fn agent_reconnects_to_a_restarted_hub_and_republishes() {
     w.until("online", |d| online(d, "proj-1")).await;
     hub1.kill().await;
     // A new hub on the same address starts empty; the agent must re-claim and re-publish.
-    let _hub2 = patchbay_tests::Proc::start("patchbay-hub", &["--listen", &hub_addr]).await;
+    let _hub2 = patchbay_tests::Proc::start(
+        "patchbay-hub",
+        &["--listen", &hub_addr, "--http-listen", "127.0.0.1:0"],
+    )
+    .await;
     let mut w = Watcher::new(&hub_addr).await;
     w.until("re-published on the new hub", |d| {
         online(d, "proj-1") && d["proj-1"].meta.is_some() && d["proj-1"].state.is_some()

@@ -4,8 +4,25 @@ use patchbay_tests::{cli, online, Proc, Watcher};
 
 #[tokio::test]
 async fn demo_runs_every_device_and_takes_commands() {
-    let mut demo = Proc::start("patchbay-agent", &["demo", "--hub-listen", "127.0.0.1:0"]).await;
+    let mut demo = Proc::start(
+        "patchbay-agent",
+        &[
+            "demo",
+            "--hub-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
     assert_eq!(demo.first_line, "patchbay demo is running");
+    let console_line = demo.stdout.next_line().await.unwrap().unwrap();
+    assert!(
+        console_line
+            .trim_start()
+            .starts_with("console              http://127.0.0.1:"),
+        "{console_line}"
+    );
     let hub_line = demo.stdout.next_line().await.unwrap().unwrap();
     let hub = hub_line.split_whitespace().last().unwrap().to_owned();
     assert!(hub_line.contains("hub (wire protocol)"), "{hub_line}");

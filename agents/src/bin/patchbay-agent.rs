@@ -27,6 +27,9 @@ enum Command {
         /// Hub wire-protocol address.
         #[arg(long, default_value = "127.0.0.1:7400")]
         hub_listen: SocketAddr,
+        /// Hub HTTP address (API and console).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_listen: SocketAddr,
     },
     /// Check the configuration file and exit.
     Check,
@@ -64,7 +67,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     match cli.command {
-        Some(Command::Demo { hub_listen }) => demo::run(DemoOptions { hub_listen }, stop_rx).await,
+        Some(Command::Demo {
+            hub_listen,
+            http_listen,
+        }) => {
+            demo::run(
+                DemoOptions {
+                    hub_listen,
+                    http_listen,
+                },
+                stop_rx,
+            )
+            .await
+        }
         Some(Command::Check) => {
             let cfg = load(cli.config)?;
             println!(

@@ -20,6 +20,9 @@ struct Args {
     /// Wire-protocol address, overriding the config's `listen` [default: 127.0.0.1:7400].
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// HTTP address (API, events, console), overriding the config's `http_listen` [default: 127.0.0.1:8080].
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
     /// Allow listening on a non-loopback address with no tokens configured.
     #[arg(long)]
     insecure: bool,
@@ -42,21 +45,33 @@ async fn main() -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    if !config.auth_required() && !config.listen.ip().is_loopback() && !args.insecure {
-        bail!(
-            "refusing to listen on {} with no tokens configured: anyone who can reach it could control every device. \
-             Add [[tokens]] to the config, listen on a loopback address, or pass --insecure",
-            config.listen
-        );
+    if let Some(http) = args.http_listen {
+        config.http_listen = http;
+    }
+    for addr in [config.listen, config.http_listen] {
+        if !config.auth_required() && !addr.ip().is_loopback() && !args.insecure {
+            bail!(
+                "refusing to listen on {addr} with no tokens configured: anyone who can reach it could control every device. \
+                 Add [[tokens]] to the config, listen on a loopback address, or pass --insecure"
+            );
+        }
     }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let http = TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (http)", config.http_listen))?;
     let addr = listener.local_addr()?;
-    println!("patchbay-hub listening on {addr}");
-    tracing::info!(%addr, auth = config.auth_required(), "hub started");
+    let http_addr = http.local_addr()?;
+    // One write, and no panic if whoever started us has stopped reading stdout.
+    let banner = format!(
+        "patchbay-hub listening on {addr}\npatchbay-hub console and API on http://{http_addr}/\n"
+    );
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
+    tracing::info!(%addr, %http_addr, auth = config.auth_required(), "hub started");
     let hub = Hub::new(config);
-    serve(hub, listener, shutdown_signal()).await;
+    serve(hub, listener, Some(http), shutdown_signal()).await;
     tracing::info!("hub stopped");
     Ok(())
 }

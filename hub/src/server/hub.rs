@@ -69,12 +69,22 @@ struct Conn {
     since_ms: u64,
 }
 
+/// Who is waiting for a request's answer.
+enum Requester {
+    /// A connection, with its own request id.
+    Conn(ConnId, Box<RawValue>),
+    /// The hub's HTTP side, waiting on a channel.
+    Internal(tokio::sync::oneshot::Sender<Result<Box<RawValue>, ErrorBody>>),
+}
+
 struct Pending {
-    requester: ConnId,
-    rid: Box<RawValue>,
+    requester: Requester,
     responder: ConnId,
     deadline: Instant,
 }
+
+/// The answer to a request made with [`Hub::request_internal`].
+pub type Answer = tokio::sync::oneshot::Receiver<Result<Box<RawValue>, ErrorBody>>;
 
 /// A connected client as `GET /api/agents` and tests see it.
 #[derive(Debug, Clone)]
@@ -188,6 +198,8 @@ impl State {
         let seq = self.seq;
         let mut buf = Vec::with_capacity(tag.len() + body.get().len() + from.len() + 64);
         encode_msg(&mut buf, tag, body, from, seq, retain, cid);
+        // JSON escapes every quote inside the tag, so the first `"body":` is the field.
+        let body_start = memchr::memmem::find(&buf, b"\"body\":").map_or(0, |i| i + 7);
         let frame = Bytes::from(buf);
         let key = if retain {
             let key = self.store.key(tag);
@@ -198,6 +210,7 @@ impl State {
                     seq,
                     frame: frame.clone(),
                     time_ms: now_ms(),
+                    body: body_start..body_start + body.get().len(),
                 };
                 self.store.set(key.clone(), value);
             }
@@ -222,16 +235,35 @@ impl State {
         seq
     }
 
-    fn fail_request(&self, metrics: &Metrics, p: &Pending, code: ErrorCode, message: &str) {
+    fn fail_request(&self, metrics: &Metrics, p: Pending, code: ErrorCode, message: &str) {
         let counter = match code {
             ErrorCode::Timeout => &metrics.requests_timeout,
             ErrorCode::Unavailable => &metrics.requests_unavailable,
             _ => &metrics.requests_error,
         };
         Metrics::inc(counter);
-        let mut buf = Vec::with_capacity(96 + message.len());
-        encode_err(&mut buf, None, Some(&p.rid), code.as_str(), message);
-        self.deliver(metrics, p.requester, &Bytes::from(buf), None);
+        let error = ErrorBody {
+            code: code.as_str().into(),
+            message: message.into(),
+        };
+        self.answer(metrics, p.requester, Err(error));
+    }
+
+    /// Sends a request's outcome to whoever waits for it.
+    fn answer(&self, metrics: &Metrics, to: Requester, result: Result<&RawValue, ErrorBody>) {
+        match to {
+            Requester::Internal(tx) => {
+                let _ = tx.send(result.map(ToOwned::to_owned));
+            }
+            Requester::Conn(conn, rid) => {
+                let mut buf = Vec::with_capacity(128);
+                match result {
+                    Ok(body) => encode_rep(&mut buf, &rid, body),
+                    Err(e) => encode_err(&mut buf, None, Some(&rid), &e.code, &e.message),
+                }
+                self.deliver(metrics, conn, &Bytes::from(buf), None);
+            }
+        }
     }
 }
 
@@ -464,7 +496,6 @@ impl Hub {
     }
 
     /// Sends a request to the owner of `tag`, else to one subscriber of it.
-    #[allow(clippy::too_many_arguments)]
     pub fn request(
         &self,
         conn: ConnId,
@@ -474,13 +505,42 @@ impl Hub {
         timeout: Option<Duration>,
         cid: Option<&str>,
     ) -> Result<(), OpError> {
+        let requester = Requester::Conn(conn, rid.to_owned());
+        self.send_request(Some(conn), requester, tag, body, timeout, cid)
+    }
+
+    /// Sends a request on the hub's own behalf (the HTTP side); the answer arrives on the returned channel.
+    pub fn request_internal(
+        &self,
+        tag: &str,
+        body: &RawValue,
+        timeout: Option<Duration>,
+        cid: Option<&str>,
+    ) -> Result<Answer, OpError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send_request(None, Requester::Internal(tx), tag, body, timeout, cid)?;
+        Ok(rx)
+    }
+
+    fn send_request(
+        &self,
+        conn: Option<ConnId>,
+        requester: Requester,
+        tag: &str,
+        body: &RawValue,
+        timeout: Option<Duration>,
+        cid: Option<&str>,
+    ) -> Result<(), OpError> {
         let mut st = self.lock();
-        let Some(c) = st.conn(conn) else {
-            return Ok(());
+        let from: Arc<str> = match conn {
+            Some(c) => match st.conn(c) {
+                Some(c) => c.ident.name.clone(),
+                None => return Ok(()),
+            },
+            None => Arc::from("http"),
         };
-        let from = c.ident.name.clone();
         let responder = match st.owner_of(tag) {
-            Some(owner) => Some(owner).filter(|o| *o != conn),
+            Some(owner) => Some(owner).filter(|o| Some(*o) != conn),
             None => {
                 let mut candidates = std::mem::take(&mut st.scratch);
                 candidates.clear();
@@ -488,7 +548,7 @@ impl Hub {
                 candidates.sort_unstable();
                 candidates.dedup();
                 candidates.retain(|&k| {
-                    k != conn
+                    Some(k) != conn
                         && st
                             .conn(k)
                             .is_some_and(|c| c.ident.role.is_some_and(|r| r != Role::Viewer))
@@ -516,8 +576,7 @@ impl Hub {
         st.pending.insert(
             hub_rid,
             Pending {
-                requester: conn,
-                rid: rid.to_owned(),
+                requester,
                 responder,
                 deadline,
             },
@@ -554,18 +613,11 @@ impl Hub {
             return Ok(());
         };
         st.deadlines.remove(&(p.deadline, hub_rid));
-        let mut buf = Vec::with_capacity(128);
-        match result {
-            Ok(body) => {
-                Metrics::inc(&self.metrics.requests_ok);
-                encode_rep(&mut buf, &p.rid, body);
-            }
-            Err(e) => {
-                Metrics::inc(&self.metrics.requests_error);
-                encode_err(&mut buf, None, Some(&p.rid), &e.code, &e.message);
-            }
-        }
-        st.deliver(&self.metrics, p.requester, &Bytes::from(buf), None);
+        Metrics::inc(match &result {
+            Ok(_) => &self.metrics.requests_ok,
+            Err(_) => &self.metrics.requests_error,
+        });
+        st.answer(&self.metrics, p.requester, result);
         Ok(())
     }
 
@@ -582,12 +634,8 @@ impl Hub {
                     .conn(p.responder)
                     .map(|c| c.ident.name.to_string())
                     .unwrap_or_default();
-                st.fail_request(
-                    &self.metrics,
-                    &p,
-                    ErrorCode::Timeout,
-                    &format!("`{who}` did not reply in time"),
-                );
+                let why = format!("`{who}` did not reply in time");
+                st.fail_request(&self.metrics, p, ErrorCode::Timeout, &why);
             }
         }
         None
@@ -624,28 +672,18 @@ impl Hub {
         for p in &c.patterns {
             st.router.remove(p, conn);
         }
-        let mut failed = Vec::new();
-        st.pending.retain(|rid, p| {
-            let keep = p.responder != conn;
-            if !keep {
-                failed.push((*rid, p.requester, p.rid.clone(), p.deadline));
+        let failed: Vec<u64> = st
+            .pending
+            .iter()
+            .filter(|(_, p)| p.responder == conn)
+            .map(|(rid, _)| *rid)
+            .collect();
+        for rid in failed {
+            if let Some(p) = st.pending.remove(&rid) {
+                st.deadlines.remove(&(p.deadline, rid));
+                let why = format!("`{}` disconnected before replying", c.ident.name);
+                st.fail_request(&self.metrics, p, ErrorCode::Unavailable, &why);
             }
-            keep
-        });
-        for (rid, requester, client_rid, deadline) in failed {
-            st.deadlines.remove(&(deadline, rid));
-            let p = Pending {
-                requester,
-                rid: client_rid,
-                responder: conn,
-                deadline,
-            };
-            st.fail_request(
-                &self.metrics,
-                &p,
-                ErrorCode::Unavailable,
-                &format!("`{}` disconnected before replying", c.ident.name),
-            );
         }
         let since = now_ms();
         for prefix in &c.claims {
@@ -681,6 +719,16 @@ impl Hub {
     /// The retained `msg` frame of `tag`, if any.
     pub fn retained(&self, tag: &str) -> Option<Retained> {
         self.lock().store.get(tag).cloned()
+    }
+
+    /// Every retained value whose tag matches one of `patterns`, in seq order.
+    pub fn retained_matching(&self, patterns: &[String]) -> Vec<(Arc<str>, Retained)> {
+        let st = self.lock();
+        st.store
+            .matching(patterns)
+            .into_iter()
+            .map(|(t, r)| (t.clone(), r.clone()))
+            .collect()
     }
 
     /// The live connections.

@@ -20,10 +20,17 @@ use crate::config::HubConfig;
 /// How long shutdown waits for connections to flush and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Accepts clients on `listener` until `shutdown` resolves, then closes every connection.
-pub async fn serve(hub: Arc<Hub>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+/// Accepts wire-protocol clients on `listener` (and HTTP on `http`) until
+/// `shutdown` resolves, then closes every connection.
+pub async fn serve(
+    hub: Arc<Hub>,
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let timer = tokio::spawn(hub.clone().run_request_timer());
+    let http = http.map(|l| tokio::spawn(crate::http::serve(hub.clone(), l, stop_rx.clone())));
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -52,6 +59,14 @@ pub async fn serve(hub: Arc<Hub>, listener: TcpListener, shutdown: impl Future<O
     if drained.is_err() {
         conns.abort_all();
     }
+    if let Some(mut http) = http {
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut http)
+            .await
+            .is_err()
+        {
+            http.abort();
+        }
+    }
     timer.abort();
 }
 
@@ -61,6 +76,8 @@ pub struct RunningHub {
     pub hub: Arc<Hub>,
     /// The bound wire-protocol address.
     pub addr: SocketAddr,
+    /// The bound HTTP address.
+    pub http_addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -75,18 +92,21 @@ impl RunningHub {
     }
 }
 
-/// Binds `config.listen` and serves in a background task.
+/// Binds `config.listen` and `config.http_listen` and serves in a background task.
 pub async fn start(config: HubConfig) -> std::io::Result<RunningHub> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
+    let http = TcpListener::bind(config.http_listen).await?;
+    let http_addr = http.local_addr()?;
     let hub = Hub::new(config);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve(hub.clone(), listener, async {
+    let task = tokio::spawn(serve(hub.clone(), listener, Some(http), async {
         let _ = stopped.await;
     }));
     Ok(RunningHub {
         hub,
         addr,
+        http_addr,
         stop: Some(stop),
         task,
     })

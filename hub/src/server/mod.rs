@@ -14,7 +14,7 @@ mod store;
 pub type ConnId = u64;
 
 pub use connection::{serve_tcp, LineBuffer};
-pub use hub::{now_ms, ConnInfo, Hub, Identity, OpError};
+pub use hub::{now_ms, Answer, ConnInfo, Hub, Identity, OpError};
 pub use listener::{serve, start, RunningHub};
 pub use metrics::Metrics;
 pub use outbox::{Drain, Outbox, Push};

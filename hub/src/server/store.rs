@@ -17,6 +17,16 @@ pub struct Retained {
     pub frame: Bytes,
     /// When it was published, in milliseconds since the Unix epoch.
     pub time_ms: u64,
+    /// Where the body sits in `frame`.
+    pub body: std::ops::Range<usize>,
+}
+
+impl Retained {
+    /// The body as raw JSON text.
+    pub fn body(&self) -> &str {
+        // The range was taken from the frame's own encoding, which is UTF-8.
+        std::str::from_utf8(&self.frame[self.body.clone()]).unwrap_or("null")
+    }
 }
 
 /// Latest value per retained tag.

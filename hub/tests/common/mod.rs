@@ -18,6 +18,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// A hub on 127.0.0.1 with an OS-chosen port.
 pub async fn hub_with(mut config: HubConfig) -> RunningHub {
     config.listen = "127.0.0.1:0".parse().unwrap();
+    config.http_listen = "127.0.0.1:0".parse().unwrap();
     start(config).await.expect("hub starts")
 }
 

@@ -1,0 +1,117 @@
+//! The hub's HTTP side (axum): device discovery, status and commands, live
+//! events over SSE, the wire protocol over WebSocket, OpenAPI, health and
+//! metrics, and the operator console.
+
+mod agents;
+mod auth;
+mod devices;
+mod error;
+mod events;
+mod ops;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::routing::get;
+use axum::Router;
+use tokio::sync::watch;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use devices::CORRELATION_HEADER;
+pub use error::{ApiError, ErrorResponse};
+pub use ops::ApiDoc;
+
+use crate::server::Hub;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    /// The hub.
+    pub hub: Arc<Hub>,
+    /// Turns true when the hub shuts down; long-lived streams end then.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::PATCH, Method::OPTIONS])
+        .allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+            HeaderName::from_static(CORRELATION_HEADER),
+            HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([HeaderName::from_static(CORRELATION_HEADER)])
+}
+
+/// The whole HTTP application.
+pub fn router(hub: Arc<Hub>, shutdown: watch::Receiver<bool>) -> Router {
+    let cfg = hub.config().clone();
+    // Ordinary requests get a deadline: the longest command wait plus a margin.
+    let deadline = Duration::from_millis(cfg.max_request_timeout_ms) + Duration::from_secs(10);
+    let api = Router::new()
+        .route("/api/devices", get(devices::list))
+        .route(
+            "/api/devices/{id}",
+            get(devices::show).patch(devices::patch),
+        )
+        .route("/api/agents", get(agents::list))
+        .route("/api/openapi.json", get(ops::openapi))
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            deadline,
+        ));
+    // Streams live as long as the client wants: no deadline.
+    let streams = Router::new()
+        .route("/api/events", get(events::stream))
+        .route("/ws", get(ws::upgrade));
+    let mut app = api
+        .merge(streams)
+        .merge(patchbay_console())
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(RequestBodyLimitLayer::new(cfg.http_body_limit))
+        .layer(TraceLayer::new_for_http());
+    if !cfg.cors_origins.is_empty() {
+        app = app.layer(cors(&cfg.cors_origins));
+    }
+    // Outermost, so errors from every layer get the JSON body too.
+    app.layer(axum::middleware::map_response(error::json_errors))
+        .with_state(AppState { hub, shutdown })
+}
+
+/// The operator console's routes (the web crate adds them in a later step).
+fn patchbay_console() -> Router<AppState> {
+    Router::new()
+}
+
+/// Serves HTTP on `listener` until `shutdown` turns true.
+pub async fn serve(
+    hub: Arc<Hub>,
+    listener: tokio::net::TcpListener,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut stop = shutdown.clone();
+    let app = router(hub, shutdown).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = served {
+        tracing::error!("http server failed: {e}");
+    }
+}

@@ -1,0 +1,179 @@
+//! Health, Prometheus metrics, and the OpenAPI document.
+
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+
+use super::AppState;
+use crate::server::Metrics;
+
+/// Health answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` while the hub serves.
+    pub status: String,
+    /// Open connections.
+    pub connections: usize,
+    /// Retained tags.
+    pub retained: usize,
+}
+
+/// Is the hub up?
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn healthz(State(st): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        connections: st.hub.connection_count(),
+        retained: st.hub.retained_count(),
+    })
+}
+
+/// Counters and gauges in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String)))]
+pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    let m = st.hub.metrics();
+    let online = st
+        .hub
+        .retained_matching(&["dev/+/online".to_owned()])
+        .iter()
+        .filter(|(_, r)| {
+            serde_json::from_str::<serde_json::Value>(r.body())
+                .ok()
+                .and_then(|v| v.get("online")?.as_bool())
+                == Some(true)
+        })
+        .count();
+    let mut out = String::with_capacity(2048);
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let get = Metrics::get;
+    metric(
+        "patchbay_connections",
+        "gauge",
+        "Open connections.",
+        &[("", st.hub.connection_count() as u64)],
+    );
+    metric(
+        "patchbay_connections_total",
+        "counter",
+        "Connections accepted.",
+        &[("", get(&m.connections_total))],
+    );
+    metric(
+        "patchbay_connections_refused_total",
+        "counter",
+        "Connections refused at the connection limit.",
+        &[("", get(&m.connections_refused))],
+    );
+    metric(
+        "patchbay_messages_routed_total",
+        "counter",
+        "Messages routed.",
+        &[("", get(&m.messages_routed))],
+    );
+    metric(
+        "patchbay_deliveries_total",
+        "counter",
+        "Message copies delivered to subscribers.",
+        &[("", get(&m.deliveries))],
+    );
+    metric(
+        "patchbay_conflated_total",
+        "counter",
+        "Retained messages that replaced a queued one for a lagging client.",
+        &[("", get(&m.conflated))],
+    );
+    metric(
+        "patchbay_slow_consumer_drops_total",
+        "counter",
+        "Clients dropped as slow consumers.",
+        &[("", get(&m.slow_consumer_drops))],
+    );
+    metric(
+        "patchbay_bad_frames_total",
+        "counter",
+        "Frames refused as malformed.",
+        &[("", get(&m.bad_frames))],
+    );
+    metric(
+        "patchbay_requests_total",
+        "counter",
+        "Requests by outcome.",
+        &[
+            ("{outcome=\"ok\"}", get(&m.requests_ok)),
+            ("{outcome=\"error\"}", get(&m.requests_error)),
+            ("{outcome=\"no_responder\"}", get(&m.requests_no_responder)),
+            ("{outcome=\"timeout\"}", get(&m.requests_timeout)),
+            ("{outcome=\"unavailable\"}", get(&m.requests_unavailable)),
+        ],
+    );
+    metric(
+        "patchbay_retained",
+        "gauge",
+        "Retained tags.",
+        &[("", st.hub.retained_count() as u64)],
+    );
+    metric(
+        "patchbay_devices_online",
+        "gauge",
+        "Devices reported online.",
+        &[("", online as u64)],
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// The API description, generated from the handlers.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "patchbay hub API", description = "Discover, watch and control devices through a patchbay hub."),
+    paths(
+        super::devices::list,
+        super::devices::show,
+        super::devices::patch,
+        super::agents::list,
+        super::events::stream,
+        super::ws::upgrade,
+        healthz,
+        metrics,
+        openapi,
+    ),
+    components(schemas(
+        super::devices::DeviceSummary,
+        super::devices::DeviceDetail,
+        super::agents::AgentInfo,
+        super::error::ErrorResponse,
+        super::error::ErrorDetail,
+        Health
+    )),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1 document", body = Object)))]
+pub async fn openapi() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
