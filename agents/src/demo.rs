@@ -1,14 +1,18 @@
 //! `patchbay-agent demo`: a hub, simulated devices and an agent driving them,
 //! in one process, so a new user sees everything work with one command.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use patchbay_drivers::line::LineProfile;
 use patchbay_drivers::sim::escvp21::PtyDevice;
 use patchbay_drivers::sim::{lg_display, pjlink, ProjectorConfig, Sim};
 use patchbay_drivers::{SerialSettings, Transport};
+use patchbay_hub::client::{connect, Client, ClientOptions, Event, Events};
 use patchbay_hub::config::HubConfig;
+use patchbay_hub::protocol::ErrorBody;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -63,6 +67,66 @@ fn device(
     }
 }
 
+/// The demo's simulators, controllable through the hub.
+struct SimControls {
+    sims: HashMap<String, Sim>,
+    /// The device behind a pseudo-terminal, which can also be unplugged.
+    pty: (String, Arc<Mutex<PtyDevice>>),
+}
+
+impl SimControls {
+    fn apply(&self, id: &str, command: &str) -> Result<String, String> {
+        let sim = self
+            .sims
+            .get(id)
+            .ok_or_else(|| format!("no simulator `{id}`"))?;
+        let (pty_id, pty) = &self.pty;
+        let mut pty = pty.lock().unwrap_or_else(|e| e.into_inner());
+        let answer = match command.trim() {
+            "unplug" if id == pty_id => {
+                pty.unplug();
+                "ok".to_owned()
+            }
+            "plug" if id == pty_id => pty
+                .plug()
+                .map(|()| "ok".to_owned())
+                .map_err(|e| e.to_string())?,
+            other => sim.control(other),
+        };
+        match answer.strip_prefix("error: ") {
+            Some(e) => Err(e.to_owned()),
+            None => Ok(answer),
+        }
+    }
+}
+
+/// Answers `sim/<id>/control` requests (body: a command string) for fault injection.
+async fn serve_controls(client: Client, mut events: Events, controls: SimControls) {
+    while let Some(event) = events.next().await {
+        let Event::Request(r) = event else { continue };
+        let id = r
+            .tag
+            .strip_prefix("sim/")
+            .and_then(|t| t.strip_suffix("/control"))
+            .unwrap_or("");
+        let command = r.body.as_str().unwrap_or("");
+        let _ = match controls.apply(id, command) {
+            Ok(answer) => {
+                client
+                    .reply(r.rid, Ok(&serde_json::json!({ "answer": answer })))
+                    .await
+            }
+            Err(e) => {
+                let e = ErrorBody {
+                    code: "invalid_value".into(),
+                    message: e,
+                };
+                client.reply(r.rid, Err(&e)).await
+            }
+        };
+    }
+}
+
 /// Runs the demo until `shutdown` turns true.
 pub async fn run(opts: DemoOptions, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let hub = patchbay_hub::server::start(HubConfig {
@@ -80,18 +144,33 @@ pub async fn run(opts: DemoOptions, shutdown: watch::Receiver<bool>) -> anyhow::
     })?;
 
     let (l1, a1) = local_listener().await?;
-    tokio::spawn(pjlink::serve(
-        l1,
-        projector("Auditorium", "SIM-1000", None, 2),
-    ));
+    let sim1 = projector("Auditorium", "SIM-1000", None, 2);
+    tokio::spawn(pjlink::serve(l1, sim1.clone()));
     let (l2, a2) = local_listener().await?;
-    tokio::spawn(pjlink::serve(
-        l2,
-        projector("Boardroom", "SIM-500", Some("demo-pass"), 1),
-    ));
+    let sim2 = projector("Boardroom", "SIM-500", Some("demo-pass"), 1);
+    tokio::spawn(pjlink::serve(l2, sim2.clone()));
     let pty_path =
         std::env::temp_dir().join(format!("patchbay-demo-escvp21-{}", std::process::id()));
-    let _pty = PtyDevice::start(projector("Classroom", "EB-SIM", None, 1), &pty_path)?;
+    let sim3 = projector("Classroom", "EB-SIM", None, 1);
+    let pty = Arc::new(Mutex::new(PtyDevice::start(sim3.clone(), &pty_path)?));
+    let controls = SimControls {
+        sims: HashMap::from([
+            ("proj-1".to_owned(), sim1),
+            ("proj-2".to_owned(), sim2),
+            ("proj-3".to_owned(), sim3),
+        ]),
+        pty: ("proj-3".to_owned(), pty),
+    };
+    let (control_client, control_events) = connect(
+        &hub.addr.to_string(),
+        &ClientOptions {
+            name: "demo-simulators".into(),
+            token: None,
+        },
+    )
+    .await?;
+    control_client.claim("sim").await?;
+    tokio::spawn(serve_controls(control_client, control_events, controls));
     let (l4, a4) = local_listener().await?;
     tokio::spawn(lg_display::serve(l4));
 
@@ -146,6 +225,7 @@ pub async fn run(opts: DemoOptions, shutdown: watch::Receiver<bool>) -> anyhow::
         "                       proj-3 ESC/VP21 on serial port {}, display-1 LG display at {a4}",
         pty_path.display()
     );
+    println!("  fault injection      {cli} req sim/proj-1/control '\"silent on\"'   (drop, silent on|off, failure on|off, lamp-error on|off; proj-3 also unplug, plug)");
     println!("try, in another terminal:");
     println!("  {cli} devices");
     println!("  {cli} set proj-1 power=on input=hdmi2");

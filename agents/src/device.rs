@@ -79,6 +79,14 @@ pub async fn run(
         let id = cfg.id.clone();
         let mut backoff = Backoff::new(Duration::from_millis(250), reconnect_max.max(cfg.poll));
         let mut reason: Option<String> = None;
+        // Listed from the start, with what the configuration knows; the
+        // device's own description replaces this once it answers.
+        let configured = json!({
+            "id": cfg.id, "name": cfg.name, "location": cfg.location, "driver": driver_name(&cfg),
+            "manufacturer": "", "model": "", "info": {}, "transport": cfg.transport.target(),
+            "poll_ms": cfg.poll.as_millis() as u64, "settings": [],
+        });
+        let _ = updates.send(Update::Meta(id.clone(), configured)).await;
         loop {
             // Connect phase: describe the device, or report why not and retry.
             let desc = match driver.describe().await {
@@ -144,9 +152,51 @@ pub async fn run(
     .await
 }
 
+/// Applies settings, publishing the intermediate states the driver reports
+/// (a projector warming up) with the command's correlation id.
+async fn apply_reporting(
+    driver: &mut AnyDriver,
+    desired: &State,
+    id: &str,
+    cid: Option<&str>,
+    last: &mut Option<State>,
+    updates: &mpsc::Sender<Update>,
+) -> Result<State, DriverError> {
+    let (tx, mut rx) = mpsc::channel(16);
+    driver.set_progress(Some(tx));
+    let result = {
+        let apply = driver.apply(desired);
+        tokio::pin!(apply);
+        loop {
+            tokio::select! {
+                r = &mut apply => break r,
+                Some((key, value)) = rx.recv() => {
+                    let mut state = last.clone().unwrap_or_default();
+                    if state.get(&key) != Some(&value) {
+                        state.insert(key, value);
+                        let body = Value::Object(state.clone());
+                        let _ = updates.send(Update::State(id.to_owned(), body, cid.map(str::to_owned))).await;
+                        *last = Some(state);
+                    }
+                }
+            }
+        }
+    };
+    driver.set_progress(None);
+    result
+}
+
 enum Served {
     Shutdown,
     Lost(String),
+}
+
+fn driver_name(cfg: &DeviceConfig) -> &'static str {
+    match cfg.driver {
+        crate::config::DriverKind::Pjlink => "pjlink",
+        crate::config::DriverKind::Escvp21 => "escvp21",
+        crate::config::DriverKind::Line => "line",
+    }
 }
 
 fn meta(cfg: &DeviceConfig, desc: &Description) -> Value {
@@ -208,7 +258,7 @@ async fn serve(
                     Err(e) => Err(DriverError::from(e)),
                     Ok(()) => {
                         let desired = cmd.desired.as_object().cloned().unwrap_or_default();
-                        driver.apply(&desired).await
+                        apply_reporting(driver, &desired, id, cid.as_deref(), &mut last, updates).await
                     }
                 };
                 send_events(id, driver.take_events(), updates).await;

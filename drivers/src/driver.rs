@@ -21,7 +21,14 @@ pub trait Driver: Send {
     fn take_events(&mut self) -> Vec<DeviceEvent>;
     /// Closes the connection; the next call opens a new one.
     fn disconnect(&mut self);
+    /// Where to report state changes seen while `apply` runs (a projector
+    /// warming up); `None` to stop.
+    fn set_progress(&mut self, progress: Option<Progress>);
 }
+
+/// Receives `(setting, value)` changes observed during a long `apply`. Reports
+/// are dropped, never queued without bound, when the receiver lags.
+pub type Progress = tokio::sync::mpsc::Sender<(String, serde_json::Value)>;
 
 macro_rules! forward {
     ($ty:ty) => {
@@ -40,6 +47,9 @@ macro_rules! forward {
             }
             fn disconnect(&mut self) {
                 <$ty>::disconnect(self)
+            }
+            fn set_progress(&mut self, progress: Option<Progress>) {
+                <$ty>::set_progress(self, progress)
             }
         }
     };
@@ -97,6 +107,14 @@ impl Driver for AnyDriver {
             AnyDriver::Pjlink(d) => d.disconnect(),
             AnyDriver::Escvp21(d) => d.disconnect(),
             AnyDriver::Line(d) => d.disconnect(),
+        }
+    }
+
+    fn set_progress(&mut self, progress: Option<Progress>) {
+        match self {
+            AnyDriver::Pjlink(d) => d.set_progress(progress),
+            AnyDriver::Escvp21(d) => d.set_progress(progress),
+            AnyDriver::Line(d) => d.set_progress(progress),
         }
     }
 }

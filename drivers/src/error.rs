@@ -49,7 +49,7 @@ pub enum DriverError {
     #[error("the device refused `{0}`: parameter out of range")]
     OutOfRange(String),
     /// The device cannot do it right now, e.g. while warming up (PJLink `ERR3`).
-    #[error("device busy: {0}")]
+    #[error("{0}")]
     Busy(String),
     /// The device reports a failure (PJLink `ERR4`).
     #[error("device failure while executing `{0}`")]

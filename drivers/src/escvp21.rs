@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
+use crate::driver::Progress;
 use crate::lineio::LineIo;
 use crate::sim::escvp21::NET_HELLO;
 use crate::transport::Transport;
@@ -55,6 +56,7 @@ pub struct Escvp21 {
     io: Option<LineIo>,
     last_error: String,
     events: Vec<DeviceEvent>,
+    progress: Option<Progress>,
 }
 
 impl Escvp21 {
@@ -66,7 +68,13 @@ impl Escvp21 {
             io: None,
             last_error: "00".into(),
             events: Vec::new(),
+            progress: None,
         }
+    }
+
+    /// Reports power transitions seen while applying settings.
+    pub fn set_progress(&mut self, progress: Option<Progress>) {
+        self.progress = progress;
     }
 
     /// Closes the port or connection.
@@ -276,8 +284,15 @@ impl Escvp21 {
 
     async fn settle(&mut self) -> Result<String, DriverError> {
         let deadline = Instant::now() + self.opts.transition_timeout;
+        let mut reported = String::new();
         loop {
             let power = self.power().await?;
+            if power != reported {
+                if let Some(p) = &self.progress {
+                    let _ = p.try_send(("power".into(), Value::String(power.clone())));
+                }
+                reported.clone_from(&power);
+            }
             if power != "warming" && power != "cooling" {
                 return Ok(power);
             }
@@ -292,11 +307,11 @@ impl Escvp21 {
     async fn set(&mut self, command: &str, timeout: Duration) -> Result<(), DriverError> {
         match self.command(command, timeout).await {
             Ok(_) => Ok(()),
-            Err(DriverError::Busy(why)) => {
+            Err(DriverError::Busy(_)) => {
                 let power = self.settle().await?;
                 if power == "off" && !command.starts_with("PWR") {
                     return Err(DriverError::Busy(format!(
-                        "the projector is in standby; power it on first ({why})"
+                        "the projector is in standby; power it on first (it answered ERR to `{command}`)"
                     )));
                 }
                 self.command(command, timeout).await.map(drop)

@@ -12,7 +12,7 @@ pub mod pjlink;
 pub mod sim;
 pub mod transport;
 
-pub use driver::{AnyDriver, Driver};
+pub use driver::{AnyDriver, Driver, Progress};
 pub use error::DriverError;
 pub use patchbay_hub::schema::{
     self, Description, DeviceEvent, Kind, Level, SchemaError, Setting, State,

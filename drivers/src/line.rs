@@ -331,6 +331,9 @@ impl LineDriver {
         self.poll().await
     }
 
+    /// Line-protocol commands are quick: nothing to report while they run.
+    pub fn set_progress(&mut self, _progress: Option<crate::driver::Progress>) {}
+
     /// Line-protocol devices report no events.
     pub fn take_events(&mut self) -> Vec<DeviceEvent> {
         Vec::new()

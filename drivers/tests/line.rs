@@ -130,10 +130,7 @@ async fn lg_display() {
         .await
         .unwrap_err();
     assert!(matches!(e, DriverError::Busy(_)), "{e:?}");
-    assert_eq!(
-        e.to_string(),
-        "device busy: the device refused `xb 01 91`: b 01 NG01"
-    );
+    assert_eq!(e.to_string(), "the device refused `xb 01 91`: b 01 NG01");
     let s = d.apply(&desired(json!({"power":"on"}))).await.unwrap();
     assert_eq!(s["power"], "on");
     let s = d

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
+use crate::driver::Progress;
 use crate::lineio::LineIo;
 use crate::transport::Transport;
 use crate::DriverError;
@@ -67,6 +68,7 @@ pub struct Pjlink {
     events: Vec<DeviceEvent>,
     /// Connections opened so far (for logs and tests).
     opened: u64,
+    progress: Option<Progress>,
 }
 
 impl Pjlink {
@@ -81,12 +83,18 @@ impl Pjlink {
             errors: Map::new(),
             events: Vec::new(),
             opened: 0,
+            progress: None,
         }
     }
 
     /// How many connections this driver has opened.
     pub fn connections_opened(&self) -> u64 {
         self.opened
+    }
+
+    /// Reports power transitions seen while applying settings.
+    pub fn set_progress(&mut self, progress: Option<Progress>) {
+        self.progress = progress;
     }
 
     /// Closes the connection, if any.
@@ -372,8 +380,15 @@ impl Pjlink {
     /// Waits until the power state is no longer warming or cooling; returns it.
     async fn settle(&mut self) -> Result<String, DriverError> {
         let deadline = Instant::now() + self.opts.transition_timeout;
+        let mut reported = String::new();
         loop {
             let power = self.power().await?;
+            if power != reported {
+                if let Some(p) = &self.progress {
+                    let _ = p.try_send(("power".into(), Value::String(power.clone())));
+                }
+                reported.clone_from(&power);
+            }
             if power != "warming" && power != "cooling" {
                 return Ok(power);
             }
@@ -391,11 +406,11 @@ impl Pjlink {
     async fn set(&mut self, class: u8, cmd: &str, param: &str) -> Result<(), DriverError> {
         match self.command(class, cmd, param).await {
             Ok(_) => Ok(()),
-            Err(DriverError::Busy(why)) => {
+            Err(DriverError::Busy(_)) => {
                 let power = self.settle().await?;
                 if power == "off" && cmd != "POWR" {
                     return Err(DriverError::Busy(format!(
-                        "the projector is in standby; power it on before setting `{cmd}` ({why})"
+                        "the projector is in standby; power it on before setting `{cmd}`"
                     )));
                 }
                 self.command(class, cmd, param).await.map(drop)

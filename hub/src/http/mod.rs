@@ -93,9 +93,33 @@ pub fn router(hub: Arc<Hub>, shutdown: watch::Receiver<bool>) -> Router {
         .with_state(AppState { hub, shutdown })
 }
 
-/// The operator console's routes (the web crate adds them in a later step).
+/// The operator console: `/` is the page, `/console/<file>` its assets.
 fn patchbay_console() -> Router<AppState> {
+    async fn file(path: &str) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        match patchbay_web::asset(path) {
+            Some(a) => (
+                [
+                    (axum::http::header::CONTENT_TYPE, a.mime),
+                    (axum::http::header::CACHE_CONTROL, "no-cache"),
+                ],
+                a.body,
+            )
+                .into_response(),
+            None => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no console file `{path}`"),
+            )
+            .into_response(),
+        }
+    }
     Router::new()
+        .route("/", get(|| file("index.html")))
+        .route(
+            "/console/{file}",
+            get(|axum::extract::Path(name): axum::extract::Path<String>| async move { file(&name).await }),
+        )
 }
 
 /// Serves HTTP on `listener` until `shutdown` turns true.
