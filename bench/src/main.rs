@@ -1,0 +1,223 @@
+//! `patchbay-bench`: the same cases against the patchbay hub, nats-server and
+//! mosquitto, side by side, plus the hub's resource figures. Prints a table
+//! and writes a JSON report.
+
+mod cases;
+mod resources;
+mod servers;
+mod wire;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde_json::{json, Value};
+
+use cases::{latency, quantile, snapshot, throughput, Params, Throughput};
+use servers::{available, Server};
+use wire::System;
+
+/// Benchmark the patchbay hub against nats-server and mosquitto.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Tiny counts: a smoke run that finishes in seconds.
+    #[arg(long)]
+    quick: bool,
+    /// Times each case runs; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Systems to run (comma-separated: patchbay, nats, mosquitto).
+    #[arg(long, default_value = "patchbay,nats,mosquitto")]
+    systems: String,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench/results/latest.json")]
+    json: PathBuf,
+    /// Skip the hub's resource figures.
+    #[arg(long)]
+    no_resources: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn run_system(sys: System, p: Params, repeat: usize) -> anyhow::Result<Value> {
+    let mut one: Vec<Throughput> = Vec::new();
+    let mut fan: Vec<Throughput> = Vec::new();
+    let mut lat: Vec<(f64, f64, f64)> = Vec::new();
+    let mut snap: Vec<f64> = Vec::new();
+    for _ in 0..repeat {
+        // A fresh server per repetition: no state carried between runs.
+        let server = Server::start(sys).await?;
+        one.push(throughput(&server, 1, p).await?);
+        fan.push(throughput(&server, p.fanout, p).await?);
+        let l = latency(&server, p).await?;
+        lat.push((quantile(&l, 0.5), quantile(&l, 0.99), quantile(&l, 0.999)));
+        if let Some(ms) = snapshot(&server, p).await? {
+            snap.push(ms);
+        }
+        server.stop().await;
+    }
+    let m = |f: &dyn Fn(&Throughput) -> f64, v: &[Throughput]| median(v.iter().map(f).collect());
+    Ok(json!({
+        "one_to_one_msgs_per_s": m(&|t| t.msgs_per_s, &one),
+        "one_to_one_lost": one.iter().map(|t| t.lost).sum::<u64>(),
+        "fanout_deliveries_per_s": m(&|t| t.deliveries_per_s, &fan),
+        "fanout_lost": fan.iter().map(|t| t.lost).sum::<u64>(),
+        "cpu_ns_per_delivery": m(&|t| t.cpu_ns_per_delivery, &fan),
+        "reqrep_p50_us": median(lat.iter().map(|l| l.0).collect()),
+        "reqrep_p99_us": median(lat.iter().map(|l| l.1).collect()),
+        "reqrep_p999_us": median(lat.iter().map(|l| l.2).collect()),
+        "snapshot_ms": if snap.is_empty() { Value::Null } else { json!(median(snap)) },
+    }))
+}
+
+fn fmt(v: &Value, key: &str) -> String {
+    match v.get(key).and_then(Value::as_f64) {
+        None => "n/a".into(),
+        Some(x) if x >= 1e6 => format!("{:.2}M", x / 1e6),
+        Some(x) if x >= 1e3 && key.ends_with("per_s") => format!("{:.0}k", x / 1e3),
+        Some(x) if x.fract() == 0.0 => format!("{x:.0}"),
+        Some(x) => format!("{x:.1}"),
+    }
+}
+
+fn ratio(a: &Value, b: &Value, key: &str, higher_is_better: bool) -> String {
+    match (a.get(key).and_then(Value::as_f64), b.get(key).and_then(Value::as_f64)) {
+        (Some(x), Some(y)) if x > 0.0 && y > 0.0 => {
+            let r = if higher_is_better { x / y } else { y / x };
+            format!("{r:.2}x")
+        }
+        _ => "-".into(),
+    }
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    json!({"cpu": model, "cores": cores, "os": std::env::consts::OS})
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let p = if args.quick {
+        Params {
+            messages: 20_000,
+            fanout: 10,
+            requests: 300,
+            retained: 100,
+            batch: 64,
+        }
+    } else {
+        Params {
+            messages: 1_000_000,
+            fanout: 10,
+            requests: 20_000,
+            retained: 1_000,
+            batch: 64,
+        }
+    };
+    let repeat = if args.quick { 1 } else { args.repeat.max(1) };
+    let mut results = BTreeMap::new();
+    let mut skipped = Vec::new();
+    for name in args.systems.split(',').map(str::trim) {
+        let sys = match name {
+            "patchbay" => System::Patchbay,
+            "nats" => System::Nats,
+            "mosquitto" => System::Mqtt,
+            other => anyhow::bail!("unknown system `{other}`: use patchbay, nats, mosquitto"),
+        };
+        if !available(sys) {
+            eprintln!("{name}: not installed, skipped (bench/install installs it)");
+            skipped.push(name.to_owned());
+            continue;
+        }
+        eprintln!("{name}: running ({repeat}x)...");
+        results.insert(name.to_owned(), run_system(sys, p, repeat).await?);
+    }
+    let resources = if args.no_resources {
+        Value::Null
+    } else {
+        eprintln!("patchbay: resource figures...");
+        resources::measure(args.quick).await?
+    };
+
+    let none = Value::Null;
+    let hub = results.get("patchbay").unwrap_or(&none);
+    let nats = results.get("nats").unwrap_or(&none);
+    let mosq = results.get("mosquitto").unwrap_or(&none);
+    let rows: [(&str, &str, bool); 9] = [
+        ("1->1 msgs/s", "one_to_one_msgs_per_s", true),
+        ("1->1 lost", "one_to_one_lost", false),
+        ("1->10 deliveries/s", "fanout_deliveries_per_s", true),
+        ("1->10 lost", "fanout_lost", false),
+        ("req/rep p50 us", "reqrep_p50_us", false),
+        ("req/rep p99 us", "reqrep_p99_us", false),
+        ("req/rep p99.9 us", "reqrep_p999_us", false),
+        ("retained snapshot ms", "snapshot_ms", false),
+        ("server CPU ns/delivery", "cpu_ns_per_delivery", false),
+    ];
+    println!(
+        "{} msgs of 100 B, {} subscribers in fan-out, {} requests, {} retained tags, median of {repeat}",
+        p.messages, p.fanout, p.requests, p.retained
+    );
+    println!(
+        "{:<24} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "case", "patchbay", "nats", "mosquitto", "hub/nats", "hub/mosq"
+    );
+    for (label, key, higher) in rows {
+        let is_loss = key.ends_with("lost");
+        println!(
+            "{:<24} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            label,
+            fmt(hub, key),
+            fmt(nats, key),
+            fmt(mosq, key),
+            if is_loss { "-".into() } else { ratio(hub, nats, key, higher) },
+            if is_loss { "-".into() } else { ratio(hub, mosq, key, higher) },
+        );
+    }
+    println!("(ratios above 1.00x mean the hub is better: faster, or lower latency/CPU)");
+    if let Value::Object(r) = &resources {
+        for (k, v) in r {
+            println!("{k:<40} {v}");
+        }
+    }
+    let report = json!({
+        "time_unix_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64,
+        "machine": machine(),
+        "params": {"messages": p.messages, "fanout": p.fanout, "requests": p.requests, "retained": p.retained,
+                   "batch": p.batch, "repeat": repeat, "payload_bytes": 100},
+        "results": results,
+        "skipped": skipped,
+        "resources": resources,
+    });
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)? + "\n")?;
+    if !args.quick {
+        if let Some(dir) = args.json.parent() {
+            use std::io::Write;
+            let mut history = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("history.jsonl"))?;
+            writeln!(history, "{}", serde_json::to_string(&report)?)?;
+        }
+    }
+    eprintln!("report written to {}", args.json.display());
+    Ok(())
+}

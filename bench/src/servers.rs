@@ -1,0 +1,143 @@
+//! Starting and stopping the servers under test, each on a free loopback
+//! port, and reading their CPU time and memory from /proc.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::process::{Child, Command};
+
+use crate::wire::System;
+
+/// A server process.
+pub struct Server {
+    /// Which system.
+    pub sys: System,
+    /// Its client address.
+    pub addr: String,
+    /// Its HTTP address (patchbay only).
+    pub http: Option<String>,
+    child: Child,
+    _dir: Option<PathBuf>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The hub binary next to this benchmark's executable.
+fn hub_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().context("exe dir")?.join("patchbay-hub");
+    if !path.exists() {
+        bail!("{} is missing: build the workspace binaries first", path.display());
+    }
+    Ok(path)
+}
+
+impl Server {
+    /// Starts `sys` and waits until it accepts connections.
+    pub async fn start(sys: System) -> anyhow::Result<Server> {
+        let port = free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let mut http = None;
+        let mut dir = None;
+        let mut cmd = match sys {
+            System::Patchbay => {
+                let h = format!("127.0.0.1:{}", free_port()?);
+                let mut c = Command::new(hub_binary()?);
+                c.args(["--listen", &addr, "--http-listen", &h]).env("RUST_LOG", "error");
+                http = Some(h);
+                c
+            }
+            System::Nats => {
+                let mut c = Command::new("nats-server");
+                c.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+                c
+            }
+            System::Mqtt => {
+                let d = std::env::temp_dir().join(format!("patchbay-bench-mosquitto-{}-{port}", std::process::id()));
+                std::fs::create_dir_all(&d)?;
+                let conf = d.join("mosquitto.conf");
+                std::fs::write(
+                    &conf,
+                    format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n"),
+                )?;
+                let mut c = Command::new(mosquitto_binary());
+                c.arg("-c").arg(&conf);
+                dir = Some(d);
+                c
+            }
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {} (run bench/install first)", sys.name()))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            if tokio::time::Instant::now() > deadline {
+                bail!("{} did not start listening on {addr}", sys.name());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Server {
+            sys,
+            addr,
+            http,
+            child,
+            _dir: dir,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// CPU time (user + system) used so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): utime is 14th, stime 15th overall.
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        ticks / 100.0
+    }
+
+    /// Resident memory in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// Stops the server.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn mosquitto_binary() -> &'static str {
+    if std::path::Path::new("/usr/sbin/mosquitto").exists() {
+        "/usr/sbin/mosquitto"
+    } else {
+        "mosquitto"
+    }
+}
+
+/// Is this system's server installed?
+pub fn available(sys: System) -> bool {
+    match sys {
+        System::Patchbay => hub_binary().is_ok(),
+        System::Nats => std::process::Command::new("nats-server").arg("--version").output().is_ok(),
+        System::Mqtt => std::process::Command::new(mosquitto_binary()).arg("-h").output().is_ok(),
+    }
+}
