@@ -71,6 +71,7 @@ async fn run_system(sys: System, p: Params, repeat: usize) -> anyhow::Result<Val
         "fanout_deliveries_per_s": m(&|t| t.deliveries_per_s, &fan),
         "fanout_lost": fan.iter().map(|t| t.lost).sum::<u64>(),
         "cpu_ns_per_delivery": m(&|t| t.cpu_ns_per_delivery, &fan),
+        "one_to_one_cpu_ns_per_msg": m(&|t| t.cpu_ns_per_delivery, &one),
         "reqrep_p50_us": median(lat.iter().map(|l| l.0).collect()),
         "reqrep_p99_us": median(lat.iter().map(|l| l.1).collect()),
         "reqrep_p999_us": median(lat.iter().map(|l| l.2).collect()),
@@ -89,7 +90,10 @@ fn fmt(v: &Value, key: &str) -> String {
 }
 
 fn ratio(a: &Value, b: &Value, key: &str, higher_is_better: bool) -> String {
-    match (a.get(key).and_then(Value::as_f64), b.get(key).and_then(Value::as_f64)) {
+    match (
+        a.get(key).and_then(Value::as_f64),
+        b.get(key).and_then(Value::as_f64),
+    ) {
         (Some(x), Some(y)) if x > 0.0 && y > 0.0 => {
             let r = if higher_is_better { x / y } else { y / x };
             format!("{r:.2}x")
@@ -105,7 +109,9 @@ fn machine() -> Value {
         .find_map(|l| l.strip_prefix("model name"))
         .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     json!({"cpu": model, "cores": cores, "os": std::env::consts::OS})
 }
 
@@ -147,18 +153,11 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("{name}: running ({repeat}x)...");
         results.insert(name.to_owned(), run_system(sys, p, repeat).await?);
     }
-    let resources = if args.no_resources {
-        Value::Null
-    } else {
-        eprintln!("patchbay: resource figures...");
-        resources::measure(args.quick).await?
-    };
-
     let none = Value::Null;
     let hub = results.get("patchbay").unwrap_or(&none);
     let nats = results.get("nats").unwrap_or(&none);
     let mosq = results.get("mosquitto").unwrap_or(&none);
-    let rows: [(&str, &str, bool); 9] = [
+    let rows: [(&str, &str, bool); 10] = [
         ("1->1 msgs/s", "one_to_one_msgs_per_s", true),
         ("1->1 lost", "one_to_one_lost", false),
         ("1->10 deliveries/s", "fanout_deliveries_per_s", true),
@@ -168,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
         ("req/rep p99.9 us", "reqrep_p999_us", false),
         ("retained snapshot ms", "snapshot_ms", false),
         ("server CPU ns/delivery", "cpu_ns_per_delivery", false),
+        ("server CPU ns/msg 1->1", "one_to_one_cpu_ns_per_msg", false),
     ];
     println!(
         "{} msgs of 100 B, {} subscribers in fan-out, {} requests, {} retained tags, median of {repeat}",
@@ -185,11 +185,25 @@ async fn main() -> anyhow::Result<()> {
             fmt(hub, key),
             fmt(nats, key),
             fmt(mosq, key),
-            if is_loss { "-".into() } else { ratio(hub, nats, key, higher) },
-            if is_loss { "-".into() } else { ratio(hub, mosq, key, higher) },
+            if is_loss {
+                "-".into()
+            } else {
+                ratio(hub, nats, key, higher)
+            },
+            if is_loss {
+                "-".into()
+            } else {
+                ratio(hub, mosq, key, higher)
+            },
         );
     }
     println!("(ratios above 1.00x mean the hub is better: faster, or lower latency/CPU)");
+    let resources = if args.no_resources {
+        Value::Null
+    } else {
+        eprintln!("patchbay: resource figures...");
+        resources::measure(args.quick).await?
+    };
     if let Value::Object(r) = &resources {
         for (k, v) in r {
             println!("{k:<40} {v}");

@@ -13,8 +13,10 @@ use crate::wire::{Conn, System};
 async fn http_get(addr: &str, path: &str) -> anyhow::Result<(usize, f64)> {
     let t = Instant::now();
     let mut s = TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut body = Vec::new();
     s.read_to_end(&mut body).await?;
     Ok((body.len(), t.elapsed().as_secs_f64() * 1e3))
@@ -22,9 +24,14 @@ async fn http_get(addr: &str, path: &str) -> anyhow::Result<(usize, f64)> {
 
 /// Measures on fresh hubs; `quick` uses small counts.
 pub async fn measure(quick: bool) -> anyhow::Result<Value> {
-    let (idle, devices) = if quick { (200, 2_000) } else { (10_000, 100_000) };
+    let (idle, devices) = if quick {
+        (200, 2_000)
+    } else {
+        (10_000, 100_000)
+    };
 
-    let server = Server::start(System::Patchbay).await?;
+    // Room for the idle connections plus the probe.
+    let server = Server::start_with(System::Patchbay, Some("max_connections = 20000\n")).await?;
     let base = server.rss_bytes();
     let mut conns = Vec::with_capacity(idle);
     for _ in 0..idle {

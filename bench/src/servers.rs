@@ -23,7 +23,9 @@ pub struct Server {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// The hub binary next to this benchmark's executable.
@@ -31,7 +33,10 @@ fn hub_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.parent().context("exe dir")?.join("patchbay-hub");
     if !path.exists() {
-        bail!("{} is missing: build the workspace binaries first", path.display());
+        bail!(
+            "{} is missing: build the workspace binaries first",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -39,6 +44,11 @@ fn hub_binary() -> anyhow::Result<PathBuf> {
 impl Server {
     /// Starts `sys` and waits until it accepts connections.
     pub async fn start(sys: System) -> anyhow::Result<Server> {
+        Self::start_with(sys, None).await
+    }
+
+    /// Starts `sys`; for the hub, with `hub_config` as its TOML configuration.
+    pub async fn start_with(sys: System, hub_config: Option<&str>) -> anyhow::Result<Server> {
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let mut http = None;
@@ -47,7 +57,16 @@ impl Server {
             System::Patchbay => {
                 let h = format!("127.0.0.1:{}", free_port()?);
                 let mut c = Command::new(hub_binary()?);
-                c.args(["--listen", &addr, "--http-listen", &h]).env("RUST_LOG", "error");
+                c.args(["--listen", &addr, "--http-listen", &h])
+                    .env("RUST_LOG", "error");
+                if let Some(cfg) = hub_config {
+                    let d = std::env::temp_dir()
+                        .join(format!("patchbay-bench-hub-{}-{port}", std::process::id()));
+                    std::fs::create_dir_all(&d)?;
+                    std::fs::write(d.join("hub.toml"), cfg)?;
+                    c.arg("--config").arg(d.join("hub.toml"));
+                    dir = Some(d);
+                }
                 http = Some(h);
                 c
             }
@@ -57,7 +76,10 @@ impl Server {
                 c
             }
             System::Mqtt => {
-                let d = std::env::temp_dir().join(format!("patchbay-bench-mosquitto-{}-{port}", std::process::id()));
+                let d = std::env::temp_dir().join(format!(
+                    "patchbay-bench-mosquitto-{}-{port}",
+                    std::process::id()
+                ));
                 std::fs::create_dir_all(&d)?;
                 let conf = d.join("mosquitto.conf");
                 std::fs::write(
@@ -100,18 +122,23 @@ impl Server {
 
     /// CPU time (user + system) used so far, in seconds.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         // Fields after the command name (which may hold spaces): utime is 14th, stime 15th overall.
         let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let fields: Vec<&str> = after.split_whitespace().collect();
         let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            + fields
+                .get(12)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
         ticks / 100.0
     }
 
     /// Resident memory in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -137,7 +164,13 @@ fn mosquitto_binary() -> &'static str {
 pub fn available(sys: System) -> bool {
     match sys {
         System::Patchbay => hub_binary().is_ok(),
-        System::Nats => std::process::Command::new("nats-server").arg("--version").output().is_ok(),
-        System::Mqtt => std::process::Command::new(mosquitto_binary()).arg("-h").output().is_ok(),
+        System::Nats => std::process::Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        System::Mqtt => std::process::Command::new(mosquitto_binary())
+            .arg("-h")
+            .output()
+            .is_ok(),
     }
 }

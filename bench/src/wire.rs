@@ -60,7 +60,9 @@ fn mqtt_str(s: &str, out: &mut Vec<u8>) {
 impl Conn {
     /// Connects and completes the handshake.
     pub async fn open(sys: System, addr: &str, name: &str) -> anyhow::Result<Conn> {
-        let stream = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect {addr}"))?;
         stream.set_nodelay(true)?;
         let mut c = Conn {
             sys,
@@ -69,12 +71,14 @@ impl Conn {
         };
         match sys {
             System::Patchbay => {
-                c.send(format!("{{\"op\":\"hello\",\"name\":\"{name}\",\"id\":0}}\n").as_bytes()).await?;
+                c.send(format!("{{\"op\":\"hello\",\"name\":\"{name}\",\"id\":0}}\n").as_bytes())
+                    .await?;
                 c.expect_line(b"{\"op\":\"welcome\"").await?;
             }
             System::Nats => {
                 c.expect_line(b"INFO").await?;
-                c.send(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n").await?;
+                c.send(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")
+                    .await?;
                 c.expect_line(b"PONG").await?;
             }
             System::Mqtt => {
@@ -147,14 +151,17 @@ impl Conn {
     pub async fn subscribe(&mut self, topic: &str, snapshot: bool) -> anyhow::Result<()> {
         match self.sys {
             System::Patchbay => {
-                let frame = format!("{{\"op\":\"sub\",\"tags\":[\"{topic}\"],\"snapshot\":{snapshot},\"id\":1}}\n");
+                let frame = format!(
+                    "{{\"op\":\"sub\",\"tags\":[\"{topic}\"],\"snapshot\":{snapshot},\"id\":1}}\n"
+                );
                 self.send(frame.as_bytes()).await?;
                 if !snapshot {
                     self.expect_line(b"{\"op\":\"ok\"").await?;
                 }
             }
             System::Nats => {
-                self.send(format!("SUB {topic} 1\r\nPING\r\n").as_bytes()).await?;
+                self.send(format!("SUB {topic} 1\r\nPING\r\n").as_bytes())
+                    .await?;
                 self.expect_line(b"PONG").await?;
             }
             System::Mqtt => {
@@ -207,7 +214,9 @@ impl Conn {
             }
             System::Nats => loop {
                 let rest = &self.buf[pos..];
-                let Some(nl) = memchr::memchr(b'\n', rest) else { break };
+                let Some(nl) = memchr::memchr(b'\n', rest) else {
+                    break;
+                };
                 if rest.starts_with(b"MSG ") {
                     let header = &rest[..nl];
                     let size: usize = std::str::from_utf8(header)
@@ -263,7 +272,11 @@ pub fn encode_pub(sys: System, topic: &str, payload: &str, retain: bool, out: &m
             out.extend_from_slice(topic.as_bytes());
             out.extend_from_slice(b"\",\"body\":\"");
             out.extend_from_slice(payload.as_bytes());
-            out.extend_from_slice(if retain { b"\",\"retain\":true}\n" } else { b"\"}\n" });
+            out.extend_from_slice(if retain {
+                b"\",\"retain\":true}\n"
+            } else {
+                b"\"}\n"
+            });
         }
         System::Nats => {
             out.extend_from_slice(format!("PUB {topic} {}\r\n", payload.len()).as_bytes());
@@ -289,7 +302,8 @@ pub async fn serve_requests(mut c: Conn) -> anyhow::Result<()> {
     let reply = payload();
     match c.sys {
         System::Patchbay => {
-            c.send(b"{\"op\":\"claim\",\"prefix\":\"svc\",\"id\":2}\n").await?;
+            c.send(b"{\"op\":\"claim\",\"prefix\":\"svc\",\"id\":2}\n")
+                .await?;
             c.expect_line(b"{\"op\":\"ok\"").await?;
         }
         System::Nats => c.subscribe("svc", false).await?,
@@ -307,7 +321,9 @@ pub async fn serve_requests(mut c: Conn) -> anyhow::Result<()> {
                     .nth(1)
                     .and_then(|r| r.split(|ch: char| !ch.is_ascii_digit()).next())
                     .context("req without rid")?;
-                out.extend_from_slice(format!("{{\"op\":\"rep\",\"rid\":{rid},\"body\":\"{reply}\"}}\n").as_bytes());
+                out.extend_from_slice(
+                    format!("{{\"op\":\"rep\",\"rid\":{rid},\"body\":\"{reply}\"}}\n").as_bytes(),
+                );
             }
             System::Nats => {
                 let header = c.expect_line(b"MSG ").await?;
@@ -345,12 +361,15 @@ impl Requester {
         let p = payload();
         let mut frame = Vec::new();
         match conn.sys {
-            System::Patchbay => {
-                frame.extend_from_slice(format!("{{\"op\":\"req\",\"tag\":\"svc\",\"rid\":1,\"body\":\"{p}\"}}\n").as_bytes())
-            }
+            System::Patchbay => frame.extend_from_slice(
+                format!("{{\"op\":\"req\",\"tag\":\"svc\",\"rid\":1,\"body\":\"{p}\"}}\n")
+                    .as_bytes(),
+            ),
             System::Nats => {
                 conn.subscribe("_INBOX.bench", false).await?;
-                frame.extend_from_slice(format!("PUB svc _INBOX.bench {}\r\n{p}\r\n", p.len()).as_bytes());
+                frame.extend_from_slice(
+                    format!("PUB svc _INBOX.bench {}\r\n{p}\r\n", p.len()).as_bytes(),
+                );
             }
             System::Mqtt => {
                 conn.subscribe("svc/rep", false).await?;

@@ -116,7 +116,7 @@ pub async fn stream(
                     return None;
                 }
                 buf.clear();
-                match sub.outbox.drain_into(&mut buf, 256 * 1024) {
+                match sub.outbox.drain_into(&mut buf) {
                     Drain::Data => {}
                     Drain::Finished => done = true,
                     Drain::Empty => {

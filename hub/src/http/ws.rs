@@ -52,7 +52,7 @@ async fn serve(
         let mut buf = Vec::new();
         loop {
             buf.clear();
-            let state = writer_outbox.drain_into(&mut buf, 256 * 1024);
+            let state = writer_outbox.drain_into(&mut buf);
             for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 let text = Utf8Bytes::from(String::from_utf8_lossy(line).into_owned());
                 if sink.send(Message::Text(text)).await.is_err() {

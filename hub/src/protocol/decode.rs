@@ -150,8 +150,12 @@ fn require<T>(v: Option<T>, op: &str, field: &str, id: Option<&RawValue>) -> Res
 
 /// Parses one line (without its newline) into a frame.
 pub fn parse_client_frame(line: &[u8]) -> Result<Incoming<'_>, FrameError> {
-    let f: Fields<'_> = serde_json::from_slice(line).map_err(|e| {
-        let id = serde_json::from_slice::<IdOnly<'_>>(line)
+    // One UTF-8 check for the whole line; the parser then reads a `str` without re-checking each string.
+    let line = std::str::from_utf8(line).map_err(|e| {
+        FrameError::bad(None, format!("not valid JSON: the line is not UTF-8 ({e})"))
+    })?;
+    let f: Fields<'_> = serde_json::from_str(line).map_err(|e| {
+        let id = serde_json::from_str::<IdOnly<'_>>(line)
             .ok()
             .and_then(|i| i.id);
         let what = if e.is_syntax() || e.is_eof() {

@@ -16,27 +16,20 @@ fn line<T: Serialize>(buf: &mut Vec<u8>, frame: &T) {
     buf.push(b'\n');
 }
 
-/// A routed message as the hub writes it.
-#[derive(Serialize)]
-pub struct MsgOut<'a> {
-    op: &'static str,
-    /// Concrete tag.
-    pub tag: &'a str,
-    /// Body as raw JSON.
-    pub body: &'a RawValue,
-    /// Publisher name.
-    pub from: &'a str,
-    /// Hub-wide sequence number.
-    pub seq: u64,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    /// True for retained tags.
-    pub retained: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Correlation id.
-    pub cid: Option<&'a str>,
+/// Appends `s` as a JSON string.
+fn json_str(buf: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *buf, s).expect("strings serialize");
+    }
 }
 
-/// Appends a `msg` frame.
+/// Appends a `msg` frame; returns where the body starts, relative to the
+/// buffer's length before the call. Hand-written: this is the hot path of
+/// every delivery.
 pub fn encode_msg(
     buf: &mut Vec<u8>,
     tag: &str,
@@ -45,19 +38,39 @@ pub fn encode_msg(
     seq: u64,
     retained: bool,
     cid: Option<&str>,
-) {
-    line(
-        buf,
-        &MsgOut {
-            op: "msg",
-            tag,
-            body,
-            from,
-            seq,
-            retained,
-            cid,
-        },
-    );
+) -> usize {
+    let start = buf.len();
+    buf.extend_from_slice(b"{\"op\":\"msg\",\"tag\":");
+    json_str(buf, tag);
+    buf.extend_from_slice(b",\"body\":");
+    let body_at = buf.len() - start;
+    buf.extend_from_slice(body.get().as_bytes());
+    buf.extend_from_slice(b",\"from\":");
+    json_str(buf, from);
+    buf.extend_from_slice(b",\"seq\":");
+    buf.extend_from_slice(itoa(seq, &mut [0u8; 20]));
+    if retained {
+        buf.extend_from_slice(b",\"retained\":true");
+    }
+    if let Some(cid) = cid {
+        buf.extend_from_slice(b",\"cid\":");
+        json_str(buf, cid);
+    }
+    buf.extend_from_slice(b"}\n");
+    body_at
+}
+
+/// Formats `n` in decimal into `out`; returns the digits.
+fn itoa(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
+    let mut i = out.len();
+    loop {
+        i -= 1;
+        out[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &out[i..];
+        }
+    }
 }
 
 /// Appends a forwarded `req` frame carrying the hub's own request id.
@@ -300,5 +313,33 @@ impl ClientOut<'_> {
     /// Appends this frame as one line.
     pub fn encode(&self, buf: &mut Vec<u8>) {
         line(buf, self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msg_encoding_is_valid_json_with_the_body_where_it_says() {
+        let body = RawValue::from_string(r#"{"power":"on"}"#.into()).unwrap();
+        for (tag, from, cid) in [
+            ("dev/p1/state", "agent", Some("c-1")),
+            ("we\"ird\n", "a\\b", None),
+        ] {
+            let mut buf = b"xx".to_vec();
+            let at = encode_msg(&mut buf, tag, &body, from, 1234567, true, cid);
+            let frame = &buf[2..];
+            assert_eq!(&frame[at..at + body.get().len()], body.get().as_bytes());
+            let v: serde_json::Value = serde_json::from_slice(frame).unwrap();
+            assert_eq!(v["op"], "msg");
+            assert_eq!(v["tag"], tag);
+            assert_eq!(v["from"], from);
+            assert_eq!(v["seq"], 1234567);
+            assert_eq!(v["retained"], true);
+            assert_eq!(v["cid"].as_str(), cid);
+            assert_eq!(v["body"]["power"], "on");
+            assert!(frame.ends_with(b"}\n"));
+        }
     }
 }

@@ -13,7 +13,7 @@ pub use code::ErrorCode;
 pub use decode::{parse_client_frame, ClientFrame, FrameError, Incoming};
 pub use encode::{
     encode_err, encode_msg, encode_ok, encode_ping, encode_pong, encode_rep, encode_req,
-    encode_welcome, ClientOut, MsgOut,
+    encode_welcome, ClientOut,
 };
 pub use server_frame::{ErrorBody, ServerFrame};
 

@@ -18,10 +18,12 @@ use super::outbox::{Drain, Outbox};
 use super::session::{Flow, Session};
 use crate::protocol::ErrorCode;
 
-/// Largest batch the writer hands to one `write` call.
+/// Write buffers larger than this are released after use rather than kept.
 const WRITE_BATCH: usize = 256 * 1024;
-/// Initial read buffer; it grows for long frames and shrinks back when idle.
+/// Initial read buffer; it grows for long frames and busy clients and shrinks back when idle.
 const READ_CHUNK: usize = 4096;
+/// Largest read offered at once.
+const MAX_READ_CHUNK: usize = 64 * 1024;
 /// How long a closing connection may take to flush its last frames.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
@@ -89,11 +91,15 @@ async fn read_loop(
             }
             read = rd.read_buf(lines.spare()) => match read {
                 Ok(0) | Err(_) => return,
-                Ok(_) => {
+                Ok(n) => {
+                    lines.read(n);
                     session.heard(Instant::now());
                     if lines.feed(&mut session) == Flow::Close {
                         return;
                     }
+                    // Let the writers this chunk fed run before reading more, so a
+                    // fast publisher cannot outrun its subscribers on a busy core.
+                    tokio::task::yield_now().await;
                 }
             }
         }
@@ -111,6 +117,9 @@ fn session_ping_period(s: &Session) -> Duration {
 /// Splits a byte stream into lines, discarding lines over the frame limit.
 pub struct LineBuffer {
     buf: Vec<u8>,
+    /// Room to offer the next read: grows while reads fill it (a busy
+    /// publisher gets few, large reads), stays small for quiet clients.
+    chunk: usize,
     max_frame: usize,
     /// Inside an over-long line: drop bytes up to the next newline.
     discarding: bool,
@@ -121,6 +130,7 @@ impl LineBuffer {
     pub fn new(max_frame: usize) -> Self {
         LineBuffer {
             buf: Vec::with_capacity(READ_CHUNK),
+            chunk: READ_CHUNK,
             max_frame,
             discarding: false,
         }
@@ -128,10 +138,17 @@ impl LineBuffer {
 
     /// The buffer to read into, with room for at least one more chunk.
     pub fn spare(&mut self) -> &mut Vec<u8> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(self.buf.len().max(READ_CHUNK));
+        if self.buf.capacity() - self.buf.len() < self.chunk {
+            self.buf.reserve(self.chunk);
         }
         &mut self.buf
+    }
+
+    /// Notes how much the last read brought, to size the next one.
+    pub fn read(&mut self, n: usize) {
+        if n >= self.chunk && self.chunk < MAX_READ_CHUNK {
+            self.chunk *= 2;
+        }
     }
 
     /// Hands every complete line to the session.
@@ -162,8 +179,8 @@ impl LineBuffer {
         } else if self.discarding {
             self.buf.clear();
         }
-        if self.buf.is_empty() && self.buf.capacity() > 16 * READ_CHUNK {
-            self.buf = Vec::with_capacity(READ_CHUNK);
+        if self.buf.is_empty() && self.buf.capacity() > 2 * MAX_READ_CHUNK {
+            self.buf = Vec::with_capacity(self.chunk);
         }
         flow
     }
@@ -172,7 +189,7 @@ impl LineBuffer {
 async fn write_loop(mut wr: OwnedWriteHalf, outbox: Arc<Outbox>) {
     let mut buf = Vec::new();
     loop {
-        let state = outbox.drain_into(&mut buf, WRITE_BATCH);
+        let state = outbox.drain_into(&mut buf);
         if !buf.is_empty() {
             if let Err(e) = wr.write_all(&buf).await {
                 tracing::debug!("write failed: {e}");

@@ -118,7 +118,14 @@ struct State {
     deadlines: BTreeSet<(Instant, u64)>,
     next_rid: u64,
     scratch: Vec<ConnId>,
+    /// Reused buffer for encoding frames.
+    encode_buf: Vec<u8>,
+    /// Shared backing memory for non-retained frames.
+    arena: bytes::BytesMut,
 }
+
+/// Size of each arena block that non-retained frames are carved from.
+const ARENA_BYTES: usize = 64 * 1024;
 
 fn slot(id: ConnId) -> usize {
     (id & 0xffff_ffff) as usize
@@ -196,11 +203,21 @@ impl State {
     ) -> u64 {
         self.seq += 1;
         let seq = self.seq;
-        let mut buf = Vec::with_capacity(tag.len() + body.get().len() + from.len() + 64);
-        encode_msg(&mut buf, tag, body, from, seq, retain, cid);
-        // JSON escapes every quote inside the tag, so the first `"body":` is the field.
-        let body_start = memchr::memmem::find(&buf, b"\"body\":").map_or(0, |i| i + 7);
-        let frame = Bytes::from(buf);
+        let mut scratch = std::mem::take(&mut self.encode_buf);
+        scratch.clear();
+        let body_start = encode_msg(&mut scratch, tag, body, from, seq, retain, cid);
+        // Retained frames live on in the store: each gets its own allocation.
+        // Others are carved from a shared arena, so routing allocates nothing per message.
+        let frame = if retain {
+            Bytes::copy_from_slice(&scratch)
+        } else {
+            if self.arena.capacity() - self.arena.len() < scratch.len() {
+                self.arena = bytes::BytesMut::with_capacity(ARENA_BYTES.max(scratch.len()));
+            }
+            self.arena.extend_from_slice(&scratch);
+            self.arena.split().freeze()
+        };
+        self.encode_buf = scratch;
         let key = if retain {
             let key = self.store.key(tag);
             if body.get() == "null" {

@@ -42,10 +42,9 @@ pub enum Drain {
     Finished,
 }
 
+#[derive(Default)]
 struct Entry {
     frame: Bytes,
-    /// Set for retained-tag messages, so a newer one can supersede this entry.
-    tag: Option<Arc<str>>,
 }
 
 struct Inner {
@@ -107,7 +106,7 @@ impl Outbox {
         if inner.bytes + frame.len() > self.limit {
             return Push::Overflow;
         }
-        self.enqueue(&mut inner, Entry { frame, tag: None });
+        self.enqueue(&mut inner, Entry { frame });
         Push::Queued
     }
 
@@ -128,36 +127,27 @@ impl Outbox {
         }
         let abs = inner.popped + inner.queue.len() as u64;
         inner.pending.insert(tag.clone(), abs);
-        self.enqueue(
-            &mut inner,
-            Entry {
-                frame,
-                tag: Some(tag.clone()),
-            },
-        );
+        self.enqueue(&mut inner, Entry { frame });
         result
     }
 
-    /// Appends queued frames to `buf` until it holds at least `max` bytes or the queue is empty.
-    pub fn drain_into(&self, buf: &mut Vec<u8>, max: usize) -> Drain {
-        let mut inner = self.lock();
-        let mut any = false;
-        while buf.len() < max {
-            let Some(entry) = inner.queue.pop_front() else {
-                break;
-            };
-            let abs = inner.popped;
-            inner.popped += 1;
-            if let Some(tag) = &entry.tag {
-                if inner.pending.get(tag) == Some(&abs) {
-                    inner.pending.remove(tag);
-                }
-            }
-            inner.bytes -= entry.frame.len();
+    /// Moves everything queued into `buf`. The lock is held only to take the
+    /// queue; copying happens outside it, so routing into this outbox never
+    /// waits for a copy. `buf` grows to at most the queue's bound.
+    pub fn drain_into(&self, buf: &mut Vec<u8>) -> Drain {
+        let (taken, closed) = {
+            let mut inner = self.lock();
+            let taken = std::mem::take(&mut inner.queue);
+            inner.popped += taken.len() as u64;
+            inner.pending.clear();
+            inner.bytes = 0;
+            (taken, inner.closed)
+        };
+        let any = !taken.is_empty();
+        for entry in taken {
             buf.extend_from_slice(&entry.frame);
-            any = true;
         }
-        match (any, inner.closed && inner.queue.is_empty()) {
+        match (any, closed) {
             (_, true) => Drain::Finished,
             (true, false) => Drain::Data,
             (false, false) => Drain::Empty,
@@ -187,13 +177,7 @@ impl Outbox {
             inner.queue.clear();
             inner.pending.clear();
             inner.bytes = 0;
-            self.enqueue(
-                &mut inner,
-                Entry {
-                    frame: last,
-                    tag: None,
-                },
-            );
+            self.enqueue(&mut inner, Entry { frame: last });
             inner.closed = true;
         }
         self.wake.notify_one();
@@ -209,13 +193,7 @@ impl Outbox {
             if inner.closed {
                 return;
             }
-            self.enqueue(
-                &mut inner,
-                Entry {
-                    frame: last,
-                    tag: None,
-                },
-            );
+            self.enqueue(&mut inner, Entry { frame: last });
             inner.closed = true;
         }
         self.wake.notify_one();
@@ -233,22 +211,13 @@ impl Outbox {
     }
 }
 
-impl Default for Entry {
-    fn default() -> Self {
-        Entry {
-            frame: Bytes::new(),
-            tag: None,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn drain_all(o: &Outbox) -> String {
         let mut buf = Vec::new();
-        o.drain_into(&mut buf, usize::MAX);
+        o.drain_into(&mut buf);
         String::from_utf8(buf).unwrap()
     }
 
@@ -302,7 +271,7 @@ mod tests {
         o.kill(Bytes::from_static(b"bye\n"));
         assert_eq!(o.push(Bytes::from_static(b"y\n")), Push::Closed);
         let mut buf = Vec::new();
-        assert_eq!(o.drain_into(&mut buf, usize::MAX), Drain::Finished);
+        assert_eq!(o.drain_into(&mut buf), Drain::Finished);
         assert_eq!(buf, b"bye\n");
     }
 }

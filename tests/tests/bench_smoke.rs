@@ -1,0 +1,51 @@
+//! A tiny run of the benchmark, so it cannot rot. No timing is asserted:
+//! only that every case ran, nothing was lost, and the report is complete.
+
+use patchbay_tests::bin;
+use tokio::process::Command;
+
+#[tokio::test]
+async fn benchmark_smoke_run() {
+    let json =
+        std::env::temp_dir().join(format!("patchbay-bench-smoke-{}.json", std::process::id()));
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        Command::new(bin("patchbay-bench"))
+            .args(["--quick", "--systems", "patchbay", "--json"])
+            .arg(&json)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("benchmark smoke run hung")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1->10 deliveries/s"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let hub = &report["results"]["patchbay"];
+    for key in [
+        "one_to_one_msgs_per_s",
+        "fanout_deliveries_per_s",
+        "reqrep_p50_us",
+        "reqrep_p99_us",
+        "reqrep_p999_us",
+        "snapshot_ms",
+        "cpu_ns_per_delivery",
+    ] {
+        assert!(
+            hub[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key} missing in {hub}"
+        );
+    }
+    assert_eq!(hub["one_to_one_lost"], 0);
+    assert_eq!(hub["fanout_lost"], 0);
+    assert!(report["resources"]["rss_per_idle_connection_kib"]
+        .as_f64()
+        .is_some());
+    let _ = std::fs::remove_file(json);
+}
