@@ -26,6 +26,50 @@ pub trait Driver: Send {
     fn set_progress(&mut self, progress: Option<Progress>);
 }
 
+/// Follows a projector's power through a warm-up or cool-down: reports each
+/// new state to the progress receiver and says when the state has settled.
+pub(crate) struct Transition {
+    deadline: tokio::time::Instant,
+    timeout: std::time::Duration,
+    reported: String,
+}
+
+impl Transition {
+    /// Starts following; gives up after `timeout`.
+    pub(crate) fn new(timeout: std::time::Duration) -> Self {
+        Transition {
+            deadline: tokio::time::Instant::now() + timeout,
+            timeout,
+            reported: String::new(),
+        }
+    }
+
+    /// Takes one power reading: `Some` with the settled state (or the error
+    /// for a transition that takes too long), `None` to read again later.
+    pub(crate) fn observe(
+        &mut self,
+        power: String,
+        progress: Option<&Progress>,
+    ) -> Option<Result<String, DriverError>> {
+        if power != self.reported {
+            if let Some(p) = progress {
+                let _ = p.try_send(("power".into(), serde_json::Value::String(power.clone())));
+            }
+            self.reported.clone_from(&power);
+        }
+        if power != "warming" && power != "cooling" {
+            return Some(Ok(power));
+        }
+        if tokio::time::Instant::now() >= self.deadline {
+            return Some(Err(DriverError::Busy(format!(
+                "still {power} after {} s",
+                self.timeout.as_secs()
+            ))));
+        }
+        None
+    }
+}
+
 /// Receives `(setting, value)` changes observed during a long `apply`. Reports
 /// are dropped, never queued without bound, when the receiver lags.
 pub type Progress = tokio::sync::mpsc::Sender<(String, serde_json::Value)>;

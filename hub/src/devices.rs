@@ -34,6 +34,11 @@ impl DeviceView {
             == Some(true)
     }
 
+    /// Why the device is unreachable, as last reported.
+    pub fn reason(&self) -> Option<&str> {
+        self.online.as_ref()?.get("reason")?.as_str()
+    }
+
     /// A string field of the meta.
     pub fn meta_str(&self, key: &str) -> &str {
         self.meta

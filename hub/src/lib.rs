@@ -13,3 +13,15 @@ pub mod protocol;
 pub mod schema;
 pub mod server;
 pub mod tag;
+
+/// Sets up structured logs on stderr for the binaries: level from `RUST_LOG`
+/// (default `info`), colours only on a terminal.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+}

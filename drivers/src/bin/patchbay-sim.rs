@@ -88,9 +88,7 @@ impl Common {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
+    patchbay_hub::init_logging();
     let cli = Cli::parse();
     let mut pty = None;
     let sim = match cli.protocol {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use crate::driver::Progress;
+use crate::driver::{Progress, Transition};
 use crate::lineio::LineIo;
 use crate::transport::Transport;
 use crate::DriverError;
@@ -379,24 +379,11 @@ impl Pjlink {
 
     /// Waits until the power state is no longer warming or cooling; returns it.
     async fn settle(&mut self) -> Result<String, DriverError> {
-        let deadline = Instant::now() + self.opts.transition_timeout;
-        let mut reported = String::new();
+        let mut transition = Transition::new(self.opts.transition_timeout);
         loop {
             let power = self.power().await?;
-            if power != reported {
-                if let Some(p) = &self.progress {
-                    let _ = p.try_send(("power".into(), Value::String(power.clone())));
-                }
-                reported.clone_from(&power);
-            }
-            if power != "warming" && power != "cooling" {
-                return Ok(power);
-            }
-            if Instant::now() >= deadline {
-                return Err(DriverError::Busy(format!(
-                    "still {power} after {} s",
-                    self.opts.transition_timeout.as_secs()
-                )));
+            if let Some(settled) = transition.observe(power, self.progress.as_ref()) {
+                return settled;
             }
             tokio::time::sleep(self.opts.transition_poll).await;
         }

@@ -199,11 +199,7 @@ fn print_device(d: &DeviceView) {
         d.meta_str("driver")
     );
     println!("  {:<14} {}", "location", d.meta_str("location"));
-    let reason = d
-        .online
-        .as_ref()
-        .and_then(|o| o.get("reason"))
-        .and_then(Value::as_str);
+    let reason = d.reason();
     let online = match (d.is_online(), reason) {
         (true, _) => "yes".to_owned(),
         (false, Some(r)) => format!("no: {r}"),

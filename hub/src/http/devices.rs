@@ -139,12 +139,7 @@ fn summary(v: &DeviceView, updated_ms: u64) -> DeviceSummary {
         manufacturer: v.meta_str("manufacturer").to_owned(),
         model: v.meta_str("model").to_owned(),
         online: v.is_online(),
-        reason: v
-            .online
-            .as_ref()
-            .and_then(|o| o.get("reason"))
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        reason: v.reason().map(str::to_owned),
         state: v.state.clone().unwrap_or(Value::Null),
         updated_ms,
     }
@@ -305,12 +300,7 @@ fn command(
         .unwrap_or_default();
     validate_settings(&settings, &desired)?;
     if !view.is_online() {
-        let reason = view
-            .online
-            .as_ref()
-            .and_then(|o| o.get("reason"))
-            .and_then(Value::as_str)
-            .unwrap_or("no reason given");
+        let reason = view.reason().unwrap_or("no reason given");
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "offline",
