@@ -138,7 +138,12 @@ async fn main() -> anyhow::Result<()> {
     let repeat = if args.quick { 1 } else { args.repeat.max(1) };
     let mut results = BTreeMap::new();
     let mut skipped = Vec::new();
-    for name in args.systems.split(',').map(str::trim) {
+    for name in args
+        .systems
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
         let sys = match name {
             "patchbay" => System::Patchbay,
             "nats" => System::Nats,

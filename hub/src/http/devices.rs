@@ -1,7 +1,8 @@
 //! Device discovery, status and commands. The registry is a view over the
 //! hub's retained store (`dev/<id>/meta|state|online`), never a second copy.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Caller;
 use super::error::{ApiError, ErrorResponse};
 use super::AppState;
-use crate::devices::{group, DeviceView, DEVICE_PATTERNS};
+use crate::devices::{DeviceView, DEVICE_PATTERNS};
 use crate::schema::{validate_settings, Setting};
 use crate::server::Hub;
 
@@ -29,30 +30,55 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 /// Shortest wait a command may ask for.
 pub const MIN_TIMEOUT_MS: u64 = 10_000;
 
-/// A device in the list.
+/// A device in the list. Built from the retained values without copying
+/// them: strings and the state are borrowed from the store's frames.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct DeviceSummary {
+pub struct DeviceSummary<'a> {
     /// Device id.
-    pub id: String,
+    pub id: &'a str,
     /// Display name.
-    pub name: String,
+    pub name: Cow<'a, str>,
     /// Room or location.
-    pub location: String,
+    pub location: Cow<'a, str>,
     /// Driver name.
-    pub driver: String,
+    pub driver: Cow<'a, str>,
     /// Manufacturer.
-    pub manufacturer: String,
+    pub manufacturer: Cow<'a, str>,
     /// Model.
-    pub model: String,
+    pub model: Cow<'a, str>,
     /// Reachable now?
     pub online: bool,
     /// Why not, when offline.
-    pub reason: Option<String>,
+    pub reason: Option<Cow<'a, str>>,
     /// Current state.
     #[schema(value_type = Object)]
-    pub state: Value,
+    pub state: Option<&'a RawValue>,
     /// Last change to any of its retained values, Unix milliseconds.
     pub updated_ms: u64,
+}
+
+/// The fields of `dev/<id>/meta` the list shows.
+#[derive(Default, Deserialize)]
+struct MetaHead<'a> {
+    #[serde(borrow, default)]
+    name: Cow<'a, str>,
+    #[serde(borrow, default)]
+    location: Cow<'a, str>,
+    #[serde(borrow, default)]
+    driver: Cow<'a, str>,
+    #[serde(borrow, default)]
+    manufacturer: Cow<'a, str>,
+    #[serde(borrow, default)]
+    model: Cow<'a, str>,
+}
+
+/// The fields of `dev/<id>/online` the list shows.
+#[derive(Default, Deserialize)]
+struct OnlineHead<'a> {
+    #[serde(default)]
+    online: bool,
+    #[serde(borrow, default)]
+    reason: Option<Cow<'a, str>>,
 }
 
 /// One device in full.
@@ -97,62 +123,62 @@ pub struct PatchQuery {
     pub timeout_ms: Option<u64>,
 }
 
-/// Devices by id, each with the time of its latest retained change.
-fn registry(hub: &Hub, id: Option<&str>) -> BTreeMap<String, (DeviceView, u64)> {
-    let patterns: Vec<String> = match id {
+/// Devices sorted by id, each with the time of its latest retained change.
+/// Only devices with a description (`meta`) are listed.
+fn registry(hub: &Hub, id: Option<&str>) -> Vec<(DeviceView, u64)> {
+    let retained: Vec<(std::sync::Arc<str>, crate::server::Retained)> = match id {
+        // One device: three direct lookups, whatever the size of the store.
         Some(id) => ["meta", "state", "online"]
             .iter()
-            .map(|p| format!("dev/{id}/{p}"))
+            .filter_map(|p| {
+                let tag = format!("dev/{id}/{p}");
+                hub.retained(&tag).map(|r| (std::sync::Arc::from(tag), r))
+            })
             .collect(),
-        None => DEVICE_PATTERNS.iter().map(|p| p.to_string()).collect(),
+        None => {
+            let patterns: Vec<String> = DEVICE_PATTERNS.iter().map(|p| p.to_string()).collect();
+            hub.retained_matching(&patterns)
+        }
     };
-    let retained = hub.retained_matching(&patterns);
-    let mut updated: BTreeMap<String, u64> = BTreeMap::new();
+    // One pass, hashed by id (borrowed from the tags); one sort at the end.
+    let mut by_id: std::collections::HashMap<&str, (DeviceView, u64)> =
+        std::collections::HashMap::new();
     for (tag, r) in &retained {
-        if let Some((id, _)) = crate::devices::split_tag(tag) {
-            let t = updated.entry(id.to_owned()).or_default();
-            *t = (*t).max(r.time_ms);
+        let Some((id, part)) = crate::devices::split_tag(tag) else {
+            continue;
+        };
+        let (view, updated) = by_id.entry(id).or_insert_with(|| {
+            let view = DeviceView {
+                id: id.to_owned(),
+                ..DeviceView::default()
+            };
+            (view, 0)
+        });
+        *updated = (*updated).max(r.time_ms);
+        let body = serde_json::from_str(r.body()).unwrap_or(Value::Null);
+        match part {
+            "meta" => view.meta = Some(body),
+            "state" => view.state = Some(body),
+            "online" => view.online = Some(body),
+            _ => {}
         }
     }
-    let views = group(retained.iter().map(|(tag, r)| {
-        (
-            tag.as_ref(),
-            serde_json::from_str(r.body()).unwrap_or(Value::Null),
-        )
-    }));
-    views
-        .into_iter()
-        .filter(|(_, v)| v.meta.is_some())
-        .map(|(id, v)| {
-            let t = updated.get(&id).copied().unwrap_or(0);
-            (id, (v, t))
-        })
-        .collect()
+    let mut out: Vec<(DeviceView, u64)> = by_id
+        .into_values()
+        .filter(|(v, _)| v.meta.is_some())
+        .collect();
+    out.sort_unstable_by(|a, b| a.0.id.cmp(&b.0.id));
+    out
 }
 
-fn summary(v: &DeviceView, updated_ms: u64) -> DeviceSummary {
-    DeviceSummary {
-        id: v.id.clone(),
-        name: v.meta_str("name").to_owned(),
-        location: v.meta_str("location").to_owned(),
-        driver: v.meta_str("driver").to_owned(),
-        manufacturer: v.meta_str("manufacturer").to_owned(),
-        model: v.meta_str("model").to_owned(),
-        online: v.is_online(),
-        reason: v.reason().map(str::to_owned),
-        state: v.state.clone().unwrap_or(Value::Null),
-        updated_ms,
-    }
-}
-
-fn matches(s: &DeviceSummary, q: &ListQuery) -> bool {
+fn matches(s: &DeviceSummary<'_>, q: &ListQuery) -> bool {
     let ci = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
     q.online.is_none_or(|o| s.online == o)
         && q.driver.as_deref().is_none_or(|d| ci(&s.driver, d))
         && q.location.as_deref().is_none_or(|l| ci(&s.location, l))
         && q.q.as_deref().is_none_or(|text| {
             let text = text.to_lowercase();
-            [&s.id, &s.name, &s.location, &s.manufacturer, &s.model]
+            [s.id, &s.name, &s.location, &s.manufacturer, &s.model]
                 .iter()
                 .any(|f| f.to_lowercase().contains(&text))
         })
@@ -170,14 +196,52 @@ pub async fn list(
     State(st): State<AppState>,
     _caller: Caller,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Vec<DeviceSummary>>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let out = registry(&st.hub, None)
-        .values()
-        .map(|(v, t)| summary(v, *t))
+    let patterns: Vec<String> = DEVICE_PATTERNS.iter().map(|p| p.to_string()).collect();
+    let retained = st.hub.retained_matching(&patterns);
+    // (meta, state, online, last change) per id, all borrowed from `retained`.
+    type Slot<'a> = (
+        Option<MetaHead<'a>>,
+        Option<&'a RawValue>,
+        OnlineHead<'a>,
+        u64,
+    );
+    let mut by_id: HashMap<&str, Slot<'_>> = HashMap::with_capacity(retained.len() / 3 + 1);
+    for (tag, r) in &retained {
+        let Some((id, part)) = crate::devices::split_tag(tag) else {
+            continue;
+        };
+        let slot = by_id.entry(id).or_default();
+        slot.3 = slot.3.max(r.time_ms);
+        match part {
+            "meta" => slot.0 = Some(serde_json::from_str(r.body()).unwrap_or_default()),
+            "state" => slot.1 = serde_json::from_str(r.body()).ok(),
+            "online" => slot.2 = serde_json::from_str(r.body()).unwrap_or_default(),
+            _ => {}
+        }
+    }
+    let mut out: Vec<DeviceSummary<'_>> = by_id
+        .into_iter()
+        .filter_map(|(id, (meta, state, online, updated_ms))| {
+            let meta = meta?;
+            Some(DeviceSummary {
+                id,
+                name: meta.name,
+                location: meta.location,
+                driver: meta.driver,
+                manufacturer: meta.manufacturer,
+                model: meta.model,
+                online: online.online,
+                reason: online.reason,
+                state,
+                updated_ms,
+            })
+        })
         .filter(|s| matches(s, &q))
         .collect();
-    Ok(Json(out))
+    out.sort_unstable_by(|a, b| a.id.cmp(b.id));
+    Ok(Json(out).into_response())
 }
 
 /// One device: description, state, reachability and last change.
@@ -191,9 +255,8 @@ pub async fn show(
     if !valid_id(&id) {
         return Err(ApiError::unknown_device(&id));
     }
-    let mut reg = registry(&st.hub, Some(&id));
-    let (v, t) = reg
-        .remove(&id)
+    let (v, t) = registry(&st.hub, Some(&id))
+        .pop()
         .ok_or_else(|| ApiError::unknown_device(&id))?;
     Ok(Json(DeviceDetail {
         id: v.id,
@@ -290,8 +353,9 @@ fn command(
     }
     let desired: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
-    let mut reg = registry(&st.hub, Some(id));
-    let (view, _) = reg.remove(id).ok_or_else(|| ApiError::unknown_device(id))?;
+    let (view, _) = registry(&st.hub, Some(id))
+        .pop()
+        .ok_or_else(|| ApiError::unknown_device(id))?;
     let settings: Vec<Setting> = view
         .meta
         .as_ref()

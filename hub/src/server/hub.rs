@@ -738,11 +738,11 @@ impl Hub {
         self.lock().store.get(tag).cloned()
     }
 
-    /// Every retained value whose tag matches one of `patterns`, in seq order.
+    /// Every retained value whose tag matches one of `patterns`, in no particular order.
     pub fn retained_matching(&self, patterns: &[String]) -> Vec<(Arc<str>, Retained)> {
         let st = self.lock();
         st.store
-            .matching(patterns)
+            .matching_unordered(patterns)
             .into_iter()
             .map(|(t, r)| (t.clone(), r.clone()))
             .collect()

@@ -64,13 +64,20 @@ impl Store {
         self.map.len()
     }
 
-    /// Every entry whose tag matches one of `patterns`, in seq order.
-    pub fn matching<'a>(&'a self, patterns: &[String]) -> Vec<(&'a Arc<str>, &'a Retained)> {
-        let mut out: Vec<_> = self
-            .map
+    /// Every entry whose tag matches one of `patterns`, in no particular order.
+    pub fn matching_unordered<'a>(
+        &'a self,
+        patterns: &[String],
+    ) -> Vec<(&'a Arc<str>, &'a Retained)> {
+        self.map
             .iter()
             .filter(|(tag, _)| patterns.iter().any(|p| crate::tag::matches(p, tag)))
-            .collect();
+            .collect()
+    }
+
+    /// Every entry whose tag matches one of `patterns`, in seq order.
+    pub fn matching<'a>(&'a self, patterns: &[String]) -> Vec<(&'a Arc<str>, &'a Retained)> {
+        let mut out = self.matching_unordered(patterns);
         out.sort_unstable_by_key(|(_, r)| r.seq);
         out
     }
