@@ -348,3 +348,30 @@ async fn console_asks_for_a_token_when_the_hub_requires_one() {
     c.close().await.unwrap();
     let _ = std::fs::remove_dir_all(profile);
 }
+
+#[tokio::test]
+async fn console_shows_a_lost_hub_and_recovers_by_itself() {
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let (tcp, http) = (
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
+    );
+    let hub = Proc::start("patchbay-hub", &["--listen", &tcp, "--http-listen", &http]).await;
+    let (_driver, port) = chromedriver().await;
+    let profile = std::env::temp_dir().join(format!(
+        "patchbay-chromium-reconnect-{}",
+        std::process::id()
+    ));
+    let c = browser(port, &profile).await;
+    c.goto(&format!("http://{http}/")).await.unwrap();
+    text_until(&c, "#conn", "the live indicator", |t| t == "live").await;
+    hub.kill().await;
+    text_until(&c, "#conn", "the lost connection shown", |t| {
+        t == "reconnecting…"
+    })
+    .await;
+    let _hub = Proc::start("patchbay-hub", &["--listen", &tcp, "--http-listen", &http]).await;
+    text_until(&c, "#conn", "recovery without a reload", |t| t == "live").await;
+    c.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(profile);
+}
