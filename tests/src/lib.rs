@@ -9,9 +9,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use patchbay_hub::client::{connect, Client, ClientOptions, Event, Events};
+use patchbay_hub::client::{connect, Client, ClientOptions, Event, Events, Message};
 use patchbay_hub::devices::{group, DeviceView, DEVICE_PATTERNS};
-use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -158,8 +157,8 @@ pub struct Watcher {
     events: Events,
     /// Latest view of each device.
     pub devices: BTreeMap<String, DeviceView>,
-    /// Every message seen, in order: (tag, body, from).
-    pub log: Vec<(String, Value, String)>,
+    /// Every message seen, in order.
+    pub log: Vec<Message>,
 }
 
 impl Watcher {
@@ -176,10 +175,7 @@ impl Watcher {
         .unwrap();
         let patterns: Vec<String> = DEVICE_PATTERNS.iter().map(|p| p.to_string()).collect();
         let snapshot = events.snapshot(&client, &patterns).await.unwrap();
-        let log = snapshot
-            .iter()
-            .map(|m| (m.tag.clone(), m.body.clone(), m.from.clone()))
-            .collect();
+        let log = snapshot.clone();
         let devices = group(snapshot.into_iter().map(|m| (m.tag, m.body)));
         Watcher {
             _client: client,
@@ -207,8 +203,7 @@ impl Watcher {
                 })
                 .expect("hub connection closed");
             if let Event::Message(m) = ev {
-                self.log
-                    .push((m.tag.clone(), m.body.clone(), m.from.clone()));
+                self.log.push(m.clone());
                 for (id, view) in group([(m.tag, m.body)]) {
                     let entry = self.devices.entry(id).or_insert(view.clone());
                     if view.meta.is_some() {

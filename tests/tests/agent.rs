@@ -70,10 +70,16 @@ async fn set_returns_after_warm_up_with_the_confirmed_state() {
         (state["power"].as_str(), state["input"].as_str()),
         (Some("on"), Some("32"))
     );
-    w.until("state with cid", |d| {
-        d["proj-1"].state_text("power") == "on"
+    w.until("the confirmed state", |d| {
+        d["proj-1"].state_text("input") == "hdmi2"
     })
     .await;
+    assert!(
+        w.log
+            .iter()
+            .any(|m| m.tag == "dev/proj-1/state" && m.cid.as_deref() == Some("e2e-1")),
+        "the state message caused by the command carries its correlation id"
+    );
     let (ok, json_out, _) = cli(&hub.addr(), &["get", "proj-1", "--json"]).await;
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&json_out).unwrap();
@@ -184,7 +190,7 @@ async fn a_dead_simulator_goes_offline_alone_and_comes_back() {
     assert!(
         !w.log
             .iter()
-            .any(|(tag, body, _)| tag == "dev/proj-2/online" && body["online"] == false),
+            .any(|m| m.tag == "dev/proj-2/online" && m.body["online"] == false),
         "proj-2 never went offline"
     );
 
