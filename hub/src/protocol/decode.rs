@@ -148,12 +148,47 @@ fn require<T>(v: Option<T>, op: &str, field: &str, id: Option<&RawValue>) -> Res
     v.ok_or_else(|| FrameError::bad(id, format!("`{op}` needs the field `{field}`")))
 }
 
+/// The common `pub` frame, `{"op":"pub","tag":"T","body":B}` with an optional
+/// `"retain"` last, read without serde's field-by-field visitor. Anything
+/// else (other ops, escapes in the tag, other fields or order) returns `None`
+/// and takes the general path; the body is still fully validated.
+fn parse_pub_fast(line: &str) -> Option<Incoming<'_>> {
+    let rest = line.strip_prefix(r#"{"op":"pub","tag":""#)?;
+    let end = rest.find('"')?;
+    let tag = &rest[..end];
+    if tag.bytes().any(|b| b == b'\\' || b < 0x20) {
+        return None;
+    }
+    let rest = rest[end + 1..].strip_prefix(r#","body":"#)?;
+    let mut de = serde_json::Deserializer::from_str(rest);
+    let body = <&RawValue>::deserialize(&mut de).ok()?;
+    let after = body.get().as_ptr() as usize - rest.as_ptr() as usize + body.get().len();
+    let retain = match &rest[after..] {
+        "}" => false,
+        r#","retain":true}"# => true,
+        r#","retain":false}"# => false,
+        _ => return None,
+    };
+    Some(Incoming {
+        id: None,
+        frame: ClientFrame::Pub {
+            tag: Cow::Borrowed(tag),
+            body,
+            retain,
+            cid: None,
+        },
+    })
+}
+
 /// Parses one line (without its newline) into a frame.
 pub fn parse_client_frame(line: &[u8]) -> Result<Incoming<'_>, FrameError> {
     // One UTF-8 check for the whole line; the parser then reads a `str` without re-checking each string.
     let line = std::str::from_utf8(line).map_err(|e| {
         FrameError::bad(None, format!("not valid JSON: the line is not UTF-8 ({e})"))
     })?;
+    if let Some(fast) = parse_pub_fast(line) {
+        return Ok(fast);
+    }
     let f: Fields<'_> = serde_json::from_str(line).map_err(|e| {
         let id = serde_json::from_str::<IdOnly<'_>>(line)
             .ok()
@@ -279,6 +314,57 @@ mod tests {
             err.message
         );
         assert_eq!(err.id.unwrap().get(), "4");
+    }
+
+    /// The fast path, where it applies, agrees with the general parser.
+    #[test]
+    fn fast_pub_path_agrees_with_serde() {
+        let frames = [
+            r#"{"op":"pub","tag":"bench","body":"xxxx"}"#,
+            r#"{"op":"pub","tag":"dev/p1/state","body":{"power":"on","n":[1,2,{"a":null}]},"retain":true}"#,
+            r#"{"op":"pub","tag":"a","body":null,"retain":false}"#,
+            r#"{"op":"pub","tag":"a","body": 12.5e3}"#,
+            r#"{"op":"pub","tag":"a","body":"q\"uote}"}"#,
+        ];
+        for f in frames {
+            let fast = parse_pub_fast(f).unwrap_or_else(|| panic!("fast path should take {f}"));
+            let v: serde_json::Value = serde_json::from_str(f).unwrap();
+            match fast.frame {
+                ClientFrame::Pub {
+                    tag,
+                    body,
+                    retain,
+                    cid,
+                } => {
+                    assert_eq!(tag, v["tag"].as_str().unwrap());
+                    assert_eq!(
+                        serde_json::from_str::<serde_json::Value>(body.get()).unwrap(),
+                        v["body"]
+                    );
+                    assert_eq!(retain, v["retain"].as_bool().unwrap_or(false));
+                    assert!(cid.is_none());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        for f in [
+            r#"{"op":"pub","tag":"a\"b","body":1}"#,
+            r#"{"op":"pub","tag":"a","body":1,"cid":"x"}"#,
+            r#"{"op":"pub","tag":"a","body":1,"id":3}"#,
+            r#"{"op":"pub","tag":"a","body":{"x":}"#,
+            r#"{"op":"pub","tag":"a","body":1} trailing"#,
+            r#"{"op":"pub","tag":"a","body":1,"retain":true,"retain":false}"#,
+            r#"{"op":"pub","tag":"a","body": 12.5e3 }"#,
+        ] {
+            assert!(
+                parse_pub_fast(f).is_none(),
+                "fast path must leave {f} to serde"
+            );
+        }
+        // And the general parser still judges what the fast path leaves.
+        assert!(parse_client_frame(br#"{"op":"pub","tag":"a","body":{"x":}"#).is_err());
+        assert!(parse_client_frame(br#"{"op":"pub","tag":"a","body":1,"id":3}"#).is_ok());
+        assert!(parse_client_frame(br#"{"op":"pub","tag":"a","body": 12.5e3 }"#).is_ok());
     }
 
     #[test]
