@@ -175,15 +175,7 @@ impl Escvp21 {
             model: "ESC/VP21 projector".into(),
             info: Map::new(),
             settings: vec![
-                Setting::new(
-                    "power",
-                    "Power",
-                    Kind::Enum {
-                        values: vec!["on".into(), "off".into()],
-                        transitional: vec!["warming".into(), "cooling".into()],
-                    },
-                    true,
-                ),
+                Setting::projector_power(),
                 Setting::new(
                     "input",
                     "Source",
@@ -194,16 +186,7 @@ impl Escvp21 {
                     true,
                 ),
                 Setting::new("mute", "A/V mute", Kind::Bool, true),
-                Setting::new(
-                    "lamp_hours",
-                    "Lamp hours",
-                    Kind::Int {
-                        min: 0,
-                        max: 99_999,
-                        unit: Some("h".into()),
-                    },
-                    false,
-                ),
+                Setting::hours("lamp_hours", "Lamp hours"),
                 Setting::new("error", "Error code", Kind::Text, false),
             ],
         })

@@ -115,6 +115,33 @@ impl Setting {
         }
     }
 
+    /// A projector's power: set `on` or `off`, read also `warming` or `cooling`.
+    pub fn projector_power() -> Self {
+        Setting::new(
+            "power",
+            "Power",
+            Kind::Enum {
+                values: vec!["on".into(), "off".into()],
+                transitional: vec!["warming".into(), "cooling".into()],
+            },
+            true,
+        )
+    }
+
+    /// A read-only running-hours counter (lamp, filter).
+    pub fn hours(name: &str, label: &str) -> Self {
+        Setting::new(
+            name,
+            label,
+            Kind::Int {
+                min: 0,
+                max: 99_999,
+                unit: Some("h".into()),
+            },
+            false,
+        )
+    }
+
     /// Checks a desired value against this setting.
     pub fn check(&self, value: &Value) -> Result<(), SchemaError> {
         let invalid = |allowed: String| SchemaError::InvalidValue {

@@ -243,15 +243,7 @@ impl Pjlink {
         }
         self.inputs = inputs;
         let mut settings = vec![
-            Setting::new(
-                "power",
-                "Power",
-                Kind::Enum {
-                    values: vec!["on".into(), "off".into()],
-                    transitional: vec!["warming".into(), "cooling".into()],
-                },
-                true,
-            ),
+            Setting::projector_power(),
             Setting::new(
                 "input",
                 "Input",
@@ -266,14 +258,9 @@ impl Pjlink {
         if self.class >= 2 {
             settings.push(Setting::new("freeze", "Freeze", Kind::Bool, true));
         }
-        let hours = || Kind::Int {
-            min: 0,
-            max: 99_999,
-            unit: Some("h".into()),
-        };
-        settings.push(Setting::new("lamp_hours", "Lamp hours", hours(), false));
+        settings.push(Setting::hours("lamp_hours", "Lamp hours"));
         if self.class >= 2 {
-            settings.push(Setting::new("filter_hours", "Filter hours", hours(), false));
+            settings.push(Setting::hours("filter_hours", "Filter hours"));
         }
         settings.push(Setting::new("errors", "Error status", Kind::Object, false));
         Ok(Description {
