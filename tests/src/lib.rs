@@ -68,6 +68,19 @@ impl Proc {
         }
     }
 
+    /// The last word of the next line printed (an address or URL in a banner).
+    pub async fn next_line_last_word(&mut self) -> String {
+        let line = tokio::time::timeout(WAIT, self.stdout.next_line())
+            .await
+            .expect("no further line printed")
+            .unwrap()
+            .expect("exited before printing the line");
+        line.split_whitespace()
+            .last()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// The address at the end of the first line (`... listening on ADDR`).
     pub fn addr(&self) -> String {
         self.first_line.rsplit(' ').next().unwrap().to_owned()

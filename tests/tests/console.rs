@@ -91,26 +91,8 @@ async fn console_lists_controls_and_reports_devices() {
         ],
     )
     .await;
-    let console = demo
-        .stdout
-        .next_line()
-        .await
-        .unwrap()
-        .unwrap()
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_owned();
-    let hub = demo
-        .stdout
-        .next_line()
-        .await
-        .unwrap()
-        .unwrap()
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_owned();
+    let console = demo.next_line_last_word().await;
+    let hub = demo.next_line_last_word().await;
     let (_driver, port) = chromedriver().await;
     let profile = std::env::temp_dir().join(format!("patchbay-chromium-{}", std::process::id()));
     let c = browser(port, &profile).await;
@@ -311,16 +293,7 @@ async fn console_asks_for_a_token_when_the_hub_requires_one() {
         ],
     )
     .await;
-    let console = hub
-        .stdout
-        .next_line()
-        .await
-        .unwrap()
-        .unwrap()
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_owned();
+    let console = hub.next_line_last_word().await;
     let (_driver, port) = chromedriver().await;
     let profile =
         std::env::temp_dir().join(format!("patchbay-chromium-token-{}", std::process::id()));

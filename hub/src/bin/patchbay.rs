@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use patchbay_hub::client::{connect, ClientOptions, Event};
+use patchbay_hub::client::{connect, ClientOptions, Event, Message};
 use patchbay_hub::devices::{group, parse_assignments, DeviceView, DEVICE_PATTERNS};
 use serde_json::Value;
 
@@ -217,6 +217,29 @@ fn print_state(d: &DeviceView) {
     }
 }
 
+/// Prints each message as `render` makes it, until `count` messages, Ctrl-C,
+/// or an error from the hub.
+async fn follow(
+    events: &mut patchbay_hub::client::Events,
+    count: Option<u64>,
+    render: impl Fn(Message) -> String,
+) -> anyhow::Result<()> {
+    let mut seen = 0u64;
+    while count.is_none_or(|c| seen < c) {
+        let event = tokio::select! {
+            e = events.next() => e,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        match event.context("the hub closed the connection")? {
+            Event::Message(m) => println!("{}", render(m)),
+            Event::Error(e) => anyhow::bail!("{e}"),
+            Event::Request(_) => continue,
+        }
+        seen += 1;
+    }
+    Ok(())
+}
+
 /// `HH:MM:SS.mmm` (UTC) of a Unix time in milliseconds.
 fn clock(ms: u64) -> String {
     let s = ms / 1000;
@@ -311,29 +334,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Watch { pattern, json } => {
             client.subscribe(&[pattern], false).await?;
-            loop {
-                let event = tokio::select! {
-                    e = events.next() => e,
-                    _ = tokio::signal::ctrl_c() => return Ok(()),
-                };
-                match event.context("the hub closed the connection")? {
-                    Event::Message(m) if json => println!(
-                        "{}",
-                        serde_json::json!({"tag": m.tag, "body": m.body, "from": m.from, "seq": m.seq, "cid": m.cid})
-                    ),
-                    Event::Message(m) => {
-                        let cid = m.cid.map(|c| format!("  cid={c}")).unwrap_or_default();
-                        println!(
-                            "{} {} {}{cid}",
-                            clock(patchbay_hub::server::now_ms()),
-                            m.tag,
-                            m.body
-                        );
-                    }
-                    Event::Error(e) => anyhow::bail!("{e}"),
-                    Event::Request(_) => {}
+            follow(&mut events, None, |m| {
+                if json {
+                    serde_json::json!({"tag": m.tag, "body": m.body, "from": m.from, "seq": m.seq, "cid": m.cid})
+                        .to_string()
+                } else {
+                    let cid = m.cid.map(|c| format!("  cid={c}")).unwrap_or_default();
+                    format!("{} {} {}{cid}", clock(patchbay_hub::server::now_ms()), m.tag, m.body)
                 }
-            }
+            })
+            .await?;
         }
         Command::Pub {
             tag,
@@ -353,23 +363,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             client.subscribe(&patterns, snapshot).await?;
-            let mut seen = 0u64;
-            while count.is_none_or(|c| seen < c) {
-                let event = tokio::select! {
-                    e = events.next() => e,
-                    _ = tokio::signal::ctrl_c() => return Ok(()),
-                };
-                match event.context("the hub closed the connection")? {
-                    Event::Message(m) if json => println!(
-                        "{}",
-                        serde_json::json!({"tag": m.tag, "body": m.body, "from": m.from, "seq": m.seq, "retained": m.retained, "cid": m.cid})
-                    ),
-                    Event::Message(m) => println!("{:>8} {} {}", m.seq, m.tag, m.body),
-                    Event::Error(e) => anyhow::bail!("{e}"),
-                    Event::Request(_) => continue,
+            follow(&mut events, count, |m| {
+                if json {
+                    serde_json::json!({"tag": m.tag, "body": m.body, "from": m.from, "seq": m.seq, "retained": m.retained, "cid": m.cid})
+                        .to_string()
+                } else {
+                    format!("{:>8} {} {}", m.seq, m.tag, m.body)
                 }
-                seen += 1;
-            }
+            })
+            .await?;
         }
         Command::Req {
             tag,
