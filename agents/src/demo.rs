@@ -28,6 +28,8 @@ pub struct DemoOptions {
     pub hub_listen: SocketAddr,
     /// Hub HTTP address (API and console).
     pub http_listen: SocketAddr,
+    /// Listen beyond loopback although the demo hub has no tokens.
+    pub insecure: bool,
 }
 
 async fn local_listener() -> anyhow::Result<(TcpListener, String)> {
@@ -129,13 +131,15 @@ async fn serve_controls(client: Client, mut events: Events, controls: SimControl
 
 /// Runs the demo until `shutdown` turns true.
 pub async fn run(opts: DemoOptions, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let hub = patchbay_hub::server::start(HubConfig {
+    let config = HubConfig {
         listen: opts.hub_listen,
         http_listen: opts.http_listen,
         ..HubConfig::default()
-    })
-    .await
-    .map_err(|e| {
+    };
+    config
+        .check_exposure(opts.insecure)
+        .map_err(anyhow::Error::msg)?;
+    let hub = patchbay_hub::server::start(config).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot start the hub on {} and {}: {e}",
             opts.hub_listen,

@@ -37,6 +37,9 @@ impl Role {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
+    /// A name for logs, audit and reservations (default: its place in the list, `tokens[i]`).
+    #[serde(default)]
+    pub name: Option<String>,
     /// The secret a client presents in `hello`.
     pub token: String,
     /// The role it grants.
@@ -58,16 +61,36 @@ pub struct HubConfig {
     pub cors_origins: Vec<String>,
     /// Largest HTTP request body, in bytes.
     pub http_body_limit: usize,
-    /// Most simultaneous connections; one more gets `err max_connections`.
+    /// Most simultaneous authenticated connections (wire, WebSocket and event streams); one more gets `err max_connections`.
     pub max_connections: usize,
+    /// Most connections waiting to authenticate (tokens configured, no `hello` yet); past it the oldest is closed.
+    pub max_unauthenticated: usize,
+    /// Time a connection has to authenticate with `hello` when tokens are configured, in milliseconds.
+    pub hello_timeout_ms: u64,
+    /// Backlog of the wire and HTTP listen sockets (the kernel caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
+    /// Most simultaneous HTTP connections; one more gets `503` and is closed.
+    pub max_http_connections: usize,
+    /// Time an HTTP client has to send a request's headers, in milliseconds.
+    pub http_header_timeout_ms: u64,
     /// Longest accepted frame (one line), in bytes.
     pub max_frame_bytes: usize,
     /// Most subscription patterns one connection may hold.
     pub max_subscriptions: usize,
+    /// Most patterns one `sub` frame may list.
+    pub max_patterns_per_sub: usize,
+    /// Most retained tags; a new one past it gets `err retained_limit`.
+    pub max_retained: usize,
+    /// Most requests one connection may have waiting for answers; one more gets `err too_many_requests`.
+    pub max_pending_requests: usize,
+    /// How long a prefix stays reserved for its owner after its claim ends, in milliseconds (0: not at all).
+    pub claim_grace_ms: u64,
     /// Bad frames in a row after which the hub closes the connection.
     pub max_bad_frames: u32,
     /// Bytes of non-retained messages queued for one connection before it is dropped as a slow consumer.
     pub outbound_queue_bytes: usize,
+    /// Time a write to a client may make no progress before it is dropped as a slow consumer, in milliseconds.
+    pub write_timeout_ms: u64,
     /// Silence after which the hub pings a client, in milliseconds.
     pub ping_interval_ms: u64,
     /// Silence after which the hub drops a client, in milliseconds.
@@ -87,11 +110,21 @@ impl Default for HubConfig {
             http_listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT)),
             cors_origins: Vec::new(),
             http_body_limit: 64 * 1024,
-            max_connections: 10_000,
+            max_connections: 50_000,
+            max_unauthenticated: 1024,
+            hello_timeout_ms: 5_000,
+            listen_backlog: 4096,
+            max_http_connections: 4096,
+            http_header_timeout_ms: 10_000,
             max_frame_bytes: 1024 * 1024,
             max_subscriptions: 1024,
+            max_patterns_per_sub: 256,
+            max_retained: 500_000,
+            max_pending_requests: 1024,
+            claim_grace_ms: 30_000,
             max_bad_frames: 10,
             outbound_queue_bytes: 8 * 1024 * 1024,
+            write_timeout_ms: 10_000,
             ping_interval_ms: 15_000,
             idle_timeout_ms: 45_000,
             request_timeout_ms: 10_000,
@@ -158,6 +191,15 @@ impl HubConfig {
     pub fn check(&self) -> Result<(), String> {
         let positive = [
             ("max_connections", self.max_connections as u64),
+            ("max_unauthenticated", self.max_unauthenticated as u64),
+            ("hello_timeout_ms", self.hello_timeout_ms),
+            ("listen_backlog", u64::from(self.listen_backlog)),
+            ("max_http_connections", self.max_http_connections as u64),
+            ("http_header_timeout_ms", self.http_header_timeout_ms),
+            ("max_patterns_per_sub", self.max_patterns_per_sub as u64),
+            ("max_retained", self.max_retained as u64),
+            ("max_pending_requests", self.max_pending_requests as u64),
+            ("write_timeout_ms", self.write_timeout_ms),
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("max_subscriptions", self.max_subscriptions as u64),
             ("max_bad_frames", u64::from(self.max_bad_frames)),
@@ -189,8 +231,72 @@ impl HubConfig {
             for c in &t.claims {
                 crate::tag::validate_tag(c).map_err(|e| format!("tokens[{i}].claims: {e}"))?;
             }
+            if let Some(j) = self.tokens[..i].iter().position(|o| o.token == t.token) {
+                return Err(format!("tokens[{i}] repeats the secret of tokens[{j}]"));
+            }
+            if let Some(n) = &t.name {
+                if self.tokens[..i].iter().any(|o| o.name.as_ref() == Some(n)) {
+                    return Err(format!("tokens[{i}]: the name `{n}` is used twice"));
+                }
+            }
+            // A prefix reserved for two tokens would have no single owner.
+            for (j, o) in self.tokens[..i].iter().enumerate() {
+                for c in &t.claims {
+                    if let Some(x) = o
+                        .claims
+                        .iter()
+                        .find(|x| crate::tag::is_under(c, x) || crate::tag::is_under(x, c))
+                    {
+                        return Err(format!(
+                            "tokens[{i}].claims: `{c}` overlaps `{x}` in tokens[{j}].claims; each prefix may belong to one token"
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The token matching `presented`, with its index. Every configured
+    /// token is compared in full, in constant time, so timing does not tell
+    /// how much of a guess was right.
+    pub fn find_token(&self, presented: &str) -> Option<(usize, &TokenConfig)> {
+        let mut found = None;
+        for (i, t) in self.tokens.iter().enumerate() {
+            if constant_time_eq(t.token.as_bytes(), presented.as_bytes()) {
+                found = Some((i, t));
+            }
+        }
+        found
+    }
+
+    /// Refuses to listen beyond loopback with no tokens configured (anyone
+    /// who can reach the hub could control every device) unless `insecure`.
+    pub fn check_exposure(&self, insecure: bool) -> Result<(), String> {
+        for addr in [self.listen, self.http_listen] {
+            if !self.auth_required() && !addr.ip().is_loopback() && !insecure {
+                return Err(format!(
+                    "refusing to listen on {addr} with no tokens configured: anyone who can reach it could control every device. \
+                     Add [[tokens]] to the config, listen on a loopback address, or pass --insecure"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Write timeout as a duration.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+
+    /// Hello timeout as a duration.
+    pub fn hello_timeout(&self) -> Duration {
+        Duration::from_millis(self.hello_timeout_ms)
+    }
+
+    /// How many file descriptors these limits may need at once.
+    pub fn descriptors_needed(&self) -> u64 {
+        (self.max_connections + self.max_unauthenticated + self.max_http_connections) as u64 + 64
     }
 
     /// Ping interval as a duration.
@@ -207,6 +313,15 @@ impl HubConfig {
     pub fn auth_required(&self) -> bool {
         !self.tokens.is_empty()
     }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for (i, x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i).copied().unwrap_or(!x);
+    }
+    diff == 0
 }
 
 #[cfg(test)]
@@ -244,5 +359,32 @@ mod tests {
             e,
             "hub.toml: tokens[0]: only `agent` tokens may list `claims`"
         );
+        let e = HubConfig::from_toml(
+            "[[tokens]]\ntoken = \"agent-one-secret\"\nrole = \"agent\"\nclaims = [\"dev/p1\"]\n\
+             [[tokens]]\ntoken = \"agent-two-secret\"\nrole = \"agent\"\nclaims = [\"dev\"]\n",
+            "hub.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "hub.toml: tokens[1].claims: `dev` overlaps `dev/p1` in tokens[0].claims; each prefix may belong to one token"
+        );
+    }
+
+    #[test]
+    fn tokens_compare_in_full() {
+        assert!(constant_time_eq(b"secret-1", b"secret-1"));
+        assert!(!constant_time_eq(b"secret-1", b"secret-2"));
+        assert!(!constant_time_eq(b"secret-1", b"secret-12"));
+        assert!(!constant_time_eq(b"secret-12", b"secret-1"));
+        assert!(!constant_time_eq(b"", b"x"));
+        let c = HubConfig::from_toml(
+            "[[tokens]]\ntoken = \"viewer-secret\"\nrole = \"viewer\"\n[[tokens]]\ntoken = \"operator-secret\"\nrole = \"operator\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.find_token("operator-secret").map(|(i, _)| i), Some(1));
+        assert!(c.find_token("operator-secre").is_none());
     }
 }

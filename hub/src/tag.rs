@@ -22,9 +22,13 @@ pub enum TagError {
     /// Two slashes in a row, or a leading or trailing slash.
     #[error("tag `{0}` has an empty segment")]
     EmptySegment(String),
-    /// A control character (below U+0020) appears in the tag.
+    /// A control character (C0, DEL or C1) appears in the tag.
     #[error("tag `{0}` contains a control character")]
     ControlChar(String),
+    /// An invisible or direction-changing character appears in the tag, which
+    /// would let two different tags look the same.
+    #[error("tag `{0}` contains an invisible or bidirectional-control character (U+{1:04X}); tags must look like what they are")]
+    Invisible(String, u32),
     /// A wildcard appears in a tag that is published or requested.
     #[error("tag `{0}` contains a wildcard (`+` or `#`); wildcards belong in subscription patterns only")]
     Wildcard(String),
@@ -40,13 +44,36 @@ fn check_common(s: &str) -> Result<(), TagError> {
     if s.len() > MAX_TAG_BYTES {
         return Err(TagError::TooLong(s.len()));
     }
-    if s.bytes().any(|b| b < 0x20) {
+    if s.chars().any(char::is_control) {
         return Err(TagError::ControlChar(s.escape_debug().to_string()));
+    }
+    if let Some(c) = s.chars().find(|&c| invisible(c)) {
+        return Err(TagError::Invisible(
+            s.escape_unicode().to_string(),
+            c as u32,
+        ));
     }
     if s.split('/').any(str::is_empty) {
         return Err(TagError::EmptySegment(s.to_owned()));
     }
     Ok(())
+}
+
+/// Format characters that render as nothing or reorder what follows:
+/// zero-width spaces and joiners, the byte-order mark, soft hyphen, invisible
+/// operators, and the bidirectional marks, embeddings, overrides and isolates.
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
 }
 
 /// Checks a concrete tag (one that is published, retained or requested).
@@ -121,6 +148,27 @@ mod tests {
             validate_tag("a\nb"),
             Err(TagError::ControlChar(_))
         ));
+        for bad in ["a\u{7f}b", "a\u{85}b", "a\u{9f}"] {
+            assert!(
+                matches!(validate_tag(bad), Err(TagError::ControlChar(_))),
+                "{bad:?}"
+            );
+        }
+        for bad in [
+            "p\u{202e}1",
+            "p\u{200b}1",
+            "\u{feff}p1",
+            "p\u{2066}1",
+            "p\u{ad}1",
+        ] {
+            assert!(
+                matches!(validate_tag(bad), Err(TagError::Invisible(..))),
+                "{bad:?}"
+            );
+        }
+        // Letters of any script are fine.
+        assert_eq!(validate_tag("dev/projektor-süd/state"), Ok(()));
+        assert_eq!(validate_tag("dev/会議室/state"), Ok(()));
         let long = "x".repeat(MAX_TAG_BYTES + 1);
         assert_eq!(
             validate_tag(&long),

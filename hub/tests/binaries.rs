@@ -191,3 +191,91 @@ async fn cli_pub_sub_req() {
     assert!(!ok);
     assert!(err.contains("cannot reach hub at 127.0.0.1:1"), "{err}");
 }
+
+/// Runs the hub under `sh` with `setup` first; returns its stderr after `act` and a Ctrl-C.
+async fn hub_stderr(
+    setup: &str,
+    config: &str,
+    act: impl std::future::Future<Output = ()> + Send,
+    http: &str,
+) -> String {
+    let dir = std::env::temp_dir().join(format!(
+        "patchbay-hub-log-{}-{}",
+        std::process::id(),
+        http.replace([':', '.'], "-")
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("hub.toml");
+    std::fs::write(&path, config).unwrap();
+    let script = format!(
+        "{setup}; exec {} --config {} --listen 127.0.0.1:0 --http-listen {http}",
+        env!("CARGO_BIN_EXE_patchbay-hub"),
+        path.display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(WAIT, out.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    act.await;
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    let mut err = String::new();
+    let mut stderr = child.stderr.take().unwrap();
+    tokio::time::timeout(
+        WAIT,
+        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut err),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let _ = child.wait().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    err
+}
+
+/// A free loopback port for a child process to listen on.
+fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn hub_warns_when_the_open_file_limit_is_too_low() {
+    let err = hub_stderr("ulimit -n 512", "", async {}, &free_port()).await;
+    assert!(
+        err.contains("the open-file limit is below what max_connections"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn query_tokens_never_reach_the_logs() {
+    let http = free_port();
+    let config = "[[tokens]]\ntoken = \"very-secret-console-token\"\nrole = \"viewer\"\n";
+    let url = format!("http://{http}/api/devices?token=very-secret-console-token");
+    let err = hub_stderr(
+        "true",
+        config,
+        async {
+            let res = reqwest::get(&url).await.unwrap();
+            assert_eq!(res.status(), 200);
+        },
+        &http,
+    )
+    .await;
+    assert!(err.contains("token=REDACTED"), "{err}");
+    assert!(!err.contains("very-secret-console-token"), "{err}");
+}

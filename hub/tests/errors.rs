@@ -106,6 +106,7 @@ async fn bad_tags_and_patterns() {
 
 fn token(token: &str, role: Role, claims: &[&str]) -> TokenConfig {
     TokenConfig {
+        name: None,
         token: token.into(),
         role,
         claims: claims.iter().map(|s| s.to_string()).collect(),
@@ -193,7 +194,11 @@ async fn forbidden_by_role_and_by_claim() {
 
 #[tokio::test]
 async fn owned_when_claims_overlap() {
-    let hub = hub().await;
+    let hub = hub_with(HubConfig {
+        claim_grace_ms: 300,
+        ..HubConfig::default()
+    })
+    .await;
     let mut a = Raw::hello(&hub, "agent-a", None).await;
     let mut b = Raw::hello(&hub, "agent-b", None).await;
     assert_eq!(
@@ -214,7 +219,8 @@ async fn owned_when_claims_overlap() {
         a.call(json!({"op":"claim","prefix":"dev/p1"}), 4).await["op"],
         "ok"
     );
-    // When the owner leaves, the claim is released.
+    // When the owner leaves, its last will is published and the prefix stays
+    // reserved for it for `claim_grace_ms`, then is free.
     drop(a);
     let mut watcher = Raw::hello(&hub, "w", None).await;
     watcher
@@ -222,10 +228,30 @@ async fn owned_when_claims_overlap() {
         .await;
     let will = watcher.recv().await;
     assert_eq!(will["body"]["online"], false, "{will}");
-    assert_eq!(
-        b.call(json!({"op":"claim","prefix":"dev/p1"}), 5).await["op"],
-        "ok"
+    let e = b.call(json!({"op":"claim","prefix":"dev/p1"}), 5).await;
+    assert_err(&e, "owned");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("reserved for client `agent-a`"),
+        "{e}"
     );
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let mut id = 6;
+    loop {
+        let r = b.call(json!({"op":"claim","prefix":"dev/p1"}), id).await;
+        if r["op"] == "ok" {
+            break;
+        }
+        assert_err(&r, "owned");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reservation never expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        id += 1;
+    }
     hub.stop().await;
 }
 

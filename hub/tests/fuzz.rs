@@ -92,7 +92,7 @@ proptest! {
             lines.feed(&mut session);
         }
         let mut out = Vec::new();
-        while outbox.drain_into(&mut out) == Drain::Data {}
+        while let Drain::Data { .. } = outbox.drain_into(&mut out, &hub) {}
         for line in out.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let v: Value = serde_json::from_slice(line).expect("hub output is JSON");
             prop_assert!(v["op"].is_string());

@@ -371,6 +371,7 @@ async fn commands_and_every_status_code() {
 
 fn token(t: &str, role: Role) -> TokenConfig {
     TokenConfig {
+        name: None,
         token: t.into(),
         role,
         claims: if role == Role::Agent {

@@ -50,3 +50,24 @@ async fn demo_runs_every_device_and_takes_commands() {
     assert!(!ok, "muting in standby must fail: {out}");
     assert!(err.contains("busy"), "{err}");
 }
+
+#[tokio::test]
+async fn demo_refuses_an_open_listen_address_without_insecure() {
+    let out = tokio::process::Command::new(patchbay_tests::bin("patchbay-agent"))
+        .args([
+            "demo",
+            "--hub-listen",
+            "0.0.0.0:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0 with no tokens configured"),
+        "{err}"
+    );
+}

@@ -30,6 +30,9 @@ enum Command {
         /// Hub HTTP address (API and console).
         #[arg(long, default_value = "127.0.0.1:8080")]
         http_listen: SocketAddr,
+        /// Allow listening beyond loopback although the demo hub has no tokens.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Check the configuration file and exit.
     Check,
@@ -64,11 +67,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Demo {
             hub_listen,
             http_listen,
+            insecure,
         }) => {
             demo::run(
                 DemoOptions {
                     hub_listen,
                     http_listen,
+                    insecure,
                 },
                 stop_rx,
             )

@@ -3,11 +3,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
 use patchbay_hub::config::HubConfig;
-use patchbay_hub::server::{serve, Hub};
-use tokio::net::TcpListener;
+use patchbay_hub::server::{bind, serve, Hub};
 
 /// The patchbay hub: routes tagged messages between agents, controllers and
 /// operators, keeps the latest state of every device, and brokers commands.
@@ -42,19 +41,12 @@ async fn main() -> anyhow::Result<()> {
     if let Some(http) = args.http_listen {
         config.http_listen = http;
     }
-    for addr in [config.listen, config.http_listen] {
-        if !config.auth_required() && !addr.ip().is_loopback() && !args.insecure {
-            bail!(
-                "refusing to listen on {addr} with no tokens configured: anyone who can reach it could control every device. \
-                 Add [[tokens]] to the config, listen on a loopback address, or pass --insecure"
-            );
-        }
-    }
-    let listener = TcpListener::bind(config.listen)
-        .await
+    config
+        .check_exposure(args.insecure)
+        .map_err(anyhow::Error::msg)?;
+    let listener = bind(config.listen, config.listen_backlog)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let http = TcpListener::bind(config.http_listen)
-        .await
+    let http = bind(config.http_listen, config.listen_backlog)
         .with_context(|| format!("cannot listen on {} (http)", config.http_listen))?;
     let addr = listener.local_addr()?;
     let http_addr = http.local_addr()?;

@@ -40,8 +40,49 @@ fn token_from(parts: &Parts) -> Option<String> {
             .query()?
             .split('&')
             .find_map(|kv| kv.strip_prefix("token="))
-            .map(str::to_owned)
+            .map(percent_decode)
     })
+}
+
+/// Decodes `%XX` escapes and `+` (a space in a query string), as browsers
+/// encode a token that contains `+`, `/` or `=`.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, b) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The URI with the value of a `token` query parameter replaced, for logs.
+pub fn redact_token(uri: &axum::http::Uri) -> String {
+    let Some(query) = uri.query() else {
+        return uri.to_string();
+    };
+    let redacted: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some(("token", _)) => "token=REDACTED".to_owned(),
+            _ => kv.to_owned(),
+        })
+        .collect();
+    format!("{}?{}", uri.path(), redacted.join("&"))
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -62,10 +103,29 @@ impl FromRequestParts<AppState> for Caller {
                 "this hub requires a token: send `Authorization: Bearer <token>`",
             )
         })?;
-        cfg.tokens
-            .iter()
-            .find(|t| t.token == token)
-            .map(|t| Caller(t.role))
+        cfg.find_token(&token)
+            .map(|(_, t)| Caller(t.role))
             .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_tokens_are_percent_decoded() {
+        assert_eq!(percent_decode("a%2Bb%2Fc%3D"), "a+b/c=");
+        assert_eq!(percent_decode("plain"), "plain");
+        assert_eq!(percent_decode("bad%zz%4"), "bad%zz%4");
+        assert_eq!(percent_decode("a+b"), "a b");
+    }
+
+    #[test]
+    fn tokens_are_redacted_from_logged_uris() {
+        let uri: axum::http::Uri = "/api/events?tags=dev/%23&token=s3cret%2B1".parse().unwrap();
+        let shown = redact_token(&uri);
+        assert_eq!(shown, "/api/events?tags=dev/%23&token=REDACTED");
+        assert!(!shown.contains("s3cret"));
     }
 }

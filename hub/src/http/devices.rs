@@ -2,7 +2,6 @@
 //! hub's retained store (`dev/<id>/meta|state|online`), never a second copy.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -20,9 +19,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Caller;
 use super::error::{ApiError, ErrorResponse};
 use super::AppState;
-use crate::devices::{DeviceView, DEVICE_PATTERNS};
+use crate::devices::DeviceView;
 use crate::schema::{validate_settings, Setting};
-use crate::server::Hub;
+use crate::server::{DeviceRecord, Hub, Retained, DEVICE_PAGE};
 
 /// The correlation id header, accepted on requests and returned on responses.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
@@ -100,7 +99,7 @@ pub struct DeviceDetail {
 }
 
 /// Filters for the device list.
-#[derive(Debug, Default, Deserialize, IntoParams)]
+#[derive(Debug, Default, Clone, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only devices that are (or are not) reachable.
@@ -123,52 +122,56 @@ pub struct PatchQuery {
     pub timeout_ms: Option<u64>,
 }
 
-/// Devices sorted by id, each with the time of its latest retained change.
-/// Only devices with a description (`meta`) are listed.
-fn registry(hub: &Hub, id: Option<&str>) -> Vec<(DeviceView, u64)> {
-    let retained: Vec<(std::sync::Arc<str>, crate::server::Retained)> = match id {
-        // One device: three direct lookups, whatever the size of the store.
-        Some(id) => ["meta", "state", "online"]
-            .iter()
-            .filter_map(|p| {
-                let tag = format!("dev/{id}/{p}");
-                hub.retained(&tag).map(|r| (std::sync::Arc::from(tag), r))
-            })
-            .collect(),
-        None => {
-            let patterns: Vec<String> = DEVICE_PATTERNS.iter().map(|p| p.to_string()).collect();
-            hub.retained_matching(&patterns)
-        }
+/// One device parsed from its retained values, with the time of its latest
+/// change; `None` unless it has a description (`meta`).
+fn device_view(hub: &Hub, id: &str) -> Option<(DeviceView, u64)> {
+    let rec = hub.device(id);
+    rec.meta.as_ref()?;
+    let parse = |r: &Option<Retained>| {
+        r.as_ref()
+            .map(|r| serde_json::from_str(r.body()).unwrap_or(Value::Null))
     };
-    // One pass, hashed by id (borrowed from the tags); one sort at the end.
-    let mut by_id: std::collections::HashMap<&str, (DeviceView, u64)> =
-        std::collections::HashMap::new();
-    for (tag, r) in &retained {
-        let Some((id, part)) = crate::devices::split_tag(tag) else {
-            continue;
-        };
-        let (view, updated) = by_id.entry(id).or_insert_with(|| {
-            let view = DeviceView {
-                id: id.to_owned(),
-                ..DeviceView::default()
-            };
-            (view, 0)
-        });
-        *updated = (*updated).max(r.time_ms);
-        let body = serde_json::from_str(r.body()).unwrap_or(Value::Null);
-        match part {
-            "meta" => view.meta = Some(body),
-            "state" => view.state = Some(body),
-            "online" => view.online = Some(body),
-            _ => {}
-        }
-    }
-    let mut out: Vec<(DeviceView, u64)> = by_id
-        .into_values()
-        .filter(|(v, _)| v.meta.is_some())
-        .collect();
-    out.sort_unstable_by(|a, b| a.0.id.cmp(&b.0.id));
-    out
+    let view = DeviceView {
+        id: rec.id.clone(),
+        meta: parse(&rec.meta),
+        state: parse(&rec.state),
+        online: parse(&rec.online),
+    };
+    Some((view, updated_ms(&rec)))
+}
+
+/// The latest change to any of a device's retained values, Unix milliseconds.
+fn updated_ms(rec: &DeviceRecord) -> u64 {
+    [&rec.meta, &rec.state, &rec.online]
+        .iter()
+        .filter_map(|r| r.as_ref().map(|r| r.time_ms))
+        .max()
+        .unwrap_or(0)
+}
+
+/// A device's list entry, borrowed from its retained frames; `None` without a description.
+fn summary(rec: &DeviceRecord) -> Option<DeviceSummary<'_>> {
+    let meta: MetaHead<'_> = serde_json::from_str(rec.meta.as_ref()?.body()).unwrap_or_default();
+    let online: OnlineHead<'_> = rec
+        .online
+        .as_ref()
+        .and_then(|r| serde_json::from_str(r.body()).ok())
+        .unwrap_or_default();
+    Some(DeviceSummary {
+        id: &rec.id,
+        name: meta.name,
+        location: meta.location,
+        driver: meta.driver,
+        manufacturer: meta.manufacturer,
+        model: meta.model,
+        online: online.online,
+        reason: online.reason,
+        state: rec
+            .state
+            .as_ref()
+            .and_then(|r| serde_json::from_str(r.body()).ok()),
+        updated_ms: updated_ms(rec),
+    })
 }
 
 fn matches(s: &DeviceSummary<'_>, q: &ListQuery) -> bool {
@@ -189,7 +192,9 @@ fn valid_id(id: &str) -> bool {
     !id.contains('/') && crate::tag::validate_tag(&format!("dev/{id}/state")).is_ok()
 }
 
-/// Lists devices, optionally filtered.
+/// Lists devices in id order, optionally filtered. The list is streamed a
+/// page at a time from the store's `dev/<id>` branch (one short lock hold
+/// per page), so neither its size nor its filters hold up the hub.
 #[utoipa::path(get, path = "/api/devices", tag = "devices", params(ListQuery),
     responses((status = 200, body = [DeviceSummary]), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse)))]
 pub async fn list(
@@ -198,50 +203,57 @@ pub async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let patterns: Vec<String> = DEVICE_PATTERNS.iter().map(|p| p.to_string()).collect();
-    let retained = st.hub.retained_matching(&patterns);
-    // (meta, state, online, last change) per id, all borrowed from `retained`.
-    type Slot<'a> = (
-        Option<MetaHead<'a>>,
-        Option<&'a RawValue>,
-        OnlineHead<'a>,
-        u64,
-    );
-    let mut by_id: HashMap<&str, Slot<'_>> = HashMap::with_capacity(retained.len() / 3 + 1);
-    for (tag, r) in &retained {
-        let Some((id, part)) = crate::devices::split_tag(tag) else {
-            continue;
-        };
-        let slot = by_id.entry(id).or_default();
-        slot.3 = slot.3.max(r.time_ms);
-        match part {
-            "meta" => slot.0 = Some(serde_json::from_str(r.body()).unwrap_or_default()),
-            "state" => slot.1 = serde_json::from_str(r.body()).ok(),
-            "online" => slot.2 = serde_json::from_str(r.body()).unwrap_or_default(),
-            _ => {}
-        }
+    struct Page {
+        after: Option<String>,
+        started: bool,
+        listed: usize,
+        done: bool,
     }
-    let mut out: Vec<DeviceSummary<'_>> = by_id
-        .into_iter()
-        .filter_map(|(id, (meta, state, online, updated_ms))| {
-            let meta = meta?;
-            Some(DeviceSummary {
-                id,
-                name: meta.name,
-                location: meta.location,
-                driver: meta.driver,
-                manufacturer: meta.manufacturer,
-                model: meta.model,
-                online: online.online,
-                reason: online.reason,
-                state,
-                updated_ms,
-            })
-        })
-        .filter(|s| matches(s, &q))
-        .collect();
-    out.sort_unstable_by(|a, b| a.id.cmp(b.id));
-    Ok(Json(out).into_response())
+    let start = Page {
+        after: None,
+        started: false,
+        listed: 0,
+        done: false,
+    };
+    let hub = st.hub.clone();
+    let body = futures_util::stream::unfold(start, move |mut p| {
+        let hub = hub.clone();
+        let q = q.clone();
+        async move {
+            if p.done {
+                return None;
+            }
+            let page = hub.devices_page(p.after.as_deref());
+            let mut buf = Vec::with_capacity(page.len() * 256 + 2);
+            if !p.started {
+                buf.push(b'[');
+                p.started = true;
+            }
+            for rec in &page {
+                let Some(s) = summary(rec).filter(|s| matches(s, &q)) else {
+                    continue;
+                };
+                if p.listed > 0 {
+                    buf.push(b',');
+                }
+                p.listed += 1;
+                // A summary of borrowed strings and raw JSON always serializes.
+                let _ = serde_json::to_writer(&mut buf, &s);
+            }
+            if page.len() < DEVICE_PAGE {
+                buf.push(b']');
+                p.done = true;
+            }
+            p.after = page.last().map(|r| r.id.clone());
+            Some((Ok::<_, std::convert::Infallible>(Bytes::from(buf)), p))
+        }
+    });
+    let mut res = axum::body::Body::from_stream(body).into_response();
+    res.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(res)
 }
 
 /// One device: description, state, reachability and last change.
@@ -255,9 +267,7 @@ pub async fn show(
     if !valid_id(&id) {
         return Err(ApiError::unknown_device(&id));
     }
-    let (v, t) = registry(&st.hub, Some(&id))
-        .pop()
-        .ok_or_else(|| ApiError::unknown_device(&id))?;
+    let (v, t) = device_view(&st.hub, &id).ok_or_else(|| ApiError::unknown_device(&id))?;
     Ok(Json(DeviceDetail {
         id: v.id,
         meta: v.meta.unwrap_or(Value::Null),
@@ -353,16 +363,9 @@ fn command(
     }
     let desired: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
-    let (view, _) = registry(&st.hub, Some(id))
-        .pop()
-        .ok_or_else(|| ApiError::unknown_device(id))?;
-    let settings: Vec<Setting> = view
-        .meta
-        .as_ref()
-        .and_then(|m| m.get("settings"))
-        .and_then(|s| serde_json::from_value(s.clone()).ok())
-        .unwrap_or_default();
-    validate_settings(&settings, &desired)?;
+    let (view, _) = device_view(&st.hub, id).ok_or_else(|| ApiError::unknown_device(id))?;
+    // An offline device is reported as such first: it may never have been
+    // described well enough to judge the settings against.
     if !view.is_online() {
         let reason = view.reason().unwrap_or("no reason given");
         return Err(ApiError::new(
@@ -371,6 +374,13 @@ fn command(
             format!("device `{id}` is offline: {reason}"),
         ));
     }
+    let settings: Vec<Setting> = view
+        .meta
+        .as_ref()
+        .and_then(|m| m.get("settings"))
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .unwrap_or_default();
+    validate_settings(&settings, &desired)?;
     let max = st.hub.config().max_request_timeout_ms;
     if q.timeout_ms.is_some_and(|t| t < MIN_TIMEOUT_MS) {
         return Err(ApiError::bad_request(format!(

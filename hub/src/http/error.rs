@@ -96,7 +96,22 @@ impl From<SchemaError> for ApiError {
 
 impl From<OpError> for ApiError {
     fn from(e: OpError) -> Self {
-        ApiError::from_command(e.code.as_str(), e.message)
+        use crate::protocol::ErrorCode as C;
+        let status = match e.code {
+            C::BadTag | C::BadFrame | C::FrameTooLarge => StatusCode::BAD_REQUEST,
+            C::Unauthorized => StatusCode::UNAUTHORIZED,
+            C::Forbidden => StatusCode::FORBIDDEN,
+            C::Owned => StatusCode::CONFLICT,
+            // Limits: the hub is busy, not broken.
+            C::MaxConnections
+            | C::TooManySubscriptions
+            | C::RetainedLimit
+            | C::TooManyRequests
+            | C::SlowConsumer
+            | C::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            _ => return ApiError::from_command(e.code.as_str(), e.message),
+        };
+        ApiError::new(status, e.code.as_str(), e.message)
     }
 }
 

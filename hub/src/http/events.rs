@@ -4,7 +4,10 @@
 //! retained value newer than that seq, then live messages.
 //!
 //! The stream is a hub connection like any other (a viewer with its own
-//! bounded outbox), so slow-consumer conflation and limits apply unchanged.
+//! bounded outbox), so snapshot streaming, slow-consumer conflation and
+//! limits apply unchanged; the HTTP connection's write deadline drops a
+//! client that stops reading, and comment lines keep an idle stream alive
+//! through proxies (every `ping_interval_ms`).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -23,7 +26,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorResponse};
 use super::AppState;
 use crate::config::Role;
-use crate::server::{ConnId, Drain, Hub, Identity, Outbox};
+use crate::server::{ConnId, Drain, Hub, Identity, Metrics, Outbox};
 
 /// Which tags to stream.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -88,36 +91,36 @@ pub async fn stream(
 
     let hub = st.hub.clone();
     let outbox = Outbox::new(hub.config().outbound_queue_bytes);
-    let conn = hub.connect(peer, outbox.clone())?;
+    let ident = Identity {
+        name: Arc::from(format!("sse-{peer}")),
+        role: Some(Role::Viewer),
+        may_claim: None,
+        principal: Arc::from(format!("sse-{peer}")),
+    };
+    let conn = hub.connect_as(peer, outbox.clone(), ident)?;
     let sub = Subscription {
         hub: hub.clone(),
         conn,
         outbox,
     };
-    hub.identify(
-        conn,
-        Identity {
-            name: Arc::from(format!("sse-{peer}")),
-            role: Some(Role::Viewer),
-            may_claim: None,
-        },
-    );
-    hub.subscribe(conn, &patterns, true, None)?;
+    hub.subscribe(conn, &patterns, Some(after), None)?;
     let shutdown = st.shutdown.clone();
-    let state = (sub, Vec::new(), VecDeque::new(), after, shutdown, false);
+    let state = (sub, Vec::new(), VecDeque::new(), shutdown, false);
     let events = futures_util::stream::unfold(
         state,
-        |(sub, mut buf, mut ready, after, mut shutdown, mut done)| async move {
+        |(sub, mut buf, mut ready, mut shutdown, mut done)| async move {
             loop {
                 if let Some(ev) = ready.pop_front() {
-                    return Some((Ok(ev), (sub, buf, ready, after, shutdown, done)));
+                    return Some((Ok(ev), (sub, buf, ready, shutdown, done)));
                 }
                 if done || *shutdown.borrow() {
                     return None;
                 }
                 buf.clear();
-                match sub.outbox.drain_into(&mut buf) {
-                    Drain::Data => {}
+                match sub.outbox.drain_into(&mut buf, &sub.hub) {
+                    Drain::Data { msgs } => {
+                        Metrics::add(&sub.hub.metrics().deliveries, msgs);
+                    }
                     Drain::Finished => done = true,
                     Drain::Empty => {
                         tokio::select! {
@@ -128,14 +131,15 @@ pub async fn stream(
                     }
                 }
                 for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    if let Some(ev) = to_event(line, after) {
+                    if let Some(ev) = to_event(line) {
                         ready.push_back(ev);
                     }
                 }
             }
         },
     );
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+    let keepalive = KeepAlive::new().interval(hub.config().ping_interval());
+    Ok(Sse::new(events).keep_alive(keepalive))
 }
 
 /// The fields of a hub frame an event needs.
@@ -147,13 +151,13 @@ struct Head<'a> {
 
 /// One outbox line as an event: `msg` (id = seq), `snapshot` (the end of the
 /// initial values) or `error` (the hub is closing the stream).
-fn to_event(line: &[u8], after: u64) -> Option<Event> {
+fn to_event(line: &[u8]) -> Option<Event> {
     let text = std::str::from_utf8(line).ok()?;
     let head: Head<'_> = serde_json::from_str(text).ok()?;
     match head.op {
         "msg" => {
             let seq = head.seq?;
-            (seq > after).then(|| Event::default().id(seq.to_string()).event("msg").data(text))
+            Some(Event::default().id(seq.to_string()).event("msg").data(text))
         }
         "ok" => Some(Event::default().event("snapshot").data(text)),
         "err" => Some(Event::default().event("error").data(text)),

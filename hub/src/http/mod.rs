@@ -8,9 +8,9 @@ mod devices;
 mod error;
 mod events;
 mod ops;
+mod serve;
 mod ws;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,7 +84,7 @@ pub fn router(hub: Arc<Hub>, shutdown: watch::Receiver<bool>) -> Router {
         .merge(patchbay_console())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(RequestBodyLimitLayer::new(cfg.http_body_limit))
-        .layer(TraceLayer::new_for_http());
+        .layer(TraceLayer::new_for_http().make_span_with(request_span));
     if !cfg.cors_origins.is_empty() {
         app = app.layer(cors(&cfg.cors_origins));
     }
@@ -122,20 +122,23 @@ fn patchbay_console() -> Router<AppState> {
         )
 }
 
-/// Serves HTTP on `listener` until `shutdown` turns true.
+/// The span each request is traced in; a `token` in the query is redacted.
+fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %req.method(),
+        uri = %auth::redact_token(req.uri()),
+        version = ?req.version(),
+    )
+}
+
+/// Serves HTTP on `listener` until `shutdown` turns true, within the
+/// connection, header-read and write limits of the configuration.
 pub async fn serve(
     hub: Arc<Hub>,
     listener: tokio::net::TcpListener,
     shutdown: watch::Receiver<bool>,
 ) {
-    let mut stop = shutdown.clone();
-    let app = router(hub, shutdown).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
-    if let Err(e) = served {
-        tracing::error!("http server failed: {e}");
-    }
+    let app = router(hub.clone(), shutdown.clone());
+    serve::serve(hub, listener, app, shutdown).await;
 }

@@ -38,17 +38,7 @@ pub async fn healthz(State(st): State<AppState>) -> Json<Health> {
     responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     let m = st.hub.metrics();
-    let online = st
-        .hub
-        .retained_matching(&["dev/+/online".to_owned()])
-        .iter()
-        .filter(|(_, r)| {
-            serde_json::from_str::<serde_json::Value>(r.body())
-                .ok()
-                .and_then(|v| v.get("online")?.as_bool())
-                == Some(true)
-        })
-        .count();
+    let devices = st.hub.device_counts();
     let mut out = String::with_capacity(2048);
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -62,6 +52,24 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         "gauge",
         "Open connections.",
         &[("", st.hub.connection_count() as u64)],
+    );
+    metric(
+        "patchbay_unauthenticated_connections",
+        "gauge",
+        "Connections waiting to authenticate.",
+        &[("", st.hub.unauthenticated_count() as u64)],
+    );
+    metric(
+        "patchbay_unauthenticated_dropped_total",
+        "counter",
+        "Connections closed for not authenticating in time, or to make room for newer ones.",
+        &[("", get(&m.unauthenticated_dropped))],
+    );
+    metric(
+        "patchbay_http_refused_total",
+        "counter",
+        "HTTP connections refused at max_http_connections.",
+        &[("", get(&m.http_refused))],
     );
     metric(
         "patchbay_connections_total",
@@ -84,7 +92,7 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     metric(
         "patchbay_deliveries_total",
         "counter",
-        "Message copies delivered to subscribers.",
+        "Message copies written to subscribers' sockets (snapshots included).",
         &[("", get(&m.deliveries))],
     );
     metric(
@@ -124,10 +132,52 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         &[("", st.hub.retained_count() as u64)],
     );
     metric(
+        "patchbay_retained_refused_total",
+        "counter",
+        "Retained publishes refused at max_retained.",
+        &[("", get(&m.retained_refused))],
+    );
+    metric(
+        "patchbay_snapshot_steps_total",
+        "counter",
+        "Snapshot steps taken, each one short hold of the hub lock.",
+        &[("", get(&m.snapshot_steps))],
+    );
+    metric(
+        "patchbay_devices",
+        "gauge",
+        "Devices with a description.",
+        &[("", devices.described as u64)],
+    );
+    metric(
         "patchbay_devices_online",
         "gauge",
         "Devices reported online.",
-        &[("", online as u64)],
+        &[("", devices.online as u64)],
+    );
+    let hold = &m.lock_hold;
+    let _ = writeln!(
+        out,
+        "# HELP patchbay_lock_hold_seconds How long the hub lock was held (one in 64 publishes timed, everything else always).\n# TYPE patchbay_lock_hold_seconds histogram"
+    );
+    let mut count = 0;
+    for (le, n) in hold.cumulative() {
+        let le = match le {
+            Some(us) => format!("{}", us as f64 / 1e6),
+            None => "+Inf".into(),
+        };
+        let _ = writeln!(out, "patchbay_lock_hold_seconds_bucket{{le=\"{le}\"}} {n}");
+        count = n;
+    }
+    let _ = writeln!(
+        out,
+        "patchbay_lock_hold_seconds_sum {}\npatchbay_lock_hold_seconds_count {count}",
+        hold.sum().as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP patchbay_lock_hold_max_seconds The longest hold of the hub lock since start.\n# TYPE patchbay_lock_hold_max_seconds gauge\npatchbay_lock_hold_max_seconds {}",
+        hold.max().as_secs_f64()
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

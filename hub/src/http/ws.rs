@@ -9,10 +9,10 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 use super::AppState;
-use crate::server::{Drain, Flow, Hub, Outbox, Session};
+use crate::server::{Drain, Flow, Hub, Metrics, Outbox, Session};
 
 /// Upgrades to a WebSocket speaking the wire protocol.
 #[utoipa::path(get, path = "/ws", tag = "events",
@@ -48,20 +48,28 @@ async fn serve(
         }
     };
     let writer_outbox = outbox.clone();
+    let writer_hub = hub.clone();
+    // The HTTP connection's write deadline (`serve.rs`) bounds each send.
     let writer = tokio::spawn(async move {
         let mut buf = Vec::new();
         loop {
             buf.clear();
-            let state = writer_outbox.drain_into(&mut buf);
+            let state = writer_outbox.drain_into(&mut buf, &writer_hub);
             for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 let text = Utf8Bytes::from(String::from_utf8_lossy(line).into_owned());
-                if sink.send(Message::Text(text)).await.is_err() {
+                if sink.feed(Message::Text(text)).await.is_err() {
                     writer_outbox.kill(bytes::Bytes::new());
                     return;
                 }
             }
+            if sink.flush().await.is_err() {
+                writer_outbox.kill(bytes::Bytes::new());
+                return;
+            }
             match state {
-                Drain::Data => {}
+                Drain::Data { msgs } => {
+                    Metrics::add(&writer_hub.metrics().deliveries, msgs);
+                }
                 Drain::Empty => writer_outbox.wait().await,
                 Drain::Finished => {
                     let _ = sink.close().await;
@@ -70,9 +78,6 @@ async fn serve(
             }
         }
     });
-    let period = (hub.config().ping_interval() / 2).max(std::time::Duration::from_millis(10));
-    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = outbox.killed() => break,
@@ -80,7 +85,7 @@ async fn serve(
                 outbox.end_with(bytes::Bytes::from(crate::protocol::ErrorCode::ShuttingDown.frame("the hub is shutting down")));
                 break;
             }
-            _ = tick.tick() => if session.tick(Instant::now()) == Flow::Close { break },
+            _ = tokio::time::sleep_until(session.next_check()) => if session.tick(Instant::now()) == Flow::Close { break },
             msg = stream.next() => {
                 let data = match msg {
                     Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
@@ -88,7 +93,6 @@ async fn serve(
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => { session.heard(Instant::now()); continue }
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                 };
-                session.heard(Instant::now());
                 let mut flow = Flow::Continue;
                 for line in data.split(|b| *b == b'\n') {
                     flow = session.handle_line(line);

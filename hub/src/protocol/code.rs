@@ -39,6 +39,10 @@ pub enum ErrorCode {
     UnknownRequest,
     /// The hub is shutting down.
     ShuttingDown,
+    /// A new retained tag would pass the hub's `max_retained`.
+    RetainedLimit,
+    /// The connection already waits for `max_pending_requests` answers.
+    TooManyRequests,
 }
 
 impl ErrorCode {
@@ -61,6 +65,8 @@ impl ErrorCode {
             ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::UnknownRequest => "unknown_request",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::RetainedLimit => "retained_limit",
+            ErrorCode::TooManyRequests => "too_many_requests",
         }
     }
 }

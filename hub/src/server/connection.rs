@@ -1,5 +1,5 @@
 //! The TCP transport: bytes in, lines out to the session; the outbox's
-//! contents out in one write per wake-up.
+//! contents out in one write per wake-up, under a deadline (`writer.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,25 +7,23 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::hub::Hub;
-use super::outbox::{Drain, Outbox};
+use super::outbox::Outbox;
 use super::session::{Flow, Session};
+use super::writer;
 use crate::protocol::ErrorCode;
 
-/// Write buffers larger than this are released after use rather than kept.
-const WRITE_BATCH: usize = 256 * 1024;
 /// Initial read buffer; it grows for long frames and busy clients and shrinks back when idle.
 const READ_CHUNK: usize = 4096;
 /// Largest read offered at once.
 const MAX_READ_CHUNK: usize = 64 * 1024;
-/// How long a closing connection may take to flush its last frames.
-const FLUSH_GRACE: Duration = Duration::from_secs(2);
+/// How long a refused connection may take to read why.
+const REFUSAL_GRACE: Duration = Duration::from_secs(2);
 
 /// Serves one TCP client until it leaves, misbehaves or the hub shuts down.
 pub async fn serve_tcp(
@@ -42,21 +40,23 @@ pub async fn serve_tcp(
         Err(e) => {
             tracing::warn!(%peer, code = %e.code, "refusing connection: {}", e.message);
             let _ =
-                tokio::time::timeout(FLUSH_GRACE, wr.write_all(&e.code.frame(&e.message))).await;
+                tokio::time::timeout(REFUSAL_GRACE, wr.write_all(&e.code.frame(&e.message))).await;
             return;
         }
     };
     let span = tracing::info_span!("conn", id = session.id(), %peer);
     async move {
         tracing::debug!("connected");
-        let writer = tokio::spawn(write_loop(wr, outbox.clone()).in_current_span());
+        let writer = {
+            let (outbox, hub) = (outbox.clone(), hub.clone());
+            tokio::spawn(async move { writer::run(wr, &outbox, &hub).await }.in_current_span())
+        };
         read_loop(session, rd, &outbox, shutdown).await;
         outbox.close();
+        // The writer enforces its own deadline; this bound only guards against a bug there.
         let mut writer = writer;
-        if tokio::time::timeout(FLUSH_GRACE, &mut writer)
-            .await
-            .is_err()
-        {
+        let bound = hub.config().write_timeout() * 2 + REFUSAL_GRACE;
+        if tokio::time::timeout(bound, &mut writer).await.is_err() {
             writer.abort();
         }
         tracing::debug!("disconnected");
@@ -71,11 +71,7 @@ async fn read_loop(
     outbox: &Outbox,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let max_frame = session_max_frame(&session);
-    let mut lines = LineBuffer::new(max_frame);
-    let period = session_ping_period(&session);
-    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut lines = LineBuffer::new(session.max_line());
     loop {
         tokio::select! {
             biased;
@@ -84,7 +80,7 @@ async fn read_loop(
                 outbox.end_with(Bytes::from(ErrorCode::ShuttingDown.frame("the hub is shutting down")));
                 return;
             }
-            _ = tick.tick() => {
+            _ = tokio::time::sleep_until(session.next_check()) => {
                 if session.tick(Instant::now()) == Flow::Close {
                     return;
                 }
@@ -93,10 +89,10 @@ async fn read_loop(
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
                     lines.read(n);
-                    session.heard(Instant::now());
                     if lines.feed(&mut session) == Flow::Close {
                         return;
                     }
+                    lines.set_max_frame(session.max_line());
                     // Let the writers this chunk fed run before reading more, so a
                     // fast publisher cannot outrun its subscribers on a busy core.
                     tokio::task::yield_now().await;
@@ -104,14 +100,6 @@ async fn read_loop(
             }
         }
     }
-}
-
-fn session_max_frame(s: &Session) -> usize {
-    s.hub().config().max_frame_bytes
-}
-
-fn session_ping_period(s: &Session) -> Duration {
-    (s.hub().config().ping_interval() / 2).max(Duration::from_millis(10))
 }
 
 /// Splits a byte stream into lines, discarding lines over the frame limit.
@@ -142,6 +130,11 @@ impl LineBuffer {
             self.buf.reserve(self.chunk);
         }
         &mut self.buf
+    }
+
+    /// Changes the longest line accepted (smaller before authentication).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
     }
 
     /// Notes how much the last read brought, to size the next one.
@@ -183,31 +176,5 @@ impl LineBuffer {
             self.buf = Vec::with_capacity(self.chunk);
         }
         flow
-    }
-}
-
-async fn write_loop(mut wr: OwnedWriteHalf, outbox: Arc<Outbox>) {
-    let mut buf = Vec::new();
-    loop {
-        let state = outbox.drain_into(&mut buf);
-        if !buf.is_empty() {
-            if let Err(e) = wr.write_all(&buf).await {
-                tracing::debug!("write failed: {e}");
-                outbox.kill(Bytes::new());
-                return;
-            }
-            buf.clear();
-            if buf.capacity() > 4 * WRITE_BATCH {
-                buf = Vec::new();
-            }
-        }
-        match state {
-            Drain::Data => {}
-            Drain::Empty => outbox.wait().await,
-            Drain::Finished => {
-                let _ = wr.shutdown().await;
-                return;
-            }
-        }
     }
 }

@@ -5,11 +5,15 @@
 //! stamping the seq, updating the store and queueing the encoded frame on
 //! each subscriber's outbox happen under it, so every subscriber sees
 //! messages in seq order and a snapshot followed by live updates has no gap
-//! and no duplicate. Nothing under the lock awaits or does I/O; writers drain
-//! the outboxes on their own tasks.
+//! and no duplicate. Nothing under the lock awaits or does I/O, and nothing
+//! under it costs more than what its caller gets back: snapshots and the
+//! device list are taken in bounded steps (`snapshot.rs`, [`Hub::devices_page`]).
+//! Writers drain the outboxes on their own tasks. How long the lock is held
+//! is measured into a histogram that `/metrics` shows.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,9 +22,11 @@ use serde_json::value::RawValue;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::claims::{token_principal, Claims, Conflict, Owner};
 use super::metrics::Metrics;
 use super::outbox::{Outbox, Push};
 use super::router::Router;
+use super::snapshot::SnapshotJob;
 use super::store::{Retained, Store};
 use super::ConnId;
 use crate::config::{HubConfig, Role};
@@ -57,6 +63,8 @@ pub struct Identity {
     pub role: Option<Role>,
     /// For agents with a token: the prefixes they may claim. `None` means any.
     pub may_claim: Option<Vec<String>>,
+    /// Whom claims and reservations belong to: the token, or without tokens the name.
+    pub principal: Arc<str>,
 }
 
 struct Conn {
@@ -67,6 +75,12 @@ struct Conn {
     claims: Vec<String>,
     peer: SocketAddr,
     since_ms: u64,
+    /// Place in the queue of connections waiting to authenticate.
+    unauth: Option<u64>,
+    /// Requests this connection sent that wait for an answer.
+    pending_requests: usize,
+    /// Counted toward `max_connections`.
+    counted: bool,
 }
 
 /// Who is waiting for a request's answer.
@@ -103,6 +117,28 @@ pub struct ConnInfo {
     pub claims: Vec<String>,
 }
 
+/// One device's retained values, as the device list reads them.
+#[derive(Clone)]
+pub struct DeviceRecord {
+    /// Device id.
+    pub id: String,
+    /// `dev/<id>/meta`.
+    pub meta: Option<Retained>,
+    /// `dev/<id>/state`.
+    pub state: Option<Retained>,
+    /// `dev/<id>/online`.
+    pub online: Option<Retained>,
+}
+
+/// Counts kept as devices' retained values change, so gauges need no scan.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DeviceCounts {
+    /// Devices with a description (`dev/<id>/meta`).
+    pub described: usize,
+    /// Devices whose `dev/<id>/online` says `"online": true`.
+    pub online: usize,
+}
+
 #[derive(Default)]
 struct State {
     seq: u64,
@@ -110,10 +146,15 @@ struct State {
     conns: Vec<Option<Conn>>,
     free: Vec<u32>,
     generation: u32,
+    /// Authenticated connections (they count toward `max_connections`).
     live: usize,
+    /// Connections waiting to authenticate, oldest first.
+    unauth: BTreeMap<u64, ConnId>,
+    next_unauth: u64,
     router: Router,
     store: Store,
-    claims: BTreeMap<String, ConnId>,
+    devices: DeviceCounts,
+    claims: Claims,
     pending: HashMap<u64, Pending>,
     deadlines: BTreeSet<(Instant, u64)>,
     next_rid: u64,
@@ -122,10 +163,18 @@ struct State {
     encode_buf: Vec<u8>,
     /// Shared backing memory for non-retained frames.
     arena: bytes::BytesMut,
+    /// Lock acquisitions, to time one in [`TIMING_SAMPLE`] on the hot path.
+    acquisitions: u64,
 }
 
 /// Size of each arena block that non-retained frames are carved from.
 const ARENA_BYTES: usize = 64 * 1024;
+
+/// One in this many lock holds on the publish path is timed; every other operation is timed always.
+const TIMING_SAMPLE: u64 = 64;
+
+/// Device pages read per lock hold by [`Hub::devices_page`].
+pub const DEVICE_PAGE: usize = 256;
 
 fn slot(id: ConnId) -> usize {
     (id & 0xffff_ffff) as usize
@@ -137,6 +186,44 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Reads `"online"` from a `dev/<id>/online` body.
+fn says_online(body: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Online {
+        #[serde(default)]
+        online: bool,
+    }
+    serde_json::from_str::<Online>(body).is_ok_and(|o| o.online)
+}
+
+/// The hub lock, held: times how long it is held when `started` is set.
+struct Held<'a> {
+    guard: MutexGuard<'a, State>,
+    metrics: &'a Metrics,
+    started: Option<std::time::Instant>,
+}
+
+impl Deref for Held<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.started {
+            self.metrics.lock_hold.record(t.elapsed());
+        }
+    }
 }
 
 impl State {
@@ -151,18 +238,10 @@ impl State {
             .filter(|c| c.id == id)
     }
 
-    /// The connection that owns `tag` through a claim, if any.
-    fn owner_of(&self, tag: &str) -> Option<ConnId> {
-        if self.claims.is_empty() {
-            return None;
-        }
-        let mut end = tag.len();
-        loop {
-            if let Some(owner) = self.claims.get(&tag[..end]) {
-                return Some(*owner);
-            }
-            end = tag[..end].rfind('/')?;
-        }
+    fn name_of(&self, id: ConnId) -> String {
+        self.conn(id)
+            .map(|c| c.ident.name.to_string())
+            .unwrap_or_default()
     }
 
     /// Queues `frame` on `to`'s outbox; a client past its bound is killed.
@@ -172,20 +251,51 @@ impl State {
             Some(tag) => conn.outbox.push_retained(tag, frame.clone()),
             None => conn.outbox.push(frame.clone()),
         };
+        self.after_push(metrics, conn, pushed);
+    }
+
+    /// Queues a control frame (`ok`, a forwarded `req`) on `to`'s outbox.
+    fn deliver_control(&self, metrics: &Metrics, to: ConnId, frame: Bytes) {
+        let Some(conn) = self.conn(to) else { return };
+        let pushed = conn.outbox.push_control(frame);
+        self.after_push(metrics, conn, pushed);
+    }
+
+    fn after_push(&self, metrics: &Metrics, conn: &Conn, pushed: Push) {
         match pushed {
-            Push::Queued => Metrics::inc(&metrics.deliveries),
-            Push::Conflated => {
-                Metrics::inc(&metrics.deliveries);
-                Metrics::inc(&metrics.conflated);
-            }
+            Push::Queued | Push::Closed => {}
+            Push::Conflated => Metrics::inc(&metrics.conflated),
             Push::Overflow => {
                 Metrics::inc(&metrics.slow_consumer_drops);
-                tracing::warn!(conn = to, name = %conn.ident.name, "dropping slow consumer");
+                tracing::warn!(conn = conn.id, name = %conn.ident.name, "dropping slow consumer");
                 conn.outbox.kill(Bytes::from(ErrorCode::SlowConsumer.frame(
                     "outbound queue full: the client is not reading fast enough; reconnect and subscribe again",
                 )));
             }
-            Push::Closed => {}
+        }
+    }
+
+    /// Keeps the device counts in step with a change to a retained value.
+    fn count_device_change(&mut self, tag: &str, old: Option<&Retained>, new: Option<&Retained>) {
+        let Some((_, part)) = crate::devices::split_tag(tag) else {
+            return;
+        };
+        match part {
+            "meta" => match (old.is_some(), new.is_some()) {
+                (false, true) => self.devices.described += 1,
+                (true, false) => self.devices.described -= 1,
+                _ => {}
+            },
+            "online" => {
+                let was = old.is_some_and(|r| says_online(r.body()));
+                let is = new.is_some_and(|r| says_online(r.body()));
+                match (was, is) {
+                    (false, true) => self.devices.online += 1,
+                    (true, false) => self.devices.online -= 1,
+                    _ => {}
+                }
+            }
+            _ => {}
         }
     }
 
@@ -221,15 +331,20 @@ impl State {
         let key = if retain {
             let key = self.store.key(tag);
             if body.get() == "null" {
-                self.store.remove(tag);
+                let old = self.store.remove(tag);
+                self.count_device_change(tag, old.as_ref(), None);
             } else {
                 let value = Retained {
+                    tag: key.clone(),
                     seq,
                     frame: frame.clone(),
                     time_ms: now_ms(),
                     body: body_start..body_start + body.get().len(),
                 };
-                self.store.set(key.clone(), value);
+                let old = self.store.set(value.clone());
+                if tag.starts_with("dev/") {
+                    self.count_device_change(tag, old.as_ref(), Some(&value));
+                }
             }
             Some(key)
         } else {
@@ -252,7 +367,7 @@ impl State {
         seq
     }
 
-    fn fail_request(&self, metrics: &Metrics, p: Pending, code: ErrorCode, message: &str) {
+    fn fail_request(&mut self, metrics: &Metrics, p: Pending, code: ErrorCode, message: &str) {
         let counter = match code {
             ErrorCode::Timeout => &metrics.requests_timeout,
             ErrorCode::Unavailable => &metrics.requests_unavailable,
@@ -263,23 +378,43 @@ impl State {
             code: code.as_str().into(),
             message: message.into(),
         };
-        self.answer(metrics, p.requester, Err(error));
+        self.answer(p.requester, Err(error));
     }
 
     /// Sends a request's outcome to whoever waits for it.
-    fn answer(&self, metrics: &Metrics, to: Requester, result: Result<&RawValue, ErrorBody>) {
+    fn answer(&mut self, to: Requester, result: Result<&RawValue, ErrorBody>) {
         match to {
             Requester::Internal(tx) => {
                 let _ = tx.send(result.map(ToOwned::to_owned));
             }
             Requester::Conn(conn, rid) => {
+                let Some(c) = self.conn_mut(conn) else { return };
+                c.pending_requests -= 1;
                 let mut buf = Vec::with_capacity(128);
                 match result {
                     Ok(body) => encode_rep(&mut buf, &rid, body),
                     Err(e) => encode_err(&mut buf, None, Some(&rid), &e.code, &e.message),
                 }
-                self.deliver(metrics, conn, &Bytes::from(buf), None);
+                // Answers pass the queue's bound: there are at most `max_pending_requests` of them.
+                c.outbox.push_answer(Bytes::from(buf));
             }
+        }
+    }
+
+    /// Counts `conn` toward `max_connections`.
+    fn count(&mut self, conn: ConnId) {
+        if let Some(c) = self.conn_mut(conn) {
+            c.counted = true;
+        } else {
+            return;
+        }
+        self.live += 1;
+    }
+
+    /// Takes `conn` out of the queue of connections waiting to authenticate.
+    fn authenticated(&mut self, conn: ConnId) {
+        if let Some(key) = self.conn_mut(conn).and_then(|c| c.unauth.take()) {
+            self.unauth.remove(&key);
         }
     }
 }
@@ -290,22 +425,55 @@ pub struct Hub {
     config: Arc<HubConfig>,
     timers: Notify,
     metrics: Metrics,
+    /// Each token's principal, by its index in the configuration.
+    principals: Vec<Arc<str>>,
 }
 
 impl Hub {
     /// A hub with no connections.
     pub fn new(config: HubConfig) -> Arc<Self> {
+        let principals = (0..config.tokens.len())
+            .map(|i| token_principal(&config, i))
+            .collect();
+        let state = State {
+            claims: Claims::from_config(&config),
+            ..State::default()
+        };
         Arc::new(Hub {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             config: Arc::new(config),
             timers: Notify::new(),
             metrics: Metrics::default(),
+            principals,
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock_untimed(&self) -> MutexGuard<'_, State> {
         // Operations keep the state consistent at every step they could panic in.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lock, with the hold timed.
+    fn lock(&self) -> Held<'_> {
+        let guard = self.lock_untimed();
+        Held {
+            guard,
+            metrics: &self.metrics,
+            started: Some(std::time::Instant::now()),
+        }
+    }
+
+    /// The lock on the publish path: one hold in [`TIMING_SAMPLE`] is timed,
+    /// so the clock stays off the hot path.
+    fn lock_sampled(&self) -> Held<'_> {
+        let mut guard = self.lock_untimed();
+        guard.acquisitions += 1;
+        let timed = guard.acquisitions % TIMING_SAMPLE == 0;
+        Held {
+            guard,
+            metrics: &self.metrics,
+            started: timed.then(std::time::Instant::now),
+        }
     }
 
     /// The configuration.
@@ -318,19 +486,81 @@ impl Hub {
         &self.metrics
     }
 
-    /// Registers a new connection, or refuses it at the connection limit.
+    /// The principal of the token at `index` in the configuration.
+    pub fn token_principal(&self, index: usize) -> Arc<str> {
+        self.principals[index].clone()
+    }
+
+    /// Registers a new connection, or refuses it at a limit. Where tokens
+    /// are required it waits to authenticate, counted apart from
+    /// `max_connections`; past `max_unauthenticated` the oldest waiting
+    /// connection is closed to make room, so idle sockets cannot keep
+    /// real clients out.
     pub fn connect(&self, peer: SocketAddr, outbox: Arc<Outbox>) -> Result<ConnId, OpError> {
         let mut st = self.lock();
-        if st.live >= self.config.max_connections {
-            Metrics::inc(&self.metrics.connections_refused);
-            return Err(OpError::new(
-                ErrorCode::MaxConnections,
-                format!(
-                    "the hub is at its limit of {} connections",
-                    self.config.max_connections
-                ),
-            ));
+        let auth = self.config.auth_required();
+        if !auth && st.live >= self.config.max_connections {
+            return Err(self.refuse_at_limit());
         }
+        if auth && st.unauth.len() >= self.config.max_unauthenticated {
+            if let Some((_, oldest)) = st.unauth.pop_first() {
+                Metrics::inc(&self.metrics.unauthenticated_dropped);
+                if let Some(c) = st.conn_mut(oldest) {
+                    c.unauth = None;
+                    c.outbox.end_with(Bytes::from(ErrorCode::Unauthorized.frame(
+                        "too many connections are waiting to authenticate; this one waited longest",
+                    )));
+                }
+            }
+        }
+        let id = Self::add_conn(&mut st, peer, outbox);
+        if auth {
+            let key = st.next_unauth;
+            st.next_unauth += 1;
+            st.unauth.insert(key, id);
+            if let Some(c) = st.conn_mut(id) {
+                c.unauth = Some(key);
+                c.ident.role = None;
+            }
+        } else {
+            st.count(id);
+        }
+        Metrics::inc(&self.metrics.connections_total);
+        Ok(id)
+    }
+
+    /// Registers a connection the HTTP side has already authenticated (an event stream).
+    pub fn connect_as(
+        &self,
+        peer: SocketAddr,
+        outbox: Arc<Outbox>,
+        ident: Identity,
+    ) -> Result<ConnId, OpError> {
+        let mut st = self.lock();
+        if st.live >= self.config.max_connections {
+            return Err(self.refuse_at_limit());
+        }
+        let id = Self::add_conn(&mut st, peer, outbox);
+        if let Some(c) = st.conn_mut(id) {
+            c.ident = ident;
+        }
+        st.count(id);
+        Metrics::inc(&self.metrics.connections_total);
+        Ok(id)
+    }
+
+    fn refuse_at_limit(&self) -> OpError {
+        Metrics::inc(&self.metrics.connections_refused);
+        OpError::new(
+            ErrorCode::MaxConnections,
+            format!(
+                "the hub is at its limit of {} connections",
+                self.config.max_connections
+            ),
+        )
+    }
+
+    fn add_conn(st: &mut State, peer: SocketAddr, outbox: Arc<Outbox>) -> ConnId {
         st.generation = st.generation.wrapping_add(1);
         let index = match st.free.pop() {
             Some(i) => i,
@@ -340,30 +570,43 @@ impl Hub {
             }
         };
         let id = (u64::from(st.generation) << 32) | u64::from(index);
-        let role = (!self.config.auth_required()).then_some(Role::Agent);
+        let name: Arc<str> = Arc::from(format!("conn-{index}-{}", st.generation));
         st.conns[index as usize] = Some(Conn {
             id,
             outbox,
             ident: Identity {
-                name: Arc::from(format!("conn-{index}-{}", st.generation)),
-                role,
+                name: name.clone(),
+                role: Some(Role::Agent),
                 may_claim: None,
+                principal: name,
             },
             patterns: Vec::new(),
             claims: Vec::new(),
             peer,
             since_ms: now_ms(),
+            unauth: None,
+            pending_requests: 0,
+            counted: false,
         });
-        st.live += 1;
-        Metrics::inc(&self.metrics.connections_total);
-        Ok(id)
+        id
     }
 
-    /// Sets a connection's identity after `hello`.
-    pub fn identify(&self, conn: ConnId, ident: Identity) {
-        if let Some(c) = self.lock().conn_mut(conn) {
+    /// Sets a connection's identity after `hello`; an authenticating
+    /// connection now counts toward `max_connections`, and is refused past it.
+    pub fn identify(&self, conn: ConnId, ident: Identity) -> Result<(), OpError> {
+        let mut st = self.lock();
+        let counted = st.conn(conn).is_none_or(|c| c.counted);
+        if !counted {
+            if st.live >= self.config.max_connections {
+                return Err(self.refuse_at_limit());
+            }
+            st.authenticated(conn);
+            st.count(conn);
+        }
+        if let Some(c) = st.conn_mut(conn) {
             c.ident = ident;
         }
+        Ok(())
     }
 
     /// The identity of a connection.
@@ -371,15 +614,27 @@ impl Hub {
         self.lock().conn(conn).map(|c| c.ident.clone())
     }
 
-    /// Adds subscriptions; with `snapshot`, queues the matching retained values
-    /// and then an `ok` carrying the current seq, atomically.
+    /// Adds subscriptions. With `snapshot` (`Some(after)`), the matching
+    /// retained values newer than `after` follow in the outbox, then an `ok`
+    /// carrying the current seq; the values are streamed in steps as the
+    /// reader drains (see `snapshot.rs`).
     pub fn subscribe(
         &self,
         conn: ConnId,
         patterns: &[String],
-        snapshot: bool,
+        snapshot: Option<u64>,
         id: Option<&RawValue>,
     ) -> Result<(), OpError> {
+        if patterns.len() > self.config.max_patterns_per_sub {
+            return Err(OpError::new(
+                ErrorCode::TooManySubscriptions,
+                format!(
+                    "one `sub` may list at most {} patterns; this one lists {}",
+                    self.config.max_patterns_per_sub,
+                    patterns.len()
+                ),
+            ));
+        }
         let mut st = self.lock();
         let Some(c) = st.conn(conn) else {
             return Ok(());
@@ -403,17 +658,31 @@ impl Hub {
                 }
             }
         }
-        if snapshot {
-            for (tag, value) in st.store.matching(patterns) {
-                st.deliver(&self.metrics, conn, &value.frame, Some(tag));
+        match snapshot {
+            Some(after) => {
+                let job = SnapshotJob::new(patterns, st.seq, after, id);
+                if let Some(c) = st.conn(conn) {
+                    let pushed = c.outbox.push_snapshot(job);
+                    st.after_push(&self.metrics, c, pushed);
+                }
             }
-        }
-        if snapshot || id.is_some() {
-            let mut buf = Vec::with_capacity(48);
-            encode_ok(&mut buf, id, snapshot.then_some(st.seq));
-            st.deliver(&self.metrics, conn, &Bytes::from(buf), None);
+            None if id.is_some() => {
+                let mut buf = Vec::with_capacity(48);
+                encode_ok(&mut buf, id, None);
+                st.deliver_control(&self.metrics, conn, Bytes::from(buf));
+            }
+            None => {}
         }
         Ok(())
+    }
+
+    /// Takes the next step of a snapshot (see `snapshot.rs`): a short hold of
+    /// the lock with a fixed budget. Returns whether it is complete and the
+    /// number of messages copied into `buf`.
+    pub fn snapshot_step(&self, job: &mut SnapshotJob, buf: &mut Vec<u8>) -> (bool, u64) {
+        Metrics::inc(&self.metrics.snapshot_steps);
+        let st = self.lock();
+        job.step(&st.store, buf)
     }
 
     /// Removes subscriptions; patterns the connection does not hold are ignored.
@@ -437,7 +706,7 @@ impl Hub {
         retain: bool,
         cid: Option<&str>,
     ) -> Result<u64, OpError> {
-        let mut st = self.lock();
+        let mut st = self.lock_sampled();
         let Some(c) = st.conn(conn) else {
             return Err(OpError::new(
                 ErrorCode::Unavailable,
@@ -445,14 +714,32 @@ impl Hub {
             ));
         };
         let from = c.ident.name.clone();
-        if let Some(owner) = st.owner_of(tag).filter(|o| *o != conn) {
-            let by = st
-                .conn(owner)
-                .map(|o| o.ident.name.to_string())
-                .unwrap_or_default();
+        if !st.claims.is_empty() {
+            let principal = &c.ident.principal;
+            if let Err(owner) = st.claims.may_publish(tag, conn, principal, Instant::now()) {
+                let by = match owner {
+                    Owner::Conn(o) => format!("claimed by `{}`", st.name_of(o)),
+                    Owner::Reserved(p) => format!("reserved for {p}, which is not connected"),
+                    Owner::Nobody => String::new(),
+                };
+                return Err(OpError::new(
+                    ErrorCode::Forbidden,
+                    format!("tag `{tag}` is {by}; only its owner may publish under it"),
+                ));
+            }
+        }
+        if retain
+            && st.store.count() >= self.config.max_retained
+            && body.get() != "null"
+            && st.store.get(tag).is_none()
+        {
+            Metrics::inc(&self.metrics.retained_refused);
             return Err(OpError::new(
-                ErrorCode::Forbidden,
-                format!("tag `{tag}` is claimed by `{by}`; only the owner may publish under it"),
+                ErrorCode::RetainedLimit,
+                format!(
+                    "the hub retains its limit of {} values; `{tag}` was not published (delete retained values or raise `max_retained`)",
+                    self.config.max_retained
+                ),
             ));
         }
         Ok(st.route(&self.metrics, Some(conn), &from, tag, body, retain, cid))
@@ -481,35 +768,27 @@ impl Hub {
                 ));
             }
         }
-        let ancestor = st.owner_of(prefix);
-        let descendant = st
-            .claims
-            .range::<str, _>((
-                std::ops::Bound::Excluded(prefix),
-                std::ops::Bound::Unbounded,
-            ))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .find(|(k, _)| is_under(k, prefix))
-            .map(|(_, v)| *v);
-        for other in [ancestor, descendant].into_iter().flatten() {
-            if other != conn {
-                let by = st
-                    .conn(other)
-                    .map(|o| o.ident.name.to_string())
-                    .unwrap_or_default();
-                return Err(OpError::new(
-                    ErrorCode::Owned,
-                    format!("`{prefix}` overlaps a claim held by `{by}`"),
-                ));
+        let principal = c.ident.principal.clone();
+        match st.claims.claim(prefix, conn, &principal, Instant::now()) {
+            Ok(true) => {
+                if let Some(c) = st.conn_mut(conn) {
+                    c.claims.push(prefix.to_owned());
+                }
+                Ok(())
             }
+            Ok(false) => Ok(()),
+            Err(Conflict::Claimed(other)) => Err(OpError::new(
+                ErrorCode::Owned,
+                format!(
+                    "`{prefix}` overlaps a claim held by `{}`",
+                    st.name_of(other)
+                ),
+            )),
+            Err(Conflict::Reserved(p)) => Err(OpError::new(
+                ErrorCode::Owned,
+                format!("`{prefix}` overlaps a prefix reserved for {p}"),
+            )),
         }
-        if !st.claims.contains_key(prefix) {
-            st.claims.insert(prefix.to_owned(), conn);
-            if let Some(c) = st.conn_mut(conn) {
-                c.claims.push(prefix.to_owned());
-            }
-        }
-        Ok(())
     }
 
     /// Sends a request to the owner of `tag`, else to one subscriber of it.
@@ -548,17 +827,33 @@ impl Hub {
         timeout: Option<Duration>,
         cid: Option<&str>,
     ) -> Result<(), OpError> {
-        let mut st = self.lock();
+        let mut st = self.lock_sampled();
         let from: Arc<str> = match conn {
             Some(c) => match st.conn(c) {
+                Some(c) if c.pending_requests >= self.config.max_pending_requests => {
+                    return Err(OpError::new(
+                        ErrorCode::TooManyRequests,
+                        format!(
+                            "this connection already waits for {} answers, its limit (`max_pending_requests`)",
+                            c.pending_requests
+                        ),
+                    ));
+                }
                 Some(c) => c.ident.name.clone(),
                 None => return Ok(()),
             },
             None => Arc::from("http"),
         };
-        let responder = match st.owner_of(tag) {
-            Some(owner) => Some(owner).filter(|o| Some(*o) != conn),
-            None => {
+        let responder = match st.claims.owner(tag, Instant::now()) {
+            Owner::Conn(owner) => Some(owner).filter(|o| Some(*o) != conn),
+            Owner::Reserved(p) => {
+                Metrics::inc(&self.metrics.requests_no_responder);
+                return Err(OpError::new(
+                    ErrorCode::NoResponder,
+                    format!("`{tag}` belongs to {p}, which is not connected"),
+                ));
+            }
+            Owner::Nobody => {
                 let mut candidates = std::mem::take(&mut st.scratch);
                 candidates.clear();
                 st.router.matches(tag, &mut candidates);
@@ -583,6 +878,9 @@ impl Hub {
                 format!("nobody owns or subscribes to `{tag}`"),
             ));
         };
+        if let Some(c) = conn.and_then(|c| st.conn_mut(c)) {
+            c.pending_requests += 1;
+        }
         st.next_rid += 1;
         let hub_rid = st.next_rid;
         let timeout = timeout
@@ -601,7 +899,7 @@ impl Hub {
         st.deadlines.insert((deadline, hub_rid));
         let mut buf = Vec::with_capacity(tag.len() + body.get().len() + 96);
         encode_req(&mut buf, tag, body, hub_rid, &from, cid);
-        st.deliver(&self.metrics, responder, &Bytes::from(buf), None);
+        st.deliver_control(&self.metrics, responder, Bytes::from(buf));
         drop(st);
         if earliest {
             self.timers.notify_one();
@@ -616,7 +914,7 @@ impl Hub {
         hub_rid: u64,
         result: Result<&RawValue, ErrorBody>,
     ) -> Result<(), OpError> {
-        let mut st = self.lock();
+        let mut st = self.lock_sampled();
         match st.pending.get(&hub_rid) {
             Some(p) if p.responder == conn => {}
             _ => {
@@ -634,7 +932,7 @@ impl Hub {
             Ok(_) => &self.metrics.requests_ok,
             Err(_) => &self.metrics.requests_error,
         });
-        st.answer(&self.metrics, p.requester, result);
+        st.answer(p.requester, result);
         Ok(())
     }
 
@@ -647,11 +945,7 @@ impl Hub {
             }
             st.deadlines.pop_first();
             if let Some(p) = st.pending.remove(&rid) {
-                let who = st
-                    .conn(p.responder)
-                    .map(|c| c.ident.name.to_string())
-                    .unwrap_or_default();
-                let why = format!("`{who}` did not reply in time");
+                let why = format!("`{}` did not reply in time", st.name_of(p.responder));
                 st.fail_request(&self.metrics, p, ErrorCode::Timeout, &why);
             }
         }
@@ -674,9 +968,11 @@ impl Hub {
     }
 
     /// Removes a connection: its subscriptions, its claims (publishing each
-    /// claim's last will), and the requests it was serving.
+    /// claim's last will and keeping the prefix reserved for `claim_grace_ms`),
+    /// and the requests it was serving (their requesters get `unavailable`).
     pub fn disconnect(&self, conn: ConnId) {
         let mut st = self.lock();
+        st.authenticated(conn);
         let Some(c) = st
             .conns
             .get_mut(slot(conn))
@@ -685,26 +981,31 @@ impl Hub {
             return;
         };
         st.free.push(slot(conn) as u32);
-        st.live -= 1;
+        if c.counted {
+            st.live -= 1;
+        }
         for p in &c.patterns {
             st.router.remove(p, conn);
         }
-        let failed: Vec<u64> = st
+        let served: Vec<u64> = st
             .pending
             .iter()
             .filter(|(_, p)| p.responder == conn)
             .map(|(rid, _)| *rid)
             .collect();
-        for rid in failed {
+        for rid in served {
             if let Some(p) = st.pending.remove(&rid) {
                 st.deadlines.remove(&(p.deadline, rid));
                 let why = format!("`{}` disconnected before replying", c.ident.name);
                 st.fail_request(&self.metrics, p, ErrorCode::Unavailable, &why);
             }
         }
+        let now = Instant::now();
+        let grace = Duration::from_millis(self.config.claim_grace_ms);
         let since = now_ms();
         for prefix in &c.claims {
-            st.claims.remove(prefix);
+            st.claims
+                .release(prefix, conn, &c.ident.principal, now, grace);
             let will = serde_json::json!({
                 "online": false,
                 "reason": format!("agent `{}` disconnected", c.ident.name),
@@ -723,9 +1024,14 @@ impl Hub {
         }
     }
 
-    /// Number of live connections.
+    /// Number of authenticated connections.
     pub fn connection_count(&self) -> usize {
         self.lock().live
+    }
+
+    /// Number of connections waiting to authenticate.
+    pub fn unauthenticated_count(&self) -> usize {
+        self.lock().unauth.len()
     }
 
     /// Number of retained tags.
@@ -733,18 +1039,53 @@ impl Hub {
         self.lock().store.count()
     }
 
-    /// The retained `msg` frame of `tag`, if any.
+    /// Device counts, kept as values change.
+    pub fn device_counts(&self) -> DeviceCounts {
+        self.lock().devices
+    }
+
+    /// The retained value of `tag`, if any.
     pub fn retained(&self, tag: &str) -> Option<Retained> {
         self.lock().store.get(tag).cloned()
     }
 
-    /// Every retained value whose tag matches one of `patterns`, in no particular order.
-    pub fn retained_matching(&self, patterns: &[String]) -> Vec<(Arc<str>, Retained)> {
+    /// One device's retained values, by three direct lookups.
+    pub fn device(&self, id: &str) -> DeviceRecord {
+        let st = self.lock();
+        let get = |part: &str| st.store.get(&format!("dev/{id}/{part}")).cloned();
+        DeviceRecord {
+            id: id.to_owned(),
+            meta: get("meta"),
+            state: get("state"),
+            online: get("online"),
+        }
+    }
+
+    /// Up to [`DEVICE_PAGE`] devices in id order after `after`, read from the
+    /// `dev/<id>` branch of the store in one short lock hold. The last id of a
+    /// page is where the next begins; a page shorter than [`DEVICE_PAGE`] is the last.
+    pub fn devices_page(&self, after: Option<&str>) -> Vec<DeviceRecord> {
         let st = self.lock();
         st.store
-            .matching_unordered(patterns)
+            .children_after("dev", after, DEVICE_PAGE)
             .into_iter()
-            .map(|(t, r)| (t.clone(), r.clone()))
+            .map(|(id, parts)| {
+                let mut rec = DeviceRecord {
+                    id: id.to_owned(),
+                    meta: None,
+                    state: None,
+                    online: None,
+                };
+                for (part, r) in parts {
+                    match part {
+                        "meta" => rec.meta = Some(r.clone()),
+                        "state" => rec.state = Some(r.clone()),
+                        "online" => rec.online = Some(r.clone()),
+                        _ => {}
+                    }
+                }
+                rec
+            })
             .collect()
     }
 
@@ -763,5 +1104,12 @@ impl Hub {
                 claims: c.claims.clone(),
             })
             .collect()
+    }
+
+    /// Entries and bytes queued for `conn`, for tests and diagnostics.
+    pub fn outbox_usage(&self, conn: ConnId) -> Option<(usize, usize)> {
+        let st = self.lock();
+        let c = st.conn(conn)?;
+        Some((c.outbox.queued_entries(), c.outbox.queued_bytes()))
     }
 }

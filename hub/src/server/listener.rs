@@ -29,6 +29,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
+    check_descriptors(hub.config());
     let timer = tokio::spawn(hub.clone().run_request_timer());
     let http = http.map(|l| tokio::spawn(crate::http::serve(hub.clone(), l, stop_rx.clone())));
     let mut conns = JoinSet::new();
@@ -92,11 +93,56 @@ impl RunningHub {
     }
 }
 
+/// Binds a listening socket with room for `backlog` connections waiting to
+/// be accepted, so a connection storm does not overflow into SYN retries.
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// Raises the soft limit on open files to the hard limit, and warns when
+/// it is still below what the configured limits need.
+pub fn check_descriptors(config: &HubConfig) {
+    let need = config.descriptors_needed();
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    let open = lim.rlim_cur;
+    if open < need {
+        tracing::warn!(
+            open_files = open,
+            needed = need,
+            "the open-file limit is below what max_connections + max_unauthenticated + max_http_connections need; raise it (ulimit -n, LimitNOFILE=) or lower those limits"
+        );
+    }
+}
+
 /// Binds `config.listen` and `config.http_listen` and serves in a background task.
 pub async fn start(config: HubConfig) -> std::io::Result<RunningHub> {
-    let listener = TcpListener::bind(config.listen).await?;
+    let listener = bind(config.listen, config.listen_backlog)?;
     let addr = listener.local_addr()?;
-    let http = TcpListener::bind(config.http_listen).await?;
+    let http = bind(config.http_listen, config.listen_backlog)?;
     let http_addr = http.local_addr()?;
     let hub = Hub::new(config);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

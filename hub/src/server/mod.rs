@@ -1,6 +1,7 @@
 //! The hub server: shared routing state, per-connection sessions, the TCP
 //! listener and graceful shutdown.
 
+mod claims;
 mod connection;
 mod hub;
 mod listener;
@@ -8,15 +9,21 @@ mod metrics;
 mod outbox;
 mod router;
 mod session;
+mod snapshot;
 mod store;
+mod writer;
 
 /// Identifies a connection: slot index in the low 32 bits, generation in the high.
 pub type ConnId = u64;
 
 pub use connection::{serve_tcp, LineBuffer};
-pub use hub::{now_ms, Answer, ConnInfo, Hub, Identity, OpError};
-pub use listener::{serve, start, RunningHub};
-pub use metrics::Metrics;
+pub use hub::{
+    now_ms, Answer, ConnInfo, DeviceCounts, DeviceRecord, Hub, Identity, OpError, DEVICE_PAGE,
+};
+pub use listener::{bind, check_descriptors, serve, start, RunningHub};
+pub use metrics::{Metrics, LOCK_BUCKETS_US};
 pub use outbox::{Drain, Outbox, Push};
 pub use session::{Flow, Session};
+pub use snapshot::STEP_BUDGET;
 pub use store::Retained;
+pub use writer::{write_frames, Written};

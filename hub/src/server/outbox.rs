@@ -4,19 +4,34 @@
 //! shared `Bytes`); the connection's writer drains everything queued into one
 //! buffer per wake-up and writes it with one syscall.
 //!
-//! The bound is in bytes of queued frames. Past it, what happens depends on
-//! the frame:
+//! The bound is in bytes of queued live traffic. Past it, what happens
+//! depends on the frame:
 //! - a retained-tag message replaces the one still queued for the same tag
 //!   (conflation: a lagging client gets the latest state, not a backlog); a
 //!   retained tag with nothing queued is still accepted, so at most one entry
 //!   per retained tag is pending and its bytes are shared with the store;
+//! - the answer to a request is always accepted (their number is bounded by
+//!   `max_pending_requests`, so "exactly one answer per request" holds);
 //! - anything else overflows: the caller drops the client as a slow consumer.
+//!
+//! A replaced entry leaves a hole; holes are compacted away once they are
+//! half the queue, so the queue is bounded in entries as well as in bytes.
+//!
+//! A snapshot is a marker in the queue, not its frames: the writer, reaching
+//! it, streams the matching retained values from the store in short steps
+//! (see `snapshot.rs`) as the socket drains, then the `ok` that ends it, then
+//! the live traffic queued behind the marker. A snapshot of any size
+//! therefore reaches a reader that keeps reading, and costs the queue only
+//! its patterns.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
+
+use super::hub::Hub;
+use super::snapshot::SnapshotJob;
 
 /// What became of a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,35 +49,62 @@ pub enum Push {
 /// What the writer got from [`Outbox::drain_into`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drain {
-    /// Bytes were appended; call again after writing them.
-    Data,
+    /// Bytes were appended (`msgs` of them messages); call again after writing them.
+    Data {
+        /// Message frames appended, for the delivery counter.
+        msgs: u64,
+    },
     /// Nothing queued; wait for [`Outbox::wait`].
     Empty,
     /// Closed and fully drained: write what was appended, then hang up.
     Finished,
 }
 
-#[derive(Default)]
-struct Entry {
-    frame: Bytes,
+/// How far the connection is from closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Open,
+    /// The reader stops; the writer flushes everything, then the last frame.
+    Graceful,
+    /// The reader stops; the writer abandons the backlog and sends only the last frame.
+    Killed,
+}
+
+enum Entry {
+    Frame {
+        frame: Bytes,
+        /// For retained-tag messages: the tag, for conflation.
+        tag: Option<Arc<str>>,
+        /// Counts as a delivered message once written.
+        msg: bool,
+    },
+    /// A conflated entry's old place.
+    Hole,
+    /// A snapshot to stream here; `None` while the writer is streaming it.
+    Snapshot(Option<Box<SnapshotJob>>),
 }
 
 struct Inner {
     queue: VecDeque<Entry>,
     bytes: usize,
+    holes: usize,
     /// Entries popped so far: the absolute index of `queue[0]`.
     popped: u64,
-    /// For each retained tag with an entry queued, that entry's absolute index.
+    /// For each retained tag with an entry queued, that entry's absolute
+    /// index. Indices below `popped` are stale and ignored.
     pending: HashMap<Arc<str>, u64>,
     closed: bool,
 }
+
+/// Holes tolerated before compaction is considered.
+const MIN_HOLES_TO_COMPACT: usize = 256;
 
 /// The bounded outbound queue of one connection.
 pub struct Outbox {
     inner: Mutex<Inner>,
     limit: usize,
     wake: Notify,
-    killed: Notify,
+    ending: watch::Sender<Ending>,
 }
 
 impl Outbox {
@@ -72,13 +114,14 @@ impl Outbox {
             inner: Mutex::new(Inner {
                 queue: VecDeque::new(),
                 bytes: 0,
+                holes: 0,
                 popped: 0,
                 pending: HashMap::new(),
                 closed: false,
             }),
             limit,
             wake: Notify::new(),
-            killed: Notify::new(),
+            ending: watch::Sender::new(Ending::Open),
         })
     }
 
@@ -88,17 +131,16 @@ impl Outbox {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn enqueue(&self, inner: &mut Inner, entry: Entry) {
+    fn enqueue(&self, inner: &mut Inner, entry: Entry, bytes: usize) {
         let was_empty = inner.queue.is_empty();
-        inner.bytes += entry.frame.len();
+        inner.bytes += bytes;
         inner.queue.push_back(entry);
         if was_empty {
             self.wake.notify_one();
         }
     }
 
-    /// Queues a frame that must not be lost (a non-retained message, a reply, a control frame).
-    pub fn push(&self, frame: Bytes) -> Push {
+    fn push_bounded(&self, frame: Bytes, msg: bool) -> Push {
         let mut inner = self.lock();
         if inner.closed {
             return Push::Closed;
@@ -106,7 +148,40 @@ impl Outbox {
         if inner.bytes + frame.len() > self.limit {
             return Push::Overflow;
         }
-        self.enqueue(&mut inner, Entry { frame });
+        let n = frame.len();
+        let entry = Entry::Frame {
+            frame,
+            tag: None,
+            msg,
+        };
+        self.enqueue(&mut inner, entry, n);
+        Push::Queued
+    }
+
+    /// Queues a message on a tag that is not retained; it must not be lost.
+    pub fn push(&self, frame: Bytes) -> Push {
+        self.push_bounded(frame, true)
+    }
+
+    /// Queues a control frame (`ok`, `err`, `pong`, a forwarded `req`...).
+    pub fn push_control(&self, frame: Bytes) -> Push {
+        self.push_bounded(frame, false)
+    }
+
+    /// Queues the answer to one of this client's requests: accepted past the
+    /// bound, since pending requests per connection are limited in number.
+    pub fn push_answer(&self, frame: Bytes) -> Push {
+        let mut inner = self.lock();
+        if inner.closed {
+            return Push::Closed;
+        }
+        let n = frame.len();
+        let entry = Entry::Frame {
+            frame,
+            tag: None,
+            msg: false,
+        };
+        self.enqueue(&mut inner, entry, n);
         Push::Queued
     }
 
@@ -118,38 +193,109 @@ impl Outbox {
         }
         let mut result = Push::Queued;
         if inner.bytes + frame.len() > self.limit {
-            if let Some(&abs) = inner.pending.get(tag) {
-                let idx = (abs - inner.popped) as usize;
-                let old = std::mem::take(&mut inner.queue[idx]);
-                inner.bytes -= old.frame.len();
+            let popped = inner.popped;
+            if let Some(&abs) = inner.pending.get(tag).filter(|&&a| a >= popped) {
+                let idx = (abs - popped) as usize;
+                if let Entry::Frame { frame: old, .. } =
+                    std::mem::replace(&mut inner.queue[idx], Entry::Hole)
+                {
+                    inner.bytes -= old.len();
+                }
+                inner.holes += 1;
                 result = Push::Conflated;
             }
         }
         let abs = inner.popped + inner.queue.len() as u64;
         inner.pending.insert(tag.clone(), abs);
-        self.enqueue(&mut inner, Entry { frame });
+        let n = frame.len();
+        let entry = Entry::Frame {
+            frame,
+            tag: Some(tag.clone()),
+            msg: true,
+        };
+        self.enqueue(&mut inner, entry, n);
+        if inner.holes >= MIN_HOLES_TO_COMPACT && inner.holes * 2 > inner.queue.len() {
+            compact(&mut inner);
+        }
         result
     }
 
-    /// Moves everything queued into `buf`. The lock is held only to take the
-    /// queue; copying happens outside it, so routing into this outbox never
-    /// waits for a copy. `buf` grows to at most the queue's bound.
-    pub fn drain_into(&self, buf: &mut Vec<u8>) -> Drain {
-        let (taken, closed) = {
-            let mut inner = self.lock();
-            let taken = std::mem::take(&mut inner.queue);
-            inner.popped += taken.len() as u64;
-            inner.pending.clear();
-            inner.bytes = 0;
-            (taken, inner.closed)
-        };
-        let any = !taken.is_empty();
-        for entry in taken {
-            buf.extend_from_slice(&entry.frame);
+    /// Queues a snapshot marker; its patterns count against the bound.
+    pub fn push_snapshot(&self, job: Box<SnapshotJob>) -> Push {
+        let mut inner = self.lock();
+        if inner.closed {
+            return Push::Closed;
         }
-        match (any, closed) {
+        let cost = job.cost();
+        if inner.bytes + cost > self.limit {
+            return Push::Overflow;
+        }
+        self.enqueue(&mut inner, Entry::Snapshot(Some(job)), cost);
+        Push::Queued
+    }
+
+    /// Moves what is queued into `buf`: frames up to the next snapshot
+    /// marker, or, at a marker, the next step of that snapshot (taken from
+    /// `hub`). The lock is held only to take entries; copying happens outside
+    /// it, so routing into this outbox never waits for a copy.
+    pub fn drain_into(&self, buf: &mut Vec<u8>, hub: &Hub) -> Drain {
+        let start = buf.len();
+        let mut msgs = 0;
+        let (taken, job, closed) = {
+            let mut inner = self.lock();
+            let marker = inner
+                .queue
+                .iter()
+                .position(|e| matches!(e, Entry::Snapshot(_)));
+            let taken = match marker {
+                None => {
+                    inner.pending.clear();
+                    std::mem::take(&mut inner.queue)
+                }
+                Some(n) => inner.queue.drain(..n).collect(),
+            };
+            inner.popped += taken.len() as u64;
+            let mut job = None;
+            if marker == Some(0) {
+                if let Some(Entry::Snapshot(j)) = inner.queue.front_mut() {
+                    job = j.take();
+                }
+            }
+            for e in &taken {
+                match e {
+                    Entry::Frame { frame, .. } => inner.bytes -= frame.len(),
+                    Entry::Hole => inner.holes -= 1,
+                    Entry::Snapshot(_) => {}
+                }
+            }
+            (taken, job, inner.closed && inner.queue.is_empty())
+        };
+        for entry in taken {
+            if let Entry::Frame { frame, msg, .. } = entry {
+                buf.extend_from_slice(&frame);
+                msgs += u64::from(msg);
+            }
+        }
+        let stepped = job.is_some();
+        if let Some(mut job) = job {
+            let (done, n) = hub.snapshot_step(&mut job, buf);
+            msgs += n;
+            let mut inner = self.lock();
+            // A kill may have emptied the queue meanwhile; then the job just ends.
+            if let Some(Entry::Snapshot(slot @ None)) = inner.queue.front_mut() {
+                if done {
+                    inner.queue.pop_front();
+                    inner.popped += 1;
+                    inner.bytes -= job.cost();
+                    job.encode_end(buf);
+                } else {
+                    *slot = Some(job);
+                }
+            }
+        }
+        match (buf.len() > start || stepped, closed) {
             (_, true) => Drain::Finished,
-            (true, false) => Drain::Data,
+            (true, false) => Drain::Data { msgs },
             (false, false) => Drain::Empty,
         }
     }
@@ -165,59 +311,97 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    /// Drops everything queued, queues `last` as the final frame, closes, and
-    /// tells the connection's reader to stop. Used for slow consumers, where
-    /// the backlog is what went wrong.
-    pub fn kill(&self, last: Bytes) {
+    fn finish(&self, last: Bytes, ending: Ending) {
         {
             let mut inner = self.lock();
             if inner.closed {
                 return;
             }
-            inner.queue.clear();
-            inner.pending.clear();
-            inner.bytes = 0;
-            self.enqueue(&mut inner, Entry { frame: last });
+            if ending == Ending::Killed {
+                inner.queue.clear();
+                inner.pending.clear();
+                inner.bytes = 0;
+                inner.holes = 0;
+            }
+            let n = last.len();
+            let entry = Entry::Frame {
+                frame: last,
+                tag: None,
+                msg: false,
+            };
+            self.enqueue(&mut inner, entry, n);
             inner.closed = true;
         }
+        self.ending.send_replace(ending);
         self.wake.notify_one();
-        self.killed.notify_one();
+    }
+
+    /// Drops everything queued, queues `last` as the final frame, closes, and
+    /// tells the connection's reader to stop and its writer to abandon what it
+    /// is writing after the current frame. Used for slow consumers, where the
+    /// backlog is what went wrong.
+    pub fn kill(&self, last: Bytes) {
+        self.finish(last, Ending::Killed);
     }
 
     /// Queues `last` after everything already queued, closes, and tells the
     /// connection's reader to stop. Used where the client should still see
     /// the frames before the final one (protocol violations, timeouts, shutdown).
     pub fn end_with(&self, last: Bytes) {
-        {
-            let mut inner = self.lock();
-            if inner.closed {
-                return;
-            }
-            self.enqueue(&mut inner, Entry { frame: last });
-            inner.closed = true;
-        }
-        self.wake.notify_one();
-        self.killed.notify_one();
+        self.finish(last, Ending::Graceful);
     }
 
     /// Resolves once [`Outbox::kill`] or [`Outbox::end_with`] has been called.
     pub async fn killed(&self) {
-        self.killed.notified().await;
+        let mut rx = self.ending.subscribe();
+        let _ = rx.wait_for(|e| *e != Ending::Open).await;
+    }
+
+    /// Resolves once [`Outbox::kill`] has been called: the writer should stop
+    /// what it is writing.
+    pub async fn abandoned(&self) {
+        let mut rx = self.ending.subscribe();
+        let _ = rx.wait_for(|e| *e == Ending::Killed).await;
+    }
+
+    /// Has [`Outbox::kill`] been called?
+    pub fn is_killed(&self) -> bool {
+        *self.ending.borrow() == Ending::Killed
     }
 
     /// Bytes currently queued.
     pub fn queued_bytes(&self) -> usize {
         self.lock().bytes
     }
+
+    /// Entries currently queued, holes included.
+    pub fn queued_entries(&self) -> usize {
+        self.lock().queue.len()
+    }
+}
+
+/// Removes holes and re-indexes the pending retained tags.
+fn compact(inner: &mut Inner) {
+    inner.queue.retain(|e| !matches!(e, Entry::Hole));
+    inner.holes = 0;
+    inner.pending.clear();
+    let popped = inner.popped;
+    for (i, e) in inner.queue.iter().enumerate() {
+        if let Entry::Frame { tag: Some(t), .. } = e {
+            inner.pending.insert(t.clone(), popped + i as u64);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::HubConfig;
 
     fn drain_all(o: &Outbox) -> String {
+        let hub = Hub::new(HubConfig::default());
         let mut buf = Vec::new();
-        o.drain_into(&mut buf);
+        while let Drain::Data { .. } = o.drain_into(&mut buf, &hub) {}
         String::from_utf8(buf).unwrap()
     }
 
@@ -227,6 +411,14 @@ mod tests {
         assert_eq!(o.push(Bytes::from_static(b"12345\n")), Push::Queued);
         assert_eq!(o.push(Bytes::from_static(b"12345\n")), Push::Overflow);
         assert_eq!(drain_all(&o), "12345\n");
+    }
+
+    #[test]
+    fn answers_pass_the_bound() {
+        let o = Outbox::new(10);
+        assert_eq!(o.push(Bytes::from_static(b"12345678\n")), Push::Queued);
+        assert_eq!(o.push_answer(Bytes::from_static(b"rep\n")), Push::Queued);
+        assert_eq!(drain_all(&o), "12345678\nrep\n");
     }
 
     #[test]
@@ -256,6 +448,32 @@ mod tests {
     }
 
     #[test]
+    fn conflation_keeps_entries_bounded_for_a_stalled_reader() {
+        let o = Outbox::new(64);
+        let tags: Vec<Arc<str>> = (0..10).map(|i| Arc::from(format!("t{i}"))).collect();
+        for round in 0..100_000u32 {
+            let t = &tags[round as usize % tags.len()];
+            o.push_retained(t, Bytes::from(format!("{t}={round}\n")));
+        }
+        assert!(
+            o.queued_entries() <= 2 * MIN_HOLES_TO_COMPACT + tags.len(),
+            "{} entries queued for 10 tags",
+            o.queued_entries()
+        );
+        let out = drain_all(&o);
+        let lines: Vec<&str> = out.lines().collect();
+        // What was queued under the byte bound, then the latest value of each tag.
+        assert!(lines.len() <= 64 / 5 + tags.len(), "{out}");
+        assert_eq!(
+            &lines[lines.len() - 10..],
+            &[
+                "t0=99990", "t1=99991", "t2=99992", "t3=99993", "t4=99994", "t5=99995", "t6=99996",
+                "t7=99997", "t8=99998", "t9=99999"
+            ]
+        );
+    }
+
+    #[test]
     fn under_bound_keeps_every_retained_update() {
         let o = Outbox::new(1000);
         let a: Arc<str> = Arc::from("a");
@@ -269,9 +487,11 @@ mod tests {
         let o = Outbox::new(100);
         o.push(Bytes::from_static(b"x\n"));
         o.kill(Bytes::from_static(b"bye\n"));
+        assert!(o.is_killed());
         assert_eq!(o.push(Bytes::from_static(b"y\n")), Push::Closed);
+        let hub = Hub::new(HubConfig::default());
         let mut buf = Vec::new();
-        assert_eq!(o.drain_into(&mut buf), Drain::Finished);
+        assert_eq!(o.drain_into(&mut buf, &hub), Drain::Finished);
         assert_eq!(buf, b"bye\n");
     }
 }

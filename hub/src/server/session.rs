@@ -40,9 +40,17 @@ pub struct Session {
     role: Option<Role>,
     greeted: bool,
     bad_in_row: u32,
+    opened: Instant,
     last_heard: Instant,
     pinged: bool,
 }
+
+/// Longest line accepted before a client has authenticated: enough for any
+/// `hello`, too little to make idle sockets expensive.
+pub const PREAUTH_MAX_LINE: usize = 4096;
+
+/// Names the hub uses for itself, which no client may take.
+const RESERVED_NAMES: &[&str] = &["hub", "http"];
 
 fn tag_error(e: TagError) -> OpError {
     OpError::new(ErrorCode::BadTag, e.to_string())
@@ -53,6 +61,7 @@ impl Session {
     pub fn open(hub: Arc<Hub>, peer: SocketAddr, outbox: Arc<Outbox>) -> Result<Self, OpError> {
         let conn = hub.connect(peer, outbox.clone())?;
         let role = (!hub.config().auth_required()).then_some(Role::Agent);
+        let now = Instant::now();
         Ok(Session {
             hub,
             conn,
@@ -60,7 +69,8 @@ impl Session {
             role,
             greeted: false,
             bad_in_row: 0,
-            last_heard: Instant::now(),
+            opened: now,
+            last_heard: now,
             pinged: false,
         })
     }
@@ -75,8 +85,18 @@ impl Session {
         self.conn
     }
 
+    /// Longest line the transport should accept now.
+    pub fn max_line(&self) -> usize {
+        let max = self.hub.config().max_frame_bytes;
+        if self.role.is_none() {
+            max.min(PREAUTH_MAX_LINE)
+        } else {
+            max
+        }
+    }
+
     fn send(&self, frame: Vec<u8>) {
-        if self.outbox.push(Bytes::from(frame)) == Push::Overflow {
+        if self.outbox.push_control(Bytes::from(frame)) == Push::Overflow {
             Metrics::inc(&self.hub.metrics().slow_consumer_drops);
             self.outbox
                 .kill(Bytes::from(ErrorCode::SlowConsumer.frame(
@@ -96,16 +116,42 @@ impl Session {
         Flow::Close
     }
 
-    /// Notes that the client sent something (any bytes count as a sign of life).
+    /// Notes that the client sent a complete frame: only frames count as a
+    /// sign of life, so a trickle of bytes cannot keep a socket open.
     pub fn heard(&mut self, now: Instant) {
         self.last_heard = now;
         self.pinged = false;
     }
 
-    /// Heartbeat check: pings a quiet client, closes a silent one.
-    pub fn tick(&mut self, now: Instant) -> Flow {
-        let quiet = now.saturating_duration_since(self.last_heard);
+    /// When [`Session::tick`] must next run.
+    pub fn next_check(&self) -> Instant {
         let cfg = self.hub.config();
+        let mut at = if self.pinged {
+            self.last_heard + cfg.idle_timeout()
+        } else {
+            self.last_heard + cfg.ping_interval()
+        };
+        if self.role.is_none() {
+            at = at.min(self.opened + cfg.hello_timeout());
+        }
+        at
+    }
+
+    /// Heartbeat and deadline check: closes a client that has not
+    /// authenticated in time, pings a quiet client, closes a silent one.
+    pub fn tick(&mut self, now: Instant) -> Flow {
+        let cfg = self.hub.config();
+        if self.role.is_none() && now >= self.opened + cfg.hello_timeout() {
+            Metrics::inc(&self.hub.metrics().unauthenticated_dropped);
+            return self.close_with(
+                ErrorCode::Unauthorized,
+                &format!(
+                    "no `hello` with a valid token within {} ms",
+                    cfg.hello_timeout_ms
+                ),
+            );
+        }
+        let quiet = now.saturating_duration_since(self.last_heard);
         if quiet >= cfg.idle_timeout() {
             return self.close_with(
                 ErrorCode::IdleTimeout,
@@ -123,6 +169,12 @@ impl Session {
 
     /// Reports a line longer than the frame limit (its bytes are being discarded).
     pub fn frame_too_large(&mut self) -> Flow {
+        if self.role.is_none() {
+            return self.close_with(
+                ErrorCode::FrameTooLarge,
+                &format!("before `hello`, a frame may be at most {PREAUTH_MAX_LINE} bytes"),
+            );
+        }
         let e = OpError::new(
             ErrorCode::FrameTooLarge,
             format!(
@@ -154,6 +206,10 @@ impl Session {
         if line.iter().all(u8::is_ascii_whitespace) {
             return Flow::Continue;
         }
+        if line.len() > self.max_line() {
+            return self.frame_too_large();
+        }
+        self.heard(Instant::now());
         let incoming = match parse_client_frame(line) {
             Ok(i) => i,
             Err(fe) => {
@@ -212,7 +268,8 @@ impl Session {
                 for t in &tags {
                     validate_pattern(t).map_err(tag_error)?;
                 }
-                self.hub.subscribe(self.conn, &tags, snapshot, id)?;
+                self.hub
+                    .subscribe(self.conn, &tags, snapshot.then_some(0), id)?;
             }
             ClientFrame::Unsub { tags } => {
                 self.hub.unsubscribe(self.conn, &tags);
@@ -292,47 +349,70 @@ impl Session {
             );
             return Flow::Continue;
         }
-        let cfg = self.hub.config();
-        let (role, may_claim) = if cfg.auth_required() {
-            let found = token
-                .as_deref()
-                .and_then(|t| cfg.tokens.iter().find(|c| c.token == t));
-            match found {
-                Some(t) => (t.role, (t.role == Role::Agent).then(|| t.claims.clone())),
+        let hub = self.hub.clone();
+        let cfg = hub.config();
+        let name = name
+            .map(|n| {
+                n.chars()
+                    .filter(|c| !c.is_control())
+                    .take(128)
+                    .collect::<String>()
+            })
+            .filter(|n| !n.trim().is_empty());
+        if let Some(n) = &name {
+            if RESERVED_NAMES
+                .iter()
+                .any(|r| n.trim().eq_ignore_ascii_case(r))
+            {
+                self.send_err(
+                    id,
+                    &OpError::new(
+                        ErrorCode::Forbidden,
+                        format!("the name `{n}` is reserved for the hub itself; choose another"),
+                    ),
+                );
+                return Flow::Continue;
+            }
+        }
+        let current = hub.identity(self.conn);
+        let name: Arc<str> = match name {
+            Some(n) => Arc::from(n),
+            None => current
+                .as_ref()
+                .map(|i| i.name.clone())
+                .unwrap_or_else(|| Arc::from("anonymous")),
+        };
+        let (role, may_claim, principal) = if cfg.auth_required() {
+            match token.as_deref().and_then(|t| cfg.find_token(t)) {
+                Some((i, t)) => (
+                    t.role,
+                    (t.role == Role::Agent).then(|| t.claims.clone()),
+                    hub.token_principal(i),
+                ),
                 None => {
                     let why = if token.is_some() {
                         "unknown token"
                     } else {
                         "this hub requires a token in `hello`"
                     };
+                    tracing::warn!(conn = self.conn, "authentication failed: {why}");
                     return self.close_with(ErrorCode::Unauthorized, why);
                 }
             }
         } else {
-            (Role::Agent, None)
+            (Role::Agent, None, Arc::from(format!("client `{name}`")))
         };
-        let current = self.hub.identity(self.conn);
-        let name = match name.filter(|n| !n.is_empty()) {
-            Some(n) => Arc::from(
-                n.chars()
-                    .filter(|c| !c.is_control())
-                    .take(128)
-                    .collect::<String>(),
-            ),
-            None => current
-                .map(|i| i.name)
-                .unwrap_or_else(|| Arc::from("anonymous")),
+        let ident = Identity {
+            name: name.clone(),
+            role: Some(role),
+            may_claim,
+            principal,
         };
+        if let Err(e) = hub.identify(self.conn, ident) {
+            return self.close_with(e.code, &e.message);
+        }
         self.role = Some(role);
         self.greeted = true;
-        self.hub.identify(
-            self.conn,
-            Identity {
-                name: name.clone(),
-                role: Some(role),
-                may_claim,
-            },
-        );
         let mut buf = Vec::with_capacity(128);
         encode_welcome(&mut buf, id, self.conn, &name, role.as_str());
         self.send(buf);

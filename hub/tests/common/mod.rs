@@ -130,3 +130,48 @@ pub fn assert_err(f: &Value, code: &str) {
         "err without message: {f}"
     );
 }
+
+/// Polls `f` until it holds, failing after [`WAIT`].
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends raw bytes to the HTTP port and reads the answer until the server
+/// closes: (status, head, body).
+pub async fn http_raw(hub: &RunningHub, request: &[u8]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(hub.http_addr).await.unwrap();
+    // The server may answer and close before reading everything.
+    let _ = s.write_all(request).await;
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read_to_end(&mut s, &mut out))
+        .await
+        .expect("the server did not close the connection")
+        .ok();
+    split_response(&out)
+}
+
+/// Splits an HTTP/1.1 response into (status, head, body).
+pub fn split_response(raw: &[u8]) -> (u16, String, String) {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// Reads a metric's value from `/metrics` text.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+}
