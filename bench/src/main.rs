@@ -5,6 +5,7 @@
 mod cases;
 mod resources;
 mod servers;
+mod venue;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -36,6 +37,64 @@ struct Args {
     /// Skip the hub's resource figures.
     #[arg(long)]
     no_resources: bool,
+    /// Run the venue scenario instead (a campus against one hub); with
+    /// `--quick`, a small campus. Its report goes to `bench/results/venue.json`.
+    #[arg(long)]
+    venue: bool,
+}
+
+/// Appends `report` as one line to the history beside `json`.
+fn append_history(json: &std::path::Path, report: &Value) -> anyhow::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = json.parent() {
+        let mut history = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("history.jsonl"))?;
+        writeln!(history, "{}", serde_json::to_string(report)?)?;
+    }
+    Ok(())
+}
+
+async fn run_venue(args: &Args) -> anyhow::Result<()> {
+    let p = if args.quick {
+        venue::VenueParams::small()
+    } else {
+        venue::VenueParams::campus()
+    };
+    eprintln!("venue: {p:?}");
+    let results = venue::run(p).await?;
+    let checks = venue::targets(&results, &p);
+    for (k, v) in results.as_object().into_iter().flatten() {
+        if k != "hub_rss_series_mib" {
+            println!("{k:<32} {v}");
+        }
+    }
+    println!("targets:");
+    for (label, ok) in &checks {
+        println!("  [{}] {label}", if *ok { "pass" } else { "FAIL" });
+    }
+    let report = json!({
+        "scenario": "venue",
+        "time_unix_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64,
+        "machine": machine(),
+        "results": results,
+        "targets": checks.iter().map(|(l, ok)| json!({"target": l, "passed": ok})).collect::<Vec<_>>(),
+    });
+    let path = if args.json == std::path::Path::new("bench/results/latest.json") {
+        PathBuf::from("bench/results/venue.json")
+    } else {
+        args.json.clone()
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+    if !args.quick {
+        append_history(&path, &report)?;
+    }
+    eprintln!("report written to {}", path.display());
+    Ok(())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -118,6 +177,9 @@ fn machine() -> Value {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.venue {
+        return run_venue(&args).await;
+    }
     let p = if args.quick {
         Params {
             messages: 20_000,
@@ -228,14 +290,7 @@ async fn main() -> anyhow::Result<()> {
     }
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)? + "\n")?;
     if !args.quick {
-        if let Some(dir) = args.json.parent() {
-            use std::io::Write;
-            let mut history = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join("history.jsonl"))?;
-            writeln!(history, "{}", serde_json::to_string(&report)?)?;
-        }
+        append_history(&args.json, &report)?;
     }
     eprintln!("report written to {}", args.json.display());
     Ok(())

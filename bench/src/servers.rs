@@ -28,8 +28,12 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// The hub binary next to this benchmark's executable.
+/// The hub binary next to this benchmark's executable, or the one named by
+/// `PATCHBAY_BENCH_HUB` (to compare two builds in one run).
 fn hub_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("PATCHBAY_BENCH_HUB") {
+        return Ok(PathBuf::from(path));
+    }
     let exe = std::env::current_exe()?;
     let path = exe.parent().context("exe dir")?.join("patchbay-hub");
     if !path.exists() {
@@ -92,10 +96,18 @@ impl Server {
                 c
             }
         };
+        // PATCHBAY_BENCH_HUB_LOG=FILE keeps the hub's warnings for a look afterwards.
+        let stderr = match (sys, std::env::var_os("PATCHBAY_BENCH_HUB_LOG")) {
+            (System::Patchbay, Some(path)) => {
+                cmd.env("RUST_LOG", "warn");
+                Stdio::from(std::fs::File::create(path)?)
+            }
+            _ => Stdio::null(),
+        };
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start {} (run bench/install first)", sys.name()))?;

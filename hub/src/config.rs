@@ -91,6 +91,9 @@ pub struct HubConfig {
     pub outbound_queue_bytes: usize,
     /// Time a write to a client may make no progress before it is dropped as a slow consumer, in milliseconds.
     pub write_timeout_ms: u64,
+    /// Snapshot bytes per second one connection may be sent (after a 4 MiB burst), so
+    /// a client looping huge snapshots cannot take the hub's CPU from everyone else.
+    pub snapshot_rate_bytes: u64,
     /// Silence after which the hub pings a client, in milliseconds.
     pub ping_interval_ms: u64,
     /// Silence after which the hub drops a client, in milliseconds.
@@ -125,6 +128,7 @@ impl Default for HubConfig {
             max_bad_frames: 10,
             outbound_queue_bytes: 8 * 1024 * 1024,
             write_timeout_ms: 10_000,
+            snapshot_rate_bytes: 64 * 1024 * 1024,
             ping_interval_ms: 15_000,
             idle_timeout_ms: 45_000,
             request_timeout_ms: 10_000,
@@ -200,6 +204,7 @@ impl HubConfig {
             ("max_retained", self.max_retained as u64),
             ("max_pending_requests", self.max_pending_requests as u64),
             ("write_timeout_ms", self.write_timeout_ms),
+            ("snapshot_rate_bytes", self.snapshot_rate_bytes),
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("max_subscriptions", self.max_subscriptions as u64),
             ("max_bad_frames", u64::from(self.max_bad_frames)),

@@ -207,6 +207,11 @@ async fn unparsable_http_gets_json_errors() {
     assert_eq!(status, 431);
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["code"], "headers_too_large");
+    let long = format!("GET /{} HTTP/1.1\r\nhost: hub\r\n\r\n", "u".repeat(70_000));
+    let (status, _, body) = http_raw(&hub, long.as_bytes()).await;
+    assert_eq!(status, 414);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "uri_too_long");
     hub.stop().await;
 }
 

@@ -49,3 +49,39 @@ async fn benchmark_smoke_run() {
         .is_some());
     let _ = std::fs::remove_file(json);
 }
+
+#[tokio::test]
+async fn venue_smoke_run() {
+    let json =
+        std::env::temp_dir().join(format!("patchbay-venue-smoke-{}.json", std::process::id()));
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        Command::new(bin("patchbay-bench"))
+            .args(["--venue", "--quick", "--json"])
+            .arg(&json)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("venue smoke run hung")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let r = &report["results"];
+    // Every client of the small campus was served; no timing is asserted.
+    assert_eq!(r["controllers_served"], r["params"]["controllers"], "{r}");
+    assert_eq!(r["consoles_served"], r["params"]["consoles"], "{r}");
+    for key in ["latency_steady", "latency_burst", "patch_overhead_steady"] {
+        assert!(
+            r[key]["samples"].as_u64().is_some_and(|n| n > 0),
+            "{key} has no samples: {r}"
+        );
+    }
+    assert_eq!(r["patch_failed"], 0, "{r}");
+    let _ = std::fs::remove_file(json);
+}

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use patchbay_hub::config::HubConfig;
-use patchbay_hub::server::{bind, serve, Hub};
+use patchbay_hub::server::{bind, check_descriptors, serve, Hub};
 
 /// The patchbay hub: routes tagged messages between agents, controllers and
 /// operators, keeps the latest state of every device, and brokers commands.
@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
     config
         .check_exposure(args.insecure)
         .map_err(anyhow::Error::msg)?;
+    check_descriptors(&config);
     let listener = bind(config.listen, config.listen_backlog)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let http = bind(config.http_listen, config.listen_backlog)

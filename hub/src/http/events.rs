@@ -129,6 +129,13 @@ pub async fn stream(
                         }
                         continue;
                     }
+                    Drain::Later(at) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(at) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                        continue;
+                    }
                 }
                 for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                     if let Some(ev) = to_event(line) {

@@ -180,7 +180,11 @@ fn rewrite_bare_error(buf: &[u8]) -> Option<Vec<u8>> {
 pub struct ConnIo {
     inner: TcpStream,
     timeout: Duration,
-    stalled: Option<Pin<Box<Sleep>>>,
+    /// The deadline timer, armed lazily (see `server::writer::Deadline`).
+    stalled: Pin<Box<Sleep>>,
+    armed: bool,
+    /// The last write progress, or the start of a blocked episode.
+    progress: Option<tokio::time::Instant>,
     /// A replacement response still to be written.
     replaced: Vec<u8>,
     hub: Arc<Hub>,
@@ -192,7 +196,9 @@ impl ConnIo {
         ConnIo {
             inner,
             timeout,
-            stalled: None,
+            stalled: Box::pin(tokio::time::sleep(timeout)),
+            armed: true,
+            progress: None,
             replaced: Vec::new(),
             hub,
         }
@@ -201,20 +207,25 @@ impl ConnIo {
     /// Maps a pending write to an error once the deadline passes.
     fn on_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let timeout = self.timeout;
-        let sleep = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                self.stalled = None;
+        let progress = *self.progress.get_or_insert_with(tokio::time::Instant::now);
+        loop {
+            if !self.armed {
+                self.stalled.as_mut().reset(progress + timeout);
+                self.armed = true;
+            }
+            if self.stalled.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.armed = false;
+            if tokio::time::Instant::now() >= progress + timeout {
+                self.progress = None;
                 Metrics::inc(&self.hub.metrics().slow_consumer_drops);
                 tracing::warn!("dropping HTTP client: no write progress for {timeout:?}");
-                Poll::Ready(Err(io::Error::new(
+                return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the client read nothing within the write timeout",
-                )))
+                )));
             }
-            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -222,7 +233,8 @@ impl ConnIo {
         match Pin::new(&mut self.inner).poll_write(cx, buf) {
             Poll::Pending => self.on_pending(cx),
             ready => {
-                self.stalled = None;
+                // Progress ends a blocked episode; the next starts its clock afresh.
+                self.progress = None;
                 ready
             }
         }

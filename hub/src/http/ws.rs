@@ -71,6 +71,12 @@ async fn serve(
                     Metrics::add(&writer_hub.metrics().deliveries, msgs);
                 }
                 Drain::Empty => writer_outbox.wait().await,
+                Drain::Later(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = writer_outbox.wait() => {}
+                    }
+                }
                 Drain::Finished => {
                     let _ = sink.close().await;
                     return;
@@ -78,6 +84,8 @@ async fn serve(
             }
         }
     });
+    let check = tokio::time::sleep_until(session.next_check());
+    tokio::pin!(check);
     loop {
         tokio::select! {
             _ = outbox.killed() => break,
@@ -85,12 +93,17 @@ async fn serve(
                 outbox.end_with(bytes::Bytes::from(crate::protocol::ErrorCode::ShuttingDown.frame("the hub is shutting down")));
                 break;
             }
-            _ = tokio::time::sleep_until(session.next_check()) => if session.tick(Instant::now()) == Flow::Close { break },
+            _ = &mut check => {
+                if session.tick(Instant::now()) == Flow::Close {
+                    break;
+                }
+                check.as_mut().reset(session.next_check());
+            }
             msg = stream.next() => {
                 let data = match msg {
                     Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
                     Some(Ok(Message::Binary(b))) => b.to_vec(),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => { session.heard(Instant::now()); continue }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => { session.alive(Instant::now()); continue }
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                 };
                 let mut flow = Flow::Continue;
@@ -100,6 +113,7 @@ async fn serve(
                         break;
                     }
                 }
+                session.heard(Instant::now());
                 if flow == Flow::Close {
                     break;
                 }

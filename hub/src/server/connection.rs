@@ -72,6 +72,10 @@ async fn read_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut lines = LineBuffer::new(session.max_line());
+    // One timer for the connection's life: when it fires, `tick` checks the
+    // real deadlines and it is re-armed, so reads never touch the timer wheel.
+    let check = tokio::time::sleep_until(session.next_check());
+    tokio::pin!(check);
     loop {
         tokio::select! {
             biased;
@@ -80,16 +84,19 @@ async fn read_loop(
                 outbox.end_with(Bytes::from(ErrorCode::ShuttingDown.frame("the hub is shutting down")));
                 return;
             }
-            _ = tokio::time::sleep_until(session.next_check()) => {
+            _ = &mut check => {
                 if session.tick(Instant::now()) == Flow::Close {
                     return;
                 }
+                check.as_mut().reset(session.next_check());
             }
             read = rd.read_buf(lines.spare()) => match read {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
                     lines.read(n);
-                    if lines.feed(&mut session) == Flow::Close {
+                    let flow = lines.feed(&mut session);
+                    session.heard(Instant::now());
+                    if flow == Flow::Close {
                         return;
                     }
                     lines.set_max_frame(session.max_line());

@@ -11,7 +11,7 @@
 //! Writers drain the outboxes on their own tasks. How long the lock is held
 //! is measured into a histogram that `/metrics` shows.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -71,7 +71,7 @@ struct Conn {
     id: ConnId,
     outbox: Arc<Outbox>,
     ident: Identity,
-    patterns: Vec<String>,
+    patterns: HashSet<Box<str>>,
     claims: Vec<String>,
     peer: SocketAddr,
     since_ms: u64,
@@ -203,7 +203,12 @@ struct Held<'a> {
     guard: MutexGuard<'a, State>,
     metrics: &'a Metrics,
     started: Option<std::time::Instant>,
+    /// The operation holding it, for the log of long holds.
+    op: &'static str,
 }
+
+/// Holds longer than this are logged with the operation that held the lock.
+const LONG_HOLD: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl Deref for Held<'_> {
     type Target = State;
@@ -221,7 +226,15 @@ impl DerefMut for Held<'_> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         if let Some(t) = self.started {
-            self.metrics.lock_hold.record(t.elapsed());
+            let held = t.elapsed();
+            self.metrics.lock_hold.record(held);
+            if held > LONG_HOLD {
+                tracing::warn!(
+                    op = self.op,
+                    held_us = held.as_micros() as u64,
+                    "hub lock held long"
+                );
+            }
         }
     }
 }
@@ -454,18 +467,19 @@ impl Hub {
     }
 
     /// The lock, with the hold timed.
-    fn lock(&self) -> Held<'_> {
+    fn lock(&self, op: &'static str) -> Held<'_> {
         let guard = self.lock_untimed();
         Held {
             guard,
             metrics: &self.metrics,
             started: Some(std::time::Instant::now()),
+            op,
         }
     }
 
     /// The lock on the publish path: one hold in [`TIMING_SAMPLE`] is timed,
     /// so the clock stays off the hot path.
-    fn lock_sampled(&self) -> Held<'_> {
+    fn lock_sampled(&self, op: &'static str) -> Held<'_> {
         let mut guard = self.lock_untimed();
         guard.acquisitions += 1;
         let timed = guard.acquisitions % TIMING_SAMPLE == 0;
@@ -473,6 +487,7 @@ impl Hub {
             guard,
             metrics: &self.metrics,
             started: timed.then(std::time::Instant::now),
+            op,
         }
     }
 
@@ -497,7 +512,7 @@ impl Hub {
     /// connection is closed to make room, so idle sockets cannot keep
     /// real clients out.
     pub fn connect(&self, peer: SocketAddr, outbox: Arc<Outbox>) -> Result<ConnId, OpError> {
-        let mut st = self.lock();
+        let mut st = self.lock("connect");
         let auth = self.config.auth_required();
         if !auth && st.live >= self.config.max_connections {
             return Err(self.refuse_at_limit());
@@ -536,7 +551,7 @@ impl Hub {
         outbox: Arc<Outbox>,
         ident: Identity,
     ) -> Result<ConnId, OpError> {
-        let mut st = self.lock();
+        let mut st = self.lock("connect_as");
         if st.live >= self.config.max_connections {
             return Err(self.refuse_at_limit());
         }
@@ -580,7 +595,7 @@ impl Hub {
                 may_claim: None,
                 principal: name,
             },
-            patterns: Vec::new(),
+            patterns: HashSet::new(),
             claims: Vec::new(),
             peer,
             since_ms: now_ms(),
@@ -594,7 +609,7 @@ impl Hub {
     /// Sets a connection's identity after `hello`; an authenticating
     /// connection now counts toward `max_connections`, and is refused past it.
     pub fn identify(&self, conn: ConnId, ident: Identity) -> Result<(), OpError> {
-        let mut st = self.lock();
+        let mut st = self.lock("identify");
         let counted = st.conn(conn).is_none_or(|c| c.counted);
         if !counted {
             if st.live >= self.config.max_connections {
@@ -611,7 +626,7 @@ impl Hub {
 
     /// The identity of a connection.
     pub fn identity(&self, conn: ConnId) -> Option<Identity> {
-        self.lock().conn(conn).map(|c| c.ident.clone())
+        self.lock("identity").conn(conn).map(|c| c.ident.clone())
     }
 
     /// Adds subscriptions. With `snapshot` (`Some(after)`), the matching
@@ -635,11 +650,17 @@ impl Hub {
                 ),
             ));
         }
-        let mut st = self.lock();
+        // Compiling the patterns needs no lock: only the seq is taken under it.
+        let mut job = snapshot.map(|after| SnapshotJob::new(patterns, after, id));
+        let mut st = self.lock("subscribe");
         let Some(c) = st.conn(conn) else {
             return Ok(());
         };
-        let fresh = patterns.iter().filter(|p| !c.patterns.contains(p)).count();
+        let fresh = patterns
+            .iter()
+            .filter(|p| !c.patterns.contains(p.as_str()))
+            .collect::<HashSet<_>>()
+            .len();
         if c.patterns.len() + fresh > self.config.max_subscriptions {
             return Err(OpError::new(
                 ErrorCode::TooManySubscriptions,
@@ -654,13 +675,13 @@ impl Hub {
         for p in patterns {
             if st.router.insert(p, conn) {
                 if let Some(c) = st.conn_mut(conn) {
-                    c.patterns.push(p.clone());
+                    c.patterns.insert(p.as_str().into());
                 }
             }
         }
-        match snapshot {
-            Some(after) => {
-                let job = SnapshotJob::new(patterns, st.seq, after, id);
+        match job.take() {
+            Some(mut job) => {
+                job.set_seq(st.seq);
                 if let Some(c) = st.conn(conn) {
                     let pushed = c.outbox.push_snapshot(job);
                     st.after_push(&self.metrics, c, pushed);
@@ -681,17 +702,17 @@ impl Hub {
     /// number of messages copied into `buf`.
     pub fn snapshot_step(&self, job: &mut SnapshotJob, buf: &mut Vec<u8>) -> (bool, u64) {
         Metrics::inc(&self.metrics.snapshot_steps);
-        let st = self.lock();
+        let st = self.lock("snapshot_step");
         job.step(&st.store, buf)
     }
 
     /// Removes subscriptions; patterns the connection does not hold are ignored.
     pub fn unsubscribe(&self, conn: ConnId, patterns: &[String]) {
-        let mut st = self.lock();
+        let mut st = self.lock("unsubscribe");
         for p in patterns {
             if st.router.remove(p, conn) {
                 if let Some(c) = st.conn_mut(conn) {
-                    c.patterns.retain(|q| q != p);
+                    c.patterns.remove(p.as_str());
                 }
             }
         }
@@ -706,7 +727,7 @@ impl Hub {
         retain: bool,
         cid: Option<&str>,
     ) -> Result<u64, OpError> {
-        let mut st = self.lock_sampled();
+        let mut st = self.lock_sampled("publish");
         let Some(c) = st.conn(conn) else {
             return Err(OpError::new(
                 ErrorCode::Unavailable,
@@ -747,13 +768,13 @@ impl Hub {
 
     /// Publishes a message from the hub itself (for example a last will).
     pub fn publish_as_hub(&self, tag: &str, body: &RawValue, retain: bool) -> u64 {
-        self.lock()
+        self.lock("publish_as_hub")
             .route(&self.metrics, None, "hub", tag, body, retain, None)
     }
 
     /// Claims exclusive ownership of `prefix` and its subtree.
     pub fn claim(&self, conn: ConnId, prefix: &str) -> Result<(), OpError> {
-        let mut st = self.lock();
+        let mut st = self.lock("claim");
         let Some(c) = st.conn(conn) else {
             return Ok(());
         };
@@ -827,7 +848,7 @@ impl Hub {
         timeout: Option<Duration>,
         cid: Option<&str>,
     ) -> Result<(), OpError> {
-        let mut st = self.lock_sampled();
+        let mut st = self.lock_sampled("send_request");
         let from: Arc<str> = match conn {
             Some(c) => match st.conn(c) {
                 Some(c) if c.pending_requests >= self.config.max_pending_requests => {
@@ -914,7 +935,7 @@ impl Hub {
         hub_rid: u64,
         result: Result<&RawValue, ErrorBody>,
     ) -> Result<(), OpError> {
-        let mut st = self.lock_sampled();
+        let mut st = self.lock_sampled("reply");
         match st.pending.get(&hub_rid) {
             Some(p) if p.responder == conn => {}
             _ => {
@@ -938,7 +959,7 @@ impl Hub {
 
     /// Fails requests past their deadline; returns the next deadline.
     pub fn expire_requests(&self, now: Instant) -> Option<Instant> {
-        let mut st = self.lock();
+        let mut st = self.lock("expire_requests");
         while let Some(&(deadline, rid)) = st.deadlines.first() {
             if deadline > now {
                 return Some(deadline);
@@ -971,7 +992,7 @@ impl Hub {
     /// claim's last will and keeping the prefix reserved for `claim_grace_ms`),
     /// and the requests it was serving (their requesters get `unavailable`).
     pub fn disconnect(&self, conn: ConnId) {
-        let mut st = self.lock();
+        let mut st = self.lock("disconnect");
         st.authenticated(conn);
         let Some(c) = st
             .conns
@@ -1026,32 +1047,32 @@ impl Hub {
 
     /// Number of authenticated connections.
     pub fn connection_count(&self) -> usize {
-        self.lock().live
+        self.lock("connection_count").live
     }
 
     /// Number of connections waiting to authenticate.
     pub fn unauthenticated_count(&self) -> usize {
-        self.lock().unauth.len()
+        self.lock("unauthenticated_count").unauth.len()
     }
 
     /// Number of retained tags.
     pub fn retained_count(&self) -> usize {
-        self.lock().store.count()
+        self.lock("retained_count").store.count()
     }
 
     /// Device counts, kept as values change.
     pub fn device_counts(&self) -> DeviceCounts {
-        self.lock().devices
+        self.lock("device_counts").devices
     }
 
     /// The retained value of `tag`, if any.
     pub fn retained(&self, tag: &str) -> Option<Retained> {
-        self.lock().store.get(tag).cloned()
+        self.lock("retained").store.get(tag).cloned()
     }
 
     /// One device's retained values, by three direct lookups.
     pub fn device(&self, id: &str) -> DeviceRecord {
-        let st = self.lock();
+        let st = self.lock("device");
         let get = |part: &str| st.store.get(&format!("dev/{id}/{part}")).cloned();
         DeviceRecord {
             id: id.to_owned(),
@@ -1065,7 +1086,7 @@ impl Hub {
     /// `dev/<id>` branch of the store in one short lock hold. The last id of a
     /// page is where the next begins; a page shorter than [`DEVICE_PAGE`] is the last.
     pub fn devices_page(&self, after: Option<&str>) -> Vec<DeviceRecord> {
-        let st = self.lock();
+        let st = self.lock("devices_page");
         st.store
             .children_after("dev", after, DEVICE_PAGE)
             .into_iter()
@@ -1091,7 +1112,7 @@ impl Hub {
 
     /// The live connections.
     pub fn connections(&self) -> Vec<ConnInfo> {
-        self.lock()
+        self.lock("connections")
             .conns
             .iter()
             .flatten()
@@ -1108,7 +1129,7 @@ impl Hub {
 
     /// Entries and bytes queued for `conn`, for tests and diagnostics.
     pub fn outbox_usage(&self, conn: ConnId) -> Option<(usize, usize)> {
-        let st = self.lock();
+        let st = self.lock("outbox_usage");
         let c = st.conn(conn)?;
         Some((c.outbox.queued_entries(), c.outbox.queued_bytes()))
     }

@@ -29,7 +29,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
-    check_descriptors(hub.config());
     let timer = tokio::spawn(hub.clone().run_request_timer());
     let http = http.map(|l| tokio::spawn(crate::http::serve(hub.clone(), l, stop_rx.clone())));
     let mut conns = JoinSet::new();
@@ -140,6 +139,7 @@ pub fn check_descriptors(config: &HubConfig) {
 
 /// Binds `config.listen` and `config.http_listen` and serves in a background task.
 pub async fn start(config: HubConfig) -> std::io::Result<RunningHub> {
+    check_descriptors(&config);
     let listener = bind(config.listen, config.listen_backlog)?;
     let addr = listener.local_addr()?;
     let http = bind(config.http_listen, config.listen_backlog)?;

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
 use super::hub::Hub;
 use super::snapshot::SnapshotJob;
@@ -56,6 +57,8 @@ pub enum Drain {
     },
     /// Nothing queued; wait for [`Outbox::wait`].
     Empty,
+    /// A snapshot waits for its connection's snapshot rate; call again at this instant.
+    Later(Instant),
     /// Closed and fully drained: write what was appended, then hang up.
     Finished,
 }
@@ -94,7 +97,17 @@ struct Inner {
     /// index. Indices below `popped` are stale and ignored.
     pending: HashMap<Arc<str>, u64>,
     closed: bool,
+    /// Snapshot markers queued (most of the time none: draining takes everything).
+    markers: usize,
+    /// Snapshot bytes this connection may still send now (a token bucket;
+    /// negative after a step that overdrew it).
+    snapshot_tokens: f64,
+    /// When the bucket was last refilled.
+    refilled: Instant,
 }
+
+/// Snapshot bytes a connection may send at once before the rate applies.
+pub const SNAPSHOT_BURST: f64 = 4.0 * 1024.0 * 1024.0;
 
 /// Holes tolerated before compaction is considered.
 const MIN_HOLES_TO_COMPACT: usize = 256;
@@ -102,6 +115,9 @@ const MIN_HOLES_TO_COMPACT: usize = 256;
 /// The bounded outbound queue of one connection.
 pub struct Outbox {
     inner: Mutex<Inner>,
+    /// The writer's half of a double buffer: drained entries go here and the
+    /// queue gets its capacity back, so a busy queue never reallocates.
+    spare: Mutex<VecDeque<Entry>>,
     limit: usize,
     wake: Notify,
     ending: watch::Sender<Ending>,
@@ -111,6 +127,7 @@ impl Outbox {
     /// An empty queue holding at most `limit` bytes of non-conflatable frames.
     pub fn new(limit: usize) -> Arc<Self> {
         Arc::new(Outbox {
+            spare: Mutex::new(VecDeque::new()),
             inner: Mutex::new(Inner {
                 queue: VecDeque::new(),
                 bytes: 0,
@@ -118,6 +135,9 @@ impl Outbox {
                 popped: 0,
                 pending: HashMap::new(),
                 closed: false,
+                markers: 0,
+                snapshot_tokens: SNAPSHOT_BURST,
+                refilled: Instant::now(),
             }),
             limit,
             wake: Notify::new(),
@@ -231,61 +251,92 @@ impl Outbox {
             return Push::Overflow;
         }
         self.enqueue(&mut inner, Entry::Snapshot(Some(job)), cost);
+        inner.markers += 1;
         Push::Queued
     }
 
     /// Moves what is queued into `buf`: frames up to the next snapshot
     /// marker, or, at a marker, the next step of that snapshot (taken from
-    /// `hub`). The lock is held only to take entries; copying happens outside
-    /// it, so routing into this outbox never waits for a copy.
+    /// `hub`), as far as the connection's snapshot rate allows. The lock is
+    /// held only to take entries; copying happens outside it, so routing into
+    /// this outbox never waits for a copy.
     pub fn drain_into(&self, buf: &mut Vec<u8>, hub: &Hub) -> Drain {
         let start = buf.len();
         let mut msgs = 0;
-        let (taken, job, closed) = {
+        let rate = hub.config().snapshot_rate_bytes as f64;
+        // Only the connection's one writer drains, so this lock is never contended.
+        let mut taken = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        let (job, closed, later) = {
             let mut inner = self.lock();
-            let marker = inner
-                .queue
-                .iter()
-                .position(|e| matches!(e, Entry::Snapshot(_)));
-            let taken = match marker {
+            let marker = if inner.markers == 0 {
+                None
+            } else {
+                inner
+                    .queue
+                    .iter()
+                    .position(|e| matches!(e, Entry::Snapshot(_)))
+            };
+            match marker {
                 None => {
                     inner.pending.clear();
-                    std::mem::take(&mut inner.queue)
+                    inner.bytes = 0;
+                    inner.holes = 0;
+                    std::mem::swap(&mut inner.queue, &mut *taken);
                 }
-                Some(n) => inner.queue.drain(..n).collect(),
-            };
+                Some(n) => {
+                    taken.extend(inner.queue.drain(..n));
+                    for e in taken.iter() {
+                        match e {
+                            Entry::Frame { frame, .. } => inner.bytes -= frame.len(),
+                            Entry::Hole => inner.holes -= 1,
+                            Entry::Snapshot(_) => {}
+                        }
+                    }
+                }
+            }
             inner.popped += taken.len() as u64;
             let mut job = None;
+            let mut later = None;
             if marker == Some(0) {
-                if let Some(Entry::Snapshot(j)) = inner.queue.front_mut() {
-                    job = j.take();
+                let now = Instant::now();
+                let dt = now.saturating_duration_since(inner.refilled).as_secs_f64();
+                inner.refilled = now;
+                inner.snapshot_tokens = (inner.snapshot_tokens + dt * rate).min(SNAPSHOT_BURST);
+                // Within a byte of zero counts as paid off (floating-point refill).
+                if inner.snapshot_tokens > -1.0 {
+                    if let Some(Entry::Snapshot(j)) = inner.queue.front_mut() {
+                        job = j.take();
+                    }
+                } else {
+                    let wait = -inner.snapshot_tokens / rate;
+                    later = Some(now + std::time::Duration::from_secs_f64(wait));
                 }
             }
-            for e in &taken {
-                match e {
-                    Entry::Frame { frame, .. } => inner.bytes -= frame.len(),
-                    Entry::Hole => inner.holes -= 1,
-                    Entry::Snapshot(_) => {}
-                }
-            }
-            (taken, job, inner.closed && inner.queue.is_empty())
+            (job, inner.closed && inner.queue.is_empty(), later)
         };
-        for entry in taken {
+        for entry in taken.drain(..) {
             if let Entry::Frame { frame, msg, .. } = entry {
                 buf.extend_from_slice(&frame);
                 msgs += u64::from(msg);
             }
         }
+        if taken.capacity() > 4096 {
+            taken.shrink_to(1024);
+        }
+        drop(taken);
         let stepped = job.is_some();
         if let Some(mut job) = job {
+            let before = buf.len();
             let (done, n) = hub.snapshot_step(&mut job, buf);
             msgs += n;
             let mut inner = self.lock();
+            inner.snapshot_tokens -= (buf.len() - before) as f64;
             // A kill may have emptied the queue meanwhile; then the job just ends.
             if let Some(Entry::Snapshot(slot @ None)) = inner.queue.front_mut() {
                 if done {
                     inner.queue.pop_front();
                     inner.popped += 1;
+                    inner.markers -= 1;
                     inner.bytes -= job.cost();
                     job.encode_end(buf);
                 } else {
@@ -293,10 +344,11 @@ impl Outbox {
                 }
             }
         }
-        match (buf.len() > start || stepped, closed) {
-            (_, true) => Drain::Finished,
-            (true, false) => Drain::Data { msgs },
-            (false, false) => Drain::Empty,
+        match (buf.len() > start || stepped, closed, later) {
+            (_, true, _) => Drain::Finished,
+            (true, false, _) => Drain::Data { msgs },
+            (false, false, Some(at)) => Drain::Later(at),
+            (false, false, None) => Drain::Empty,
         }
     }
 
@@ -322,6 +374,7 @@ impl Outbox {
                 inner.pending.clear();
                 inner.bytes = 0;
                 inner.holes = 0;
+                inner.markers = 0;
             }
             let n = last.len();
             let entry = Entry::Frame {
@@ -480,6 +533,53 @@ mod tests {
         o.push_retained(&a, Bytes::from_static(b"a1\n"));
         o.push_retained(&a, Bytes::from_static(b"a2\n"));
         assert_eq!(drain_all(&o), "a1\na2\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn snapshots_keep_to_the_connection_snapshot_rate() {
+        let rate = 1024 * 1024;
+        let hub = Hub::new(HubConfig {
+            snapshot_rate_bytes: rate,
+            ..HubConfig::default()
+        });
+        let body = serde_json::value::RawValue::from_string(format!("\"{}\"", "x".repeat(100_000)))
+            .unwrap();
+        for i in 0..80 {
+            hub.publish_as_hub(&format!("big/{i:02}"), &body, true);
+        }
+        let o = Outbox::new(1 << 20);
+        let ident = crate::server::Identity {
+            name: Arc::from("viewer"),
+            role: Some(crate::config::Role::Viewer),
+            may_claim: None,
+            principal: Arc::from("viewer"),
+        };
+        let conn = hub
+            .connect_as("127.0.0.1:1".parse().unwrap(), o.clone(), ident)
+            .unwrap();
+        hub.subscribe(conn, &["big/#".to_string()], Some(0), None)
+            .unwrap();
+        let mut buf = Vec::new();
+        let at = loop {
+            match o.drain_into(&mut buf, &hub) {
+                Drain::Data { .. } => {}
+                Drain::Later(at) => break at,
+                other => panic!("{other:?}"),
+            }
+        };
+        // The burst went out at once, then the rate applies.
+        assert!(buf.len() as f64 >= SNAPSHOT_BURST, "{}", buf.len());
+        assert!(buf.len() < 8 * 1024 * 1024, "{}", buf.len());
+        let wait = at - Instant::now();
+        let deficit = buf.len() as f64 - SNAPSHOT_BURST;
+        assert!(
+            (wait.as_secs_f64() - deficit / rate as f64).abs() < 0.01,
+            "{wait:?}"
+        );
+        tokio::time::advance(wait).await;
+        let before = buf.len();
+        assert!(matches!(o.drain_into(&mut buf, &hub), Drain::Data { .. }));
+        assert!(buf.len() > before);
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct Session {
     bad_in_row: u32,
     opened: Instant,
     last_heard: Instant,
+    /// A complete frame arrived since the transport last called [`Session::heard`].
+    fresh: bool,
     pinged: bool,
 }
 
@@ -71,6 +73,7 @@ impl Session {
             bad_in_row: 0,
             opened: now,
             last_heard: now,
+            fresh: false,
             pinged: false,
         })
     }
@@ -116,11 +119,20 @@ impl Session {
         Flow::Close
     }
 
-    /// Notes that the client sent a complete frame: only frames count as a
-    /// sign of life, so a trickle of bytes cannot keep a socket open.
+    /// Called by the transport after a read: if a complete frame arrived,
+    /// the client is alive as of `now`. Only frames count as a sign of life,
+    /// so a trickle of bytes cannot keep a socket open.
     pub fn heard(&mut self, now: Instant) {
-        self.last_heard = now;
-        self.pinged = false;
+        if std::mem::take(&mut self.fresh) {
+            self.last_heard = now;
+            self.pinged = false;
+        }
+    }
+
+    /// Notes a sign of life below the protocol (a WebSocket ping or pong).
+    pub fn alive(&mut self, now: Instant) {
+        self.fresh = true;
+        self.heard(now);
     }
 
     /// When [`Session::tick`] must next run.
@@ -209,7 +221,7 @@ impl Session {
         if line.len() > self.max_line() {
             return self.frame_too_large();
         }
-        self.heard(Instant::now());
+        self.fresh = true;
         let incoming = match parse_client_frame(line) {
             Ok(i) => i,
             Err(fe) => {

@@ -36,17 +36,23 @@ pub struct SnapshotJob {
 }
 
 impl SnapshotJob {
-    /// A snapshot of the values matching `patterns` as of `seq`, newer than `after`.
-    pub fn new(patterns: &[String], seq: u64, after: u64, id: Option<&RawValue>) -> Box<Self> {
+    /// A snapshot of the values matching `patterns`, newer than `after`; its
+    /// seq is set with [`SnapshotJob::set_seq`] when the subscription is added.
+    pub fn new(patterns: &[String], after: u64, id: Option<&RawValue>) -> Box<Self> {
         let cost = 64 + patterns.iter().map(|p| p.len() + 16).sum::<usize>();
         Box::new(SnapshotJob {
             query: Query::new(patterns),
             cursor: Cursor::default(),
-            seq,
+            seq: 0,
             after,
             id: id.map(ToOwned::to_owned),
             cost,
         })
+    }
+
+    /// Fixes the snapshot at `seq`: values newer than it arrive live.
+    pub fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
     }
 
     /// What the job costs its outbox while queued.

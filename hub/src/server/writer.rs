@@ -7,10 +7,13 @@
 //! and the final `err` frame follows it, so the client reads whole frames up
 //! to the reason it was dropped, never a truncated line.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, Sleep};
 
 use super::hub::Hub;
 use super::metrics::Metrics;
@@ -36,15 +39,62 @@ pub enum Written {
     Failed(std::io::Error),
 }
 
-/// Writes `buf`, giving up when the socket makes no progress for `timeout`
-/// or, with `abandon_on` given, when that outbox is killed.
+/// The write deadline of one connection: fires when no write has made
+/// progress for the timeout. Its timer is armed lazily and re-armed only when
+/// it fires early, so a busy connection does not touch the timer wheel on
+/// every blocked write (each registration of an earlier timer wakes the
+/// runtime's driver).
+pub struct Deadline {
+    timeout: Duration,
+    progress: Instant,
+    sleep: Pin<Box<Sleep>>,
+    armed: bool,
+}
+
+impl Deadline {
+    /// A deadline of `timeout` without progress.
+    pub fn new(timeout: Duration) -> Self {
+        let now = Instant::now();
+        Deadline {
+            timeout,
+            progress: now,
+            sleep: Box::pin(tokio::time::sleep_until(now + timeout)),
+            armed: true,
+        }
+    }
+
+    /// Notes that a write made progress (or a batch starts).
+    pub fn progressed(&mut self) {
+        self.progress = Instant::now();
+    }
+
+    /// Resolves once no progress has been noted for the timeout.
+    pub async fn expired(&mut self) {
+        loop {
+            let due = self.progress + self.timeout;
+            if !self.armed {
+                self.sleep.as_mut().reset(due);
+                self.armed = true;
+            }
+            self.sleep.as_mut().await;
+            self.armed = false;
+            if Instant::now() >= self.progress + self.timeout {
+                return;
+            }
+        }
+    }
+}
+
+/// Writes `buf`, giving up when the socket makes no progress before
+/// `deadline` expires or, with `abandon_on` given, when that outbox is killed.
 pub async fn write_frames<W: AsyncWrite + Unpin>(
     wr: &mut W,
     buf: &[u8],
-    timeout: Duration,
+    deadline: &mut Deadline,
     abandon_on: Option<&Outbox>,
 ) -> Written {
     let mut at = 0;
+    deadline.progressed();
     let abandoned = async {
         match abandon_on {
             Some(o) => o.abandoned().await,
@@ -53,15 +103,25 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
     };
     tokio::pin!(abandoned);
     while at < buf.len() {
-        tokio::select! {
-            biased;
-            _ = &mut abandoned => return Written::Abandoned { at },
-            r = tokio::time::timeout(timeout, wr.write(&buf[at..])) => match r {
-                Err(_) => return Written::Stalled { at },
-                Ok(Ok(0)) => return Written::Failed(std::io::ErrorKind::WriteZero.into()),
-                Ok(Ok(n)) => at += n,
-                Ok(Err(e)) => return Written::Failed(e),
+        // Most writes complete at once: try before waiting on anything.
+        let r = match wr.write(&buf[at..]).now_or_never() {
+            Some(r) => r,
+            None => tokio::select! {
+                biased;
+                _ = &mut abandoned => return Written::Abandoned { at },
+                r = wr.write(&buf[at..]) => r,
+                _ = deadline.expired() => return Written::Stalled { at },
+            },
+        };
+        match r {
+            Ok(0) => return Written::Failed(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                at += n;
+                if at < buf.len() {
+                    deadline.progressed();
+                }
             }
+            Err(e) => return Written::Failed(e),
         }
     }
     Written::Done
@@ -71,6 +131,7 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
 /// drain, each under the write deadline, counting delivered messages.
 pub async fn run<W: AsyncWrite + Unpin>(mut wr: W, outbox: &Outbox, hub: &Hub) {
     let timeout = hub.config().write_timeout();
+    let mut deadline = Deadline::new(timeout);
     let mut buf = Vec::new();
     loop {
         let state = outbox.drain_into(&mut buf, hub);
@@ -78,7 +139,7 @@ pub async fn run<W: AsyncWrite + Unpin>(mut wr: W, outbox: &Outbox, hub: &Hub) {
             // The batch with the final frame is written whole; any other is
             // abandoned when the outbox is killed meanwhile.
             let watch = (state != Drain::Finished).then_some(outbox);
-            match write_frames(&mut wr, &buf, timeout, watch).await {
+            match write_frames(&mut wr, &buf, &mut deadline, watch).await {
                 Written::Done => {
                     if let Drain::Data { msgs } = state {
                         Metrics::add(&hub.metrics().deliveries, msgs);
@@ -112,6 +173,12 @@ pub async fn run<W: AsyncWrite + Unpin>(mut wr: W, outbox: &Outbox, hub: &Hub) {
         match state {
             Drain::Data { .. } => {}
             Drain::Empty => outbox.wait().await,
+            Drain::Later(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = outbox.wait() => {}
+                }
+            }
             Drain::Finished => {
                 let _ = wr.shutdown().await;
                 return;
