@@ -85,7 +85,7 @@ struct AgentFile {
 }
 
 fn default_hub() -> String {
-    format!("127.0.0.1:{}", patchbay_hub::protocol::DEFAULT_PORT)
+    format!("127.0.0.1:{}", patchbay_client::protocol::DEFAULT_PORT)
 }
 fn default_name() -> String {
     "agent".into()

@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use patchbay_client::device::DeviceErrorCode;
+use patchbay_client::{ClientBuilder, Requests};
 use patchbay_drivers::line::LineProfile;
 use patchbay_drivers::sim::escvp21::PtyDevice;
 use patchbay_drivers::sim::{lg_display, pjlink, ProjectorConfig, Sim};
 use patchbay_drivers::{SerialSettings, Transport};
-use patchbay_hub::client::{connect, Client, ClientOptions, Event, Events};
 use patchbay_hub::config::HubConfig;
-use patchbay_hub::protocol::ErrorBody;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -103,28 +103,21 @@ impl SimControls {
 }
 
 /// Answers `sim/<id>/control` requests (body: a command string) for fault injection.
-async fn serve_controls(client: Client, mut events: Events, controls: SimControls) {
-    while let Some(event) = events.next().await {
-        let Event::Request(r) = event else { continue };
+async fn serve_controls(requests: Requests, controls: SimControls) {
+    while let Some(r) = requests.next().await {
         let id = r
-            .tag
+            .tag()
             .strip_prefix("sim/")
             .and_then(|t| t.strip_suffix("/control"))
-            .unwrap_or("");
-        let command = r.body.as_str().unwrap_or("");
-        let _ = match controls.apply(id, command) {
+            .unwrap_or("")
+            .to_owned();
+        let command: String = r.json().unwrap_or_default();
+        let _ = match controls.apply(&id, &command) {
             Ok(answer) => {
-                client
-                    .reply(r.rid, Ok(&serde_json::json!({ "answer": answer })))
+                r.respond_json(&serde_json::json!({ "answer": answer }))
                     .await
             }
-            Err(e) => {
-                let e = ErrorBody {
-                    code: "invalid_value".into(),
-                    message: e,
-                };
-                client.reply(r.rid, Err(&e)).await
-            }
+            Err(e) => r.respond_error(DeviceErrorCode::InvalidValue, e).await,
         };
     }
 }
@@ -165,16 +158,12 @@ pub async fn run(opts: DemoOptions, shutdown: watch::Receiver<bool>) -> anyhow::
         ]),
         pty: ("proj-3".to_owned(), pty),
     };
-    let (control_client, control_events) = connect(
-        &hub.addr.to_string(),
-        &ClientOptions {
-            name: "demo-simulators".into(),
-            token: None,
-        },
-    )
-    .await?;
+    let control_client = ClientBuilder::new(hub.addr.to_string())
+        .name("demo-simulators")
+        .connect()
+        .await?;
     control_client.claim("sim").await?;
-    tokio::spawn(serve_controls(control_client, control_events, controls));
+    tokio::spawn(serve_controls(control_client.requests(), controls));
     let (l4, a4) = local_listener().await?;
     tokio::spawn(lg_display::serve(l4));
 

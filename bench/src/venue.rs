@@ -742,6 +742,7 @@ pub async fn run(p: VenueParams) -> anyhow::Result<Value> {
         "hub_cpu_s": cpu,
         "hub_cpu_share": cpu / elapsed,
         "lock_hold_max_ms": metric(&metrics, "patchbay_lock_hold_max_seconds") * 1e3,
+        "lock_running_max_ms": metric(&metrics, "patchbay_lock_hold_running_max_seconds") * 1e3,
         "lock_holds_over_5ms": metric(&metrics, "patchbay_lock_hold_seconds_count") - metric(&metrics, "patchbay_lock_hold_seconds_bucket{le=\"0.005\"}"),
         "slow_consumer_drops": metric(&metrics, "patchbay_slow_consumer_drops_total"),
     }))

@@ -6,7 +6,7 @@ use crate::escvp21::Escvp21;
 use crate::line::LineDriver;
 use crate::pjlink::Pjlink;
 use crate::DriverError;
-use patchbay_hub::schema::{Description, DeviceEvent, State};
+use patchbay_client::schema::{Description, DeviceEvent, State};
 
 /// What every device driver does.
 pub trait Driver: Send {

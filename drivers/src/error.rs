@@ -59,7 +59,7 @@ pub enum DriverError {
     Protocol(String),
     /// Desired settings the schema does not allow.
     #[error(transparent)]
-    Schema(#[from] patchbay_hub::schema::SchemaError),
+    Schema(#[from] patchbay_client::schema::SchemaError),
     /// The driver's configuration is unusable.
     #[error("configuration: {0}")]
     Config(String),

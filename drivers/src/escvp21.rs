@@ -13,8 +13,8 @@ use crate::lineio::LineIo;
 use crate::sim::escvp21::NET_HELLO;
 use crate::transport::Transport;
 use crate::DriverError;
-use patchbay_hub::schema::SchemaError;
-use patchbay_hub::schema::{Description, DeviceEvent, Kind, Level, Setting, State};
+use patchbay_client::schema::SchemaError;
+use patchbay_client::schema::{Description, DeviceEvent, Kind, Level, Setting, State};
 
 /// Tunables for the ESC/VP21 driver.
 #[derive(Debug, Clone)]

@@ -14,7 +14,7 @@ pub mod transport;
 
 pub use driver::{AnyDriver, Driver, Progress};
 pub use error::DriverError;
-pub use patchbay_hub::schema::{
+pub use patchbay_client::schema::{
     self, Description, DeviceEvent, Kind, Level, SchemaError, Setting, State,
 };
 pub use transport::{SerialSettings, Transport};

@@ -16,8 +16,8 @@ use serde_json::{json, Map, Value};
 use crate::lineio::LineIo;
 use crate::transport::Transport;
 use crate::DriverError;
-use patchbay_hub::schema::SchemaError;
-use patchbay_hub::schema::{Description, DeviceEvent, Kind, Setting, State};
+use patchbay_client::schema::SchemaError;
+use patchbay_client::schema::{Description, DeviceEvent, Kind, Setting, State};
 
 /// One setting in a profile file.
 #[derive(Debug, Clone, Deserialize)]

@@ -1,18 +1,16 @@
 //! patchbay hub: the tag router, retained store and request/reply broker that
-//! agents, controllers and operators connect to, plus the wire protocol and
-//! the async client they share.
+//! agents, controllers and operators connect to, and its HTTP side.
 //!
-//! [`protocol`], [`tag`] and [`client`] have no server dependencies; agents
-//! and the CLI use only those. [`server`] is the hub itself.
+//! The wire protocol, tags, the device vocabulary and the client library live
+//! in `patchbay-client`, which has no server dependencies; they are
+//! re-exported here for the hub's own use.
 
-pub mod client;
 pub mod config;
-pub mod devices;
 pub mod http;
-pub mod protocol;
-pub mod schema;
 pub mod server;
-pub mod tag;
+
+pub use patchbay_client::device as devices;
+pub use patchbay_client::{protocol, schema, tag, trie};
 
 /// Sets up structured logs on stderr for the binaries: level from `RUST_LOG`
 /// (default `info`), colours only on a terminal.

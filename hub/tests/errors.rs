@@ -226,6 +226,7 @@ async fn owned_when_claims_overlap() {
     watcher
         .send(json!({"op":"sub","tags":["dev/p1/online"],"snapshot":true}))
         .await;
+    assert_eq!(watcher.recv().await["op"], "snapshot");
     let will = watcher.recv().await;
     assert_eq!(will["body"]["online"], false, "{will}");
     let e = b.call(json!({"op":"claim","prefix":"dev/p1"}), 5).await;

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::hub_with;
-use patchbay_hub::client::{connect, Client, ClientOptions, Event, Events};
+use patchbay_client::{Body, Client, ClientBuilder, PublishOptions, Request, Requests};
 use patchbay_hub::config::{HubConfig, Role, TokenConfig};
 use patchbay_hub::protocol::ErrorBody;
 use patchbay_hub::server::RunningHub;
@@ -31,26 +31,31 @@ fn meta(id: &str) -> Value {
 }
 
 /// A fake agent owning `dev/<id>` for each id, online unless listed offline.
-async fn agent(hub: &RunningHub, ids: &[&str], offline: &[&str]) -> (Client, Events) {
-    let (c, ev) = connect(
-        &hub.addr.to_string(),
-        &ClientOptions {
-            name: "fake-agent".into(),
-            token: None,
-        },
-    )
-    .await
-    .unwrap();
+async fn agent(hub: &RunningHub, ids: &[&str], offline: &[&str]) -> (Client, Requests) {
+    let c = ClientBuilder::new(hub.addr.to_string())
+        .name("fake-agent")
+        .no_reconnect()
+        .connect()
+        .await
+        .unwrap();
+    let retain = PublishOptions {
+        retain: true,
+        cid: None,
+    };
     for id in ids {
         c.claim(&format!("dev/{id}")).await.unwrap();
-        c.publish_confirmed(&format!("dev/{id}/meta"), &meta(id), true, None)
-            .await
-            .unwrap();
-        c.publish_confirmed(
+        c.publish_acked(
+            &format!("dev/{id}/meta"),
+            &Body::from(meta(id)),
+            retain.clone(),
+        )
+        .await
+        .unwrap();
+        let state = json!({"power":"off","input":"hdmi1"});
+        c.publish_acked(
             &format!("dev/{id}/state"),
-            &json!({"power":"off","input":"hdmi1"}),
-            true,
-            None,
+            &Body::from(state),
+            retain.clone(),
         )
         .await
         .unwrap();
@@ -60,29 +65,32 @@ async fn agent(hub: &RunningHub, ids: &[&str], offline: &[&str]) -> (Client, Eve
         } else {
             json!("cannot connect to 10.0.0.9:4352")
         };
-        c.publish_confirmed(
-            &format!("dev/{id}/online"),
-            &json!({"online": online, "reason": reason}),
-            true,
-            None,
-        )
-        .await
-        .unwrap();
+        let body = Body::from(json!({"online": online, "reason": reason}));
+        c.publish_acked(&format!("dev/{id}/online"), &body, retain.clone())
+            .await
+            .unwrap();
     }
-    (c, ev)
+    let requests = c.requests();
+    (c, requests)
 }
 
-async fn next_request(ev: &mut Events) -> patchbay_hub::client::Request {
-    loop {
-        match tokio::time::timeout(WAIT, ev.next())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            Event::Request(r) => return r,
-            _ => continue,
-        }
-    }
+async fn next_request(requests: &Requests) -> Request {
+    tokio::time::timeout(WAIT, requests.next())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Publishes a retained value as `client`, waiting for the hub.
+async fn retain(client: &Client, tag: &str, body: Value) {
+    let opts = PublishOptions {
+        retain: true,
+        cid: None,
+    };
+    client
+        .publish_acked(tag, &Body::from(body), opts)
+        .await
+        .unwrap();
 }
 
 async fn error_of(res: reqwest::Response, status: StatusCode, code: &str) -> Value {
@@ -202,7 +210,7 @@ async fn commands_and_every_status_code() {
         ..HubConfig::default()
     })
     .await;
-    let (a, mut ev) = agent(&hub, &["p1", "p2"], &["p2"]).await;
+    let (a, ev) = agent(&hub, &["p1", "p2"], &["p2"]).await;
     let patch = |id: &str, body: &str| {
         http()
             .patch(url(&hub, &format!("/api/devices/{id}")))
@@ -216,13 +224,10 @@ async fn commands_and_every_status_code() {
             .header("x-correlation-id", "op-42")
             .send(),
     );
-    let r = next_request(&mut ev).await;
-    assert_eq!(
-        (r.tag.as_str(), r.cid.as_deref()),
-        ("dev/p1/set", Some("op-42"))
-    );
-    assert_eq!(r.body, json!({"power":"on"}));
-    a.reply(r.rid, Ok(&json!({"power":"on","input":"hdmi1"})))
+    let r = next_request(&ev).await;
+    assert_eq!((r.tag(), r.cid()), ("dev/p1/set", Some("op-42")));
+    assert_eq!(r.json::<Value>().unwrap(), json!({"power":"on"}));
+    r.respond(&Body::from(json!({"power":"on","input":"hdmi1"})))
         .await
         .unwrap();
     let res = pending.await.unwrap().unwrap();
@@ -235,8 +240,9 @@ async fn commands_and_every_status_code() {
 
     // Without a correlation id, one is generated and returned.
     let pending = tokio::spawn(patch("p1", r#"{"input":"hdmi2"}"#).send());
-    let r = next_request(&mut ev).await;
-    a.reply(r.rid, Ok(&json!({"power":"on","input":"hdmi2"})))
+    let r = next_request(&ev).await;
+    let sent_cid = r.cid().map(str::to_owned);
+    r.respond(&Body::from(json!({"power":"on","input":"hdmi2"})))
         .await
         .unwrap();
     let res = pending.await.unwrap().unwrap();
@@ -244,7 +250,7 @@ async fn commands_and_every_status_code() {
         .to_str()
         .unwrap()
         .to_owned();
-    assert_eq!(Some(cid.as_str()), r.cid.as_deref());
+    assert_eq!(Some(cid.as_str()), sent_cid.as_deref());
     assert!(cid.starts_with("http-"), "{cid}");
 
     // 409 busy, 502 device error, 504 device timeout: the agent's own codes.
@@ -254,12 +260,12 @@ async fn commands_and_every_status_code() {
         ("device_timeout", StatusCode::GATEWAY_TIMEOUT),
     ] {
         let pending = tokio::spawn(patch("p1", r#"{"power":"off"}"#).send());
-        let r = next_request(&mut ev).await;
+        let r = next_request(&ev).await;
         let e = ErrorBody {
             code: code.into(),
             message: format!("the device said {code}"),
         };
-        a.reply(r.rid, Err(&e)).await.unwrap();
+        r.respond_result(Err(&e)).await.unwrap();
         let body = error_of(pending.await.unwrap().unwrap(), status, code).await;
         assert_eq!(body["error"]["message"], format!("the device said {code}"));
     }
@@ -271,7 +277,7 @@ async fn commands_and_every_status_code() {
         .send()
         .await
         .unwrap();
-    let _ignored = next_request(&mut ev).await;
+    drop(next_request(&ev).await);
     error_of(res, StatusCode::GATEWAY_TIMEOUT, "timeout").await;
     let res = http()
         .patch(url(&hub, "/api/devices/p1?timeout_ms=50"))
@@ -350,9 +356,8 @@ async fn commands_and_every_status_code() {
 
     // 503 when the agent disappears in the middle of a command.
     let pending = tokio::spawn(patch("p1", r#"{"power":"off"}"#).send());
-    let _r = next_request(&mut ev).await;
-    drop(a);
-    drop(ev);
+    let r = next_request(&ev).await;
+    drop((a, ev, r));
     error_of(
         pending.await.unwrap().unwrap(),
         StatusCode::SERVICE_UNAVAILABLE,
@@ -503,24 +508,16 @@ async fn sse_snapshot_live_and_resume_with_last_event_id() {
         .collect();
     assert_eq!(tags, ["dev/p1/state", "dev/p2/state", "dev/p3/state"]);
     assert_eq!(first[3].1, "snapshot");
-    a.publish_confirmed("dev/p1/state", &json!({"power":"warming"}), true, None)
-        .await
-        .unwrap();
+    retain(&a, "dev/p1/state", json!({"power":"warming"})).await;
     let live = sse_events(&mut res, &mut buf, 1).await;
     assert_eq!(live[0].2["body"]["power"], "warming");
     let last_id = live[0].0.unwrap();
     drop(res);
 
     // While disconnected: p2 changes twice, p3 once, p1 not at all.
-    a.publish_confirmed("dev/p2/state", &json!({"power":"on"}), true, None)
-        .await
-        .unwrap();
-    a.publish_confirmed("dev/p2/state", &json!({"power":"cooling"}), true, None)
-        .await
-        .unwrap();
-    a.publish_confirmed("dev/p3/state", &json!({"power":"on"}), true, None)
-        .await
-        .unwrap();
+    retain(&a, "dev/p2/state", json!({"power":"on"})).await;
+    retain(&a, "dev/p2/state", json!({"power":"cooling"})).await;
+    retain(&a, "dev/p3/state", json!({"power":"on"})).await;
     let mut res = http()
         .get(url(&hub, "/api/events?tags=dev/%2B/state"))
         .header("last-event-id", last_id.to_string())
@@ -599,15 +596,14 @@ async fn websocket_speaks_the_wire_protocol() {
         }
     }
     assert_eq!(next(&mut ws).await["op"], "welcome");
+    assert_eq!(next(&mut ws).await["op"], "snapshot");
     let m = next(&mut ws).await;
     assert_eq!(
         (m["op"].as_str(), m["tag"].as_str()),
         (Some("msg"), Some("dev/p1/state"))
     );
     assert_eq!(next(&mut ws).await["op"], "ok");
-    a.publish("dev/p1/state", &json!({"power":"on"}), true)
-        .await
-        .unwrap();
+    retain(&a, "dev/p1/state", json!({"power":"on"})).await;
     assert_eq!(next(&mut ws).await["body"]["power"], "on");
     ws.send(Message::text("garbage")).await.unwrap();
     assert_eq!(next(&mut ws).await["code"], "bad_frame");

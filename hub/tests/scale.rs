@@ -70,6 +70,7 @@ async fn a_snapshot_larger_than_the_outbox_reaches_a_reader_that_reads() {
     let end = loop {
         let f = s.recv().await;
         match f["op"].as_str() {
+            Some("snapshot") => assert_eq!(f["id"], 7),
             Some("msg") => assert!(seen.insert(f["tag"].as_str().unwrap().to_owned())),
             Some("ok") => break f,
             _ => panic!("unexpected {f}"),
@@ -297,6 +298,10 @@ async fn a_huge_snapshot_is_taken_in_steps_while_everyone_else_is_served() {
         if f["op"] == "ok" {
             assert_eq!(f["id"], "big");
             break;
+        }
+        if f["op"] == "snapshot" {
+            assert_eq!(f["id"], "big");
+            continue;
         }
         count += 1;
     }

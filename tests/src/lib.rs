@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use patchbay_hub::client::{connect, Client, ClientOptions, Event, Events, Message};
-use patchbay_hub::devices::{group, DeviceView, DEVICE_PATTERNS};
+use patchbay_client::device::{group, DeviceView, DEVICE_PATTERNS};
+use patchbay_client::{ClientBuilder, Message, Subscription};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -166,8 +166,7 @@ pub async fn cli(hub: &str, args: &[&str]) -> (bool, String, String) {
 
 /// Follows every device's retained values on a hub, as a console would.
 pub struct Watcher {
-    _client: Client,
-    events: Events,
+    sub: Subscription,
     /// Latest view of each device.
     pub devices: BTreeMap<String, DeviceView>,
     /// Every message seen, in order.
@@ -177,25 +176,20 @@ pub struct Watcher {
 impl Watcher {
     /// Connects and takes the snapshot.
     pub async fn new(hub: &str) -> Watcher {
-        let (client, mut events) = connect(
-            hub,
-            &ClientOptions {
-                name: "e2e-watcher".into(),
-                token: None,
-            },
-        )
-        .await
-        .unwrap();
-        let patterns: Vec<String> = DEVICE_PATTERNS.iter().map(|p| p.to_string()).collect();
-        let snapshot = events.snapshot(&client, &patterns).await.unwrap();
+        let client = ClientBuilder::new(hub)
+            .name("e2e-watcher")
+            .no_reconnect()
+            .connect()
+            .await
+            .unwrap();
+        let mut sub = client
+            .subscribe_with_snapshot(DEVICE_PATTERNS)
+            .await
+            .unwrap();
+        let snapshot = sub.snapshot().await.unwrap();
         let log = snapshot.clone();
-        let devices = group(snapshot.into_iter().map(|m| (m.tag, m.body)));
-        Watcher {
-            _client: client,
-            events,
-            devices,
-            log,
-        }
+        let devices = group(snapshot.iter().map(|m| (m.tag(), body(m))));
+        Watcher { sub, devices, log }
     }
 
     /// Reads messages until `pred` holds for the devices; panics after [`WAIT`].
@@ -206,7 +200,7 @@ impl Watcher {
     ) {
         let deadline = tokio::time::Instant::now() + WAIT;
         while !pred(&self.devices) {
-            let ev = tokio::time::timeout_at(deadline, self.events.next())
+            let m = tokio::time::timeout_at(deadline, self.sub.next())
                 .await
                 .unwrap_or_else(|_| {
                     panic!(
@@ -215,9 +209,9 @@ impl Watcher {
                     )
                 })
                 .expect("hub connection closed");
-            if let Event::Message(m) = ev {
+            {
                 self.log.push(m.clone());
-                for (id, view) in group([(m.tag, m.body)]) {
+                for (id, view) in group([(m.tag(), body(&m))]) {
                     let entry = self.devices.entry(id).or_insert(view.clone());
                     if view.meta.is_some() {
                         entry.meta = view.meta;
@@ -232,6 +226,11 @@ impl Watcher {
             }
         }
     }
+}
+
+/// A message's body as a JSON value.
+pub fn body(m: &Message) -> serde_json::Value {
+    m.json().unwrap_or(serde_json::Value::Null)
 }
 
 /// Is device `id` known and online?

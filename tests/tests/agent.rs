@@ -1,7 +1,7 @@
 //! The agent end to end: hub, simulators and agent as separate processes,
 //! driven with the `patchbay` CLI and watched over the wire protocol.
 
-use patchbay_hub::client::{connect, ClientOptions};
+use patchbay_client::{Body, ClientBuilder, RequestOptions};
 use patchbay_tests::{agent, cli, hub, offline, online, pjlink_sim, temp_file, Watcher, WAIT};
 use serde_json::json;
 
@@ -77,7 +77,7 @@ async fn set_returns_after_warm_up_with_the_confirmed_state() {
     assert!(
         w.log
             .iter()
-            .any(|m| m.tag == "dev/proj-1/state" && m.cid.as_deref() == Some("e2e-1")),
+            .any(|m| m.tag() == "dev/proj-1/state" && m.cid() == Some("e2e-1")),
         "the state message caused by the command carries its correlation id"
     );
     let (ok, json_out, _) = cli(&hub.addr(), &["get", "proj-1", "--json"]).await;
@@ -100,23 +100,18 @@ async fn killing_the_agent_mid_command_and_restarting_it() {
     let mut w = Watcher::new(&hub.addr()).await;
     w.until("online", |d| online(d, "proj-1")).await;
 
-    let (op, _events) = connect(
-        &hub.addr(),
-        &ClientOptions {
-            name: "op".into(),
-            token: None,
-        },
-    )
-    .await
-    .unwrap();
-    let pending = tokio::spawn(async move {
-        op.request(
-            "dev/proj-1/set",
-            &json!({"power":"on"}),
-            std::time::Duration::from_secs(120),
-            Some("kill-1"),
-        )
+    let op = ClientBuilder::new(hub.addr())
+        .name("op")
+        .connect()
         .await
+        .unwrap();
+    let pending = tokio::spawn(async move {
+        let opts = RequestOptions {
+            timeout: Some(std::time::Duration::from_secs(120)),
+            cid: Some("kill-1"),
+        };
+        op.request_with("dev/proj-1/set", &Body::from(json!({"power":"on"})), opts)
+            .await
     });
     // Wait until the projector is warming: the agent is in the middle of the command.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -190,7 +185,7 @@ async fn a_dead_simulator_goes_offline_alone_and_comes_back() {
     assert!(
         !w.log
             .iter()
-            .any(|m| m.tag == "dev/proj-2/online" && m.body["online"] == false),
+            .any(|m| m.tag() == "dev/proj-2/online" && patchbay_tests::body(m)["online"] == false),
         "proj-2 never went offline"
     );
 

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use patchbay_hub::client::{connect, ClientOptions};
+use patchbay_client::{Body, RequestOptions};
 use patchbay_tests::{bin, Proc, WAIT};
 use serde_json::{json, Value};
 use tokio::process::Command;
@@ -185,16 +185,16 @@ async fn console_lists_controls_and_reports_devices() {
     assert!(outcome.contains("standby"), "{outcome}");
 
     // An offline device's controls are disabled, with the reason on hover.
-    let (ctl, _events) = connect(
-        &hub,
-        &ClientOptions {
-            name: "test".into(),
-            token: None,
-        },
-    )
-    .await
-    .unwrap();
-    ctl.request("sim/proj-3/control", &json!("unplug"), WAIT, None)
+    let ctl = patchbay_client::ClientBuilder::new(&hub)
+        .name("test")
+        .connect()
+        .await
+        .unwrap();
+    let opts = RequestOptions {
+        timeout: Some(WAIT),
+        cid: None,
+    };
+    ctl.request_with("sim/proj-3/control", &Body::from(json!("unplug")), opts)
         .await
         .unwrap();
     text_until(

@@ -88,7 +88,14 @@ impl Common {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    patchbay_hub::init_logging();
+    // Logs on stderr, level from RUST_LOG (default info), colours only on a terminal.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let cli = Cli::parse();
     let mut pty = None;
     let sim = match cli.protocol {

@@ -19,8 +19,8 @@ use crate::lineio::LineIo;
 use crate::transport::Transport;
 use crate::DriverError;
 use codec::Greeting;
-use patchbay_hub::schema::SchemaError;
-use patchbay_hub::schema::{Description, DeviceEvent, Kind, Level, Setting, State};
+use patchbay_client::schema::SchemaError;
+use patchbay_client::schema::{Description, DeviceEvent, Kind, Level, Setting, State};
 
 /// Tunables for the PJLink driver.
 #[derive(Debug, Clone)]

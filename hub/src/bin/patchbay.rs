@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use patchbay_hub::client::{connect, ClientOptions, Event, Message};
-use patchbay_hub::devices::{group, parse_assignments, DeviceView, DEVICE_PATTERNS};
+use patchbay_client::device::{group, parse_assignments, DeviceView, DEVICE_PATTERNS};
+use patchbay_client::{Body, Client, ClientBuilder, Message, PublishOptions, RequestOptions};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// Talk to a patchbay hub: list and control devices, publish, subscribe, send requests.
@@ -118,8 +119,7 @@ enum Command {
 }
 
 async fn load_devices(
-    client: &patchbay_hub::client::Client,
-    events: &mut patchbay_hub::client::Events,
+    client: &Client,
     id: Option<&str>,
 ) -> anyhow::Result<BTreeMap<String, DeviceView>> {
     let patterns: Vec<String> = match id {
@@ -129,16 +129,16 @@ async fn load_devices(
             .collect(),
         None => DEVICE_PATTERNS.iter().map(|p| p.to_string()).collect(),
     };
-    let messages = events.snapshot(client, &patterns).await?;
-    Ok(group(messages.into_iter().map(|m| (m.tag, m.body))))
+    let mut sub = client.subscribe_with_snapshot(&patterns).await?;
+    let messages = sub.snapshot().await?;
+    Ok(group(messages.into_iter().map(|m| {
+        let body = m.json::<Value>().unwrap_or(Value::Null);
+        (m.tag().to_owned(), body)
+    })))
 }
 
-async fn load_device(
-    client: &patchbay_hub::client::Client,
-    events: &mut patchbay_hub::client::Events,
-    id: &str,
-) -> anyhow::Result<DeviceView> {
-    let mut devices = load_devices(client, events, Some(id)).await?;
+async fn load_device(client: &Client, id: &str) -> anyhow::Result<DeviceView> {
+    let mut devices = load_devices(client, Some(id)).await?;
     match devices.remove(id) {
         Some(d) if d.meta.is_some() => Ok(d),
         _ => anyhow::bail!(
@@ -217,27 +217,32 @@ fn print_state(d: &DeviceView) {
     }
 }
 
-/// Prints each message as `render` makes it, until `count` messages, Ctrl-C,
-/// or an error from the hub.
+/// Prints each message of `sub` as `render` makes it, until `count`
+/// messages, Ctrl-C, or the end of the connection.
 async fn follow(
-    events: &mut patchbay_hub::client::Events,
+    mut sub: patchbay_client::Subscription,
     count: Option<u64>,
-    render: impl Fn(Message) -> String,
+    render: impl Fn(&Message) -> String,
 ) -> anyhow::Result<()> {
     let mut seen = 0u64;
     while count.is_none_or(|c| seen < c) {
-        let event = tokio::select! {
-            e = events.next() => e,
+        let message = tokio::select! {
+            m = sub.next() => m,
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
-        match event.context("the hub closed the connection")? {
-            Event::Message(m) => println!("{}", render(m)),
-            Event::Error(e) => anyhow::bail!("{e}"),
-            Event::Request(_) => continue,
-        }
+        let m = message.context("the hub closed the connection")?;
+        println!("{}", render(&m));
         seen += 1;
     }
     Ok(())
+}
+
+/// A message as one JSON object.
+fn message_json(m: &Message) -> String {
+    let body: &RawValue = serde_json::from_str(m.body_str()).unwrap_or(RawValue::NULL);
+    serde_json::json!({"tag": m.tag(), "body": body, "from": m.from(), "seq": m.seq(),
+        "retained": m.is_retained(), "cid": m.cid()})
+    .to_string()
 }
 
 /// `HH:MM:SS.mmm` (UTC) of a Unix time in milliseconds.
@@ -252,8 +257,9 @@ fn clock(ms: u64) -> String {
     )
 }
 
-fn parse_body(s: &str) -> Value {
-    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_owned()))
+fn parse_body(s: &str) -> Body {
+    let v: Value = serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_owned()));
+    Body::from(v)
 }
 
 #[tokio::main]
@@ -269,14 +275,14 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let opts = ClientOptions {
-        name: cli.name.clone(),
-        token: cli.token.clone(),
-    };
-    let (client, mut events) = connect(&cli.hub, &opts).await?;
+    let mut builder = ClientBuilder::new(&cli.hub).name(&cli.name).no_reconnect();
+    if let Some(t) = &cli.token {
+        builder = builder.token(t);
+    }
+    let client = builder.connect().await?;
     match cli.command {
         Command::Devices { json } => {
-            let devices = load_devices(&client, &mut events, None).await?;
+            let devices = load_devices(&client, None).await?;
             if json {
                 println!(
                     "{}",
@@ -287,7 +293,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Get { id, json } => {
-            let device = load_device(&client, &mut events, &id).await?;
+            let device = load_device(&client, &id).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&device)?);
             } else {
@@ -301,7 +307,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cid,
             json,
         } => {
-            let device = load_device(&client, &mut events, &id).await?;
+            let device = load_device(&client, &id).await?;
             let meta = device.meta.clone().unwrap_or_default();
             let desired =
                 parse_assignments(&meta, &settings).map_err(|e| anyhow::anyhow!("{id}: {e}"))?;
@@ -312,15 +318,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     patchbay_hub::server::now_ms()
                 )
             });
-            let state = client
-                .request(
+            let opts = RequestOptions {
+                timeout: Some(Duration::from_millis(timeout_ms)),
+                cid: Some(&cid),
+            };
+            let state: Value = client
+                .request_with(
                     &format!("dev/{id}/set"),
-                    &Value::Object(desired),
-                    Duration::from_millis(timeout_ms),
-                    Some(&cid),
+                    &Body::from(Value::Object(desired)),
+                    opts,
                 )
                 .await
-                .with_context(|| format!("{id} (cid {cid})"))?;
+                .with_context(|| format!("{id} (cid {cid})"))?
+                .json()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&state)?);
             } else {
@@ -333,14 +343,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Watch { pattern, json } => {
-            client.subscribe(&[pattern], false).await?;
-            follow(&mut events, None, |m| {
+            let sub = client.subscribe([pattern]).await?;
+            follow(sub, None, |m| {
                 if json {
-                    serde_json::json!({"tag": m.tag, "body": m.body, "from": m.from, "seq": m.seq, "cid": m.cid})
-                        .to_string()
+                    message_json(m)
                 } else {
-                    let cid = m.cid.map(|c| format!("  cid={c}")).unwrap_or_default();
-                    format!("{} {} {}{cid}", clock(patchbay_hub::server::now_ms()), m.tag, m.body)
+                    let cid = m.cid().map(|c| format!("  cid={c}")).unwrap_or_default();
+                    format!(
+                        "{} {} {}{cid}",
+                        clock(patchbay_hub::server::now_ms()),
+                        m.tag(),
+                        m.body_str()
+                    )
                 }
             })
             .await?;
@@ -351,9 +365,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             retain,
             cid,
         } => {
-            let seq = client
-                .publish_confirmed(&tag, &parse_body(&body), retain, cid.as_deref())
-                .await?;
+            let opts = PublishOptions {
+                retain,
+                cid: cid.as_deref(),
+            };
+            let seq = client.publish_acked(&tag, &parse_body(&body), opts).await?;
             println!("published {tag} (seq {seq})");
         }
         Command::Sub {
@@ -362,13 +378,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             count,
             json,
         } => {
-            client.subscribe(&patterns, snapshot).await?;
-            follow(&mut events, count, |m| {
+            let sub = if snapshot {
+                client.subscribe_with_snapshot(&patterns).await?
+            } else {
+                client.subscribe(&patterns).await?
+            };
+            follow(sub, count, |m| {
                 if json {
-                    serde_json::json!({"tag": m.tag, "body": m.body, "from": m.from, "seq": m.seq, "retained": m.retained, "cid": m.cid})
-                        .to_string()
+                    message_json(m)
                 } else {
-                    format!("{:>8} {} {}", m.seq, m.tag, m.body)
+                    format!("{:>8} {} {}", m.seq(), m.tag(), m.body_str())
                 }
             })
             .await?;
@@ -379,14 +398,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             timeout_ms,
             cid,
         } => {
-            let reply = client
-                .request(
-                    &tag,
-                    &parse_body(&body),
-                    Duration::from_millis(timeout_ms),
-                    cid.as_deref(),
-                )
-                .await?;
+            let opts = RequestOptions {
+                timeout: Some(Duration::from_millis(timeout_ms)),
+                cid: cid.as_deref(),
+            };
+            let reply: Value = client
+                .request_with(&tag, &parse_body(&body), opts)
+                .await?
+                .json()?;
             println!("{}", serde_json::to_string_pretty(&reply)?);
         }
     }

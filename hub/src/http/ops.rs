@@ -179,6 +179,11 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         "# HELP patchbay_lock_hold_max_seconds The longest hold of the hub lock since start.\n# TYPE patchbay_lock_hold_max_seconds gauge\npatchbay_lock_hold_max_seconds {}",
         hold.max().as_secs_f64()
     );
+    let _ = writeln!(
+        out,
+        "# HELP patchbay_lock_hold_running_max_seconds The most CPU time spent holding the hub lock at once (preemption excluded; publishes not measured).\n# TYPE patchbay_lock_hold_running_max_seconds gauge\npatchbay_lock_hold_running_max_seconds {}",
+        Metrics::get(&m.lock_running_max_ns) as f64 / 1e9
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

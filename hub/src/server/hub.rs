@@ -25,7 +25,6 @@ use tokio::time::Instant;
 use super::claims::{token_principal, Claims, Conflict, Owner};
 use super::metrics::Metrics;
 use super::outbox::{Outbox, Push};
-use super::router::Router;
 use super::snapshot::SnapshotJob;
 use super::store::{Retained, Store};
 use super::ConnId;
@@ -151,7 +150,7 @@ struct State {
     /// Connections waiting to authenticate, oldest first.
     unauth: BTreeMap<u64, ConnId>,
     next_unauth: u64,
-    router: Router,
+    router: crate::trie::PatternTrie<ConnId>,
     store: Store,
     devices: DeviceCounts,
     claims: Claims,
@@ -203,8 +202,22 @@ struct Held<'a> {
     guard: MutexGuard<'a, State>,
     metrics: &'a Metrics,
     started: Option<std::time::Instant>,
+    /// The thread's CPU time when the lock was taken (timed holds only), to
+    /// tell work under the lock from the thread being preempted while holding it.
+    cpu: Option<Duration>,
     /// The operation holding it, for the log of long holds.
     op: &'static str,
+}
+
+/// CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the struct passed.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Holds longer than this are logged with the operation that held the lock.
@@ -228,10 +241,18 @@ impl Drop for Held<'_> {
         if let Some(t) = self.started {
             let held = t.elapsed();
             self.metrics.lock_hold.record(held);
+            let running = self.cpu.map(|c| thread_cpu().saturating_sub(c));
+            if let Some(r) = running {
+                self.metrics
+                    .lock_running_max_ns
+                    .fetch_max(r.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             if held > LONG_HOLD {
+                // Far less running than held: the thread was preempted while holding the lock.
                 tracing::warn!(
                     op = self.op,
                     held_us = held.as_micros() as u64,
+                    running_us = running.map(|r| r.as_micros() as u64),
                     "hub lock held long"
                 );
             }
@@ -473,6 +494,7 @@ impl Hub {
             guard,
             metrics: &self.metrics,
             started: Some(std::time::Instant::now()),
+            cpu: Some(thread_cpu()),
             op,
         }
     }
@@ -487,6 +509,7 @@ impl Hub {
             guard,
             metrics: &self.metrics,
             started: timed.then(std::time::Instant::now),
+            cpu: None,
             op,
         }
     }

@@ -88,6 +88,10 @@ pub struct Metrics {
     pub http_refused: AtomicU64,
     /// How long the hub lock was held.
     pub lock_hold: Histogram,
+    /// The most CPU time a thread spent holding the hub lock at once (timed
+    /// holds outside the publish path), in nanoseconds: the work under the
+    /// lock, without the time the thread was preempted while holding it.
+    pub lock_running_max_ns: AtomicU64,
 }
 
 impl Metrics {

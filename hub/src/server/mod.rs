@@ -7,7 +7,6 @@ mod hub;
 mod listener;
 mod metrics;
 mod outbox;
-mod router;
 mod session;
 mod snapshot;
 mod store;

@@ -5,7 +5,8 @@
 //! connection's outbox; every live message routed later (seq > S) queues
 //! behind the marker. When the writer reaches the marker it takes steps of
 //! the job, each a short hold of the hub lock with a fixed work budget,
-//! copying the matching retained values whose seq is at most `S`. A value
+//! copying the matching retained values whose seq is at most `S`, after a
+//! `snapshot` frame that tells the reader what follows. A value
 //! replaced after `S` is skipped: its newer value is already queued behind
 //! the marker. So the reader gets the snapshot, then the `ok` carrying `S`,
 //! then exactly the messages with a larger seq: no gap, no duplicate, and no
@@ -14,7 +15,7 @@
 use serde_json::value::RawValue;
 
 use super::store::{Cursor, Query, Store};
-use crate::protocol::encode_ok;
+use crate::protocol::{encode_ok, encode_snapshot};
 
 /// Work units one step may spend: a visited node costs its live pattern
 /// states, a copied value one unit per 128 bytes. A step holds the hub lock
@@ -33,6 +34,8 @@ pub struct SnapshotJob {
     id: Option<Box<RawValue>>,
     /// Bytes charged to the outbox while the job waits.
     cost: usize,
+    /// The opening `snapshot` frame has been sent.
+    opened: bool,
 }
 
 impl SnapshotJob {
@@ -47,6 +50,7 @@ impl SnapshotJob {
             after,
             id: id.map(ToOwned::to_owned),
             cost,
+            opened: false,
         })
     }
 
@@ -63,6 +67,9 @@ impl SnapshotJob {
     /// Copies the next values into `buf`; returns whether the snapshot is
     /// complete and how many messages were copied. Called under the hub lock.
     pub fn step(&mut self, store: &Store, buf: &mut Vec<u8>) -> (bool, u64) {
+        if !std::mem::replace(&mut self.opened, true) {
+            encode_snapshot(buf, self.id.as_deref());
+        }
         let (seq, after) = (self.seq, self.after);
         let mut copied = 0;
         let done = store.walk(&self.query, &mut self.cursor, STEP_BUDGET, |r| {

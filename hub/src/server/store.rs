@@ -81,7 +81,10 @@ impl Store {
     pub fn set(&mut self, value: Retained) -> Option<Retained> {
         let mut node = &mut self.root;
         for seg in value.tag.split('/') {
-            node = node.children.entry(seg.into()).or_default();
+            if !node.children.contains_key(seg) {
+                node.children.insert(seg.into(), Box::default());
+            }
+            node = node.children.get_mut(seg).expect("inserted above");
         }
         let old = node.value.replace(value);
         if old.is_none() {

@@ -22,6 +22,13 @@ pub async fn hub_with(mut config: HubConfig) -> RunningHub {
     start(config).await.expect("hub starts")
 }
 
+/// A hub listening on `addr` (its HTTP side on a free port).
+pub async fn hub_at(addr: std::net::SocketAddr, mut config: HubConfig) -> RunningHub {
+    config.listen = addr;
+    config.http_listen = "127.0.0.1:0".parse().unwrap();
+    start(config).await.expect("hub starts")
+}
+
 /// A hub with default settings.
 pub async fn hub() -> RunningHub {
     hub_with(HubConfig::default()).await

@@ -6,7 +6,6 @@
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use serde_json::Value;
 
 use super::ErrorCode;
 
@@ -17,7 +16,7 @@ fn line<T: Serialize>(buf: &mut Vec<u8>, frame: &T) {
 }
 
 /// Appends `s` as a JSON string.
-fn json_str(buf: &mut Vec<u8>, s: &str) {
+pub fn json_str(buf: &mut Vec<u8>, s: &str) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         buf.push(b'"');
         buf.extend_from_slice(s.as_bytes());
@@ -166,6 +165,18 @@ pub fn encode_err(
     );
 }
 
+/// Appends the `snapshot` frame that opens the snapshot of the `sub` with `id`:
+/// the `msg` frames that follow, up to the `ok` with the same `id`, are it.
+pub fn encode_snapshot(buf: &mut Vec<u8>, id: Option<&RawValue>) {
+    #[derive(Serialize)]
+    struct SnapshotOut<'a> {
+        op: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+    }
+    line(buf, &SnapshotOut { op: "snapshot", id });
+}
+
 /// Appends a `pong` frame.
 pub fn encode_pong(buf: &mut Vec<u8>, id: Option<&RawValue>) {
     #[derive(Serialize)]
@@ -241,16 +252,17 @@ pub enum ClientOut<'a> {
         /// Frame id.
         id: u64,
         /// Patterns.
-        tags: &'a [String],
+        tags: &'a [Box<str>],
         /// Snapshot first.
         snapshot: bool,
     },
     /// `unsub`.
     Unsub {
         /// Frame id.
-        id: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
         /// Patterns.
-        tags: &'a [String],
+        tags: &'a [Box<str>],
     },
     /// `pub`.
     Pub {
@@ -260,7 +272,7 @@ pub enum ClientOut<'a> {
         /// Tag.
         tag: &'a str,
         /// Body.
-        body: &'a Value,
+        body: &'a RawValue,
         /// Retain.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         retain: bool,
@@ -282,7 +294,7 @@ pub enum ClientOut<'a> {
         /// Tag.
         tag: &'a str,
         /// Body.
-        body: &'a Value,
+        body: &'a RawValue,
         /// Timeout.
         timeout_ms: u64,
         /// Correlation id.
@@ -295,7 +307,7 @@ pub enum ClientOut<'a> {
         rid: u64,
         /// Body.
         #[serde(skip_serializing_if = "Option::is_none")]
-        body: Option<&'a Value>,
+        body: Option<&'a RawValue>,
         /// Error.
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<&'a super::ErrorBody>,

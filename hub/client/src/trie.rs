@@ -1,23 +1,34 @@
-//! Subscription matching: a trie of pattern segments.
+//! Subscription matching: a trie of pattern segments, shared by the hub
+//! (which connections want a tag) and the client (which subscriptions do).
 //!
 //! Matching a tag walks one path per wildcard branch, so its cost grows with
-//! the tag's depth, not with the number of subscriptions.
+//! the tag's depth, not with the number of subscriptions. Children are kept
+//! in ordered maps: a campus's `dev` level has tens of thousands of them, and
+//! a hash map there would rehash (milliseconds, under the hub lock) as it grows.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
-use super::ConnId;
-
-#[derive(Default)]
-struct Node {
-    children: HashMap<Box<str>, Node>,
-    plus: Option<Box<Node>>,
+struct Node<T> {
+    children: BTreeMap<Box<str>, Node<T>>,
+    plus: Option<Box<Node<T>>>,
     /// Subscribers whose pattern ends here.
-    here: Vec<ConnId>,
+    here: Vec<T>,
     /// Subscribers whose pattern ends here with `/#` (or is `#` at the root).
-    rest: Vec<ConnId>,
+    rest: Vec<T>,
 }
 
-impl Node {
+impl<T> Default for Node<T> {
+    fn default() -> Self {
+        Node {
+            children: BTreeMap::new(),
+            plus: None,
+            here: Vec::new(),
+            rest: Vec::new(),
+        }
+    }
+}
+
+impl<T> Node<T> {
     fn is_empty(&self) -> bool {
         self.children.is_empty()
             && self.plus.is_none()
@@ -26,15 +37,23 @@ impl Node {
     }
 }
 
-/// Every connection's subscription patterns.
-#[derive(Default)]
-pub struct Router {
-    root: Node,
+/// Subscription patterns of many subscribers (`T` names one: a connection,
+/// a subscription).
+pub struct PatternTrie<T> {
+    root: Node<T>,
 }
 
-impl Router {
+impl<T> Default for PatternTrie<T> {
+    fn default() -> Self {
+        PatternTrie {
+            root: Node::default(),
+        }
+    }
+}
+
+impl<T: Copy + PartialEq> PatternTrie<T> {
     /// Adds `conn`'s subscription to a valid pattern; false if it already had it.
-    pub fn insert(&mut self, pattern: &str, conn: ConnId) -> bool {
+    pub fn insert(&mut self, pattern: &str, conn: T) -> bool {
         let mut node = &mut self.root;
         let mut list = None;
         for seg in pattern.split('/') {
@@ -44,7 +63,13 @@ impl Router {
                     break;
                 }
                 "+" => node = node.plus.get_or_insert_with(Default::default),
-                s => node = node.children.entry(s.into()).or_default(),
+                s => {
+                    // Look up before inserting: most segments exist, and a key costs an allocation.
+                    if !node.children.contains_key(s) {
+                        node.children.insert(s.into(), Node::default());
+                    }
+                    node = node.children.get_mut(s).expect("inserted above");
+                }
             }
         }
         let list = list.unwrap_or(&mut node.here);
@@ -56,18 +81,23 @@ impl Router {
     }
 
     /// Removes `conn`'s subscription to `pattern`; false if it had none.
-    pub fn remove(&mut self, pattern: &str, conn: ConnId) -> bool {
+    pub fn remove(&mut self, pattern: &str, conn: T) -> bool {
         let segs: Vec<&str> = pattern.split('/').collect();
         remove_at(&mut self.root, &segs, conn)
     }
 
-    /// Appends every connection with a pattern matching `tag` to `out` (possibly with repeats).
-    pub fn matches(&self, tag: &str, out: &mut Vec<ConnId>) {
+    /// Appends every subscriber with a pattern matching `tag` to `out` (possibly with repeats).
+    pub fn matches(&self, tag: &str, out: &mut Vec<T>) {
         walk(&self.root, tag, out);
+    }
+
+    /// Are there no patterns at all?
+    pub fn is_empty(&self) -> bool {
+        self.root.is_empty()
     }
 }
 
-fn walk(node: &Node, rest: &str, out: &mut Vec<ConnId>) {
+fn walk<T: Copy>(node: &Node<T>, rest: &str, out: &mut Vec<T>) {
     out.extend_from_slice(&node.rest);
     if rest.is_empty() {
         out.extend_from_slice(&node.here);
@@ -85,7 +115,7 @@ fn walk(node: &Node, rest: &str, out: &mut Vec<ConnId>) {
     }
 }
 
-fn remove_from(list: &mut Vec<ConnId>, conn: ConnId) -> bool {
+fn remove_from<T: PartialEq>(list: &mut Vec<T>, conn: T) -> bool {
     match list.iter().position(|c| *c == conn) {
         Some(i) => {
             list.swap_remove(i);
@@ -95,7 +125,7 @@ fn remove_from(list: &mut Vec<ConnId>, conn: ConnId) -> bool {
     }
 }
 
-fn remove_at(node: &mut Node, segs: &[&str], conn: ConnId) -> bool {
+fn remove_at<T: PartialEq + Copy>(node: &mut Node<T>, segs: &[&str], conn: T) -> bool {
     let Some((seg, tail)) = segs.split_first() else {
         return remove_from(&mut node.here, conn);
     };
@@ -128,7 +158,9 @@ fn remove_at(node: &mut Node, segs: &[&str], conn: ConnId) -> bool {
 mod tests {
     use super::*;
 
-    fn matched(r: &Router, tag: &str) -> Vec<ConnId> {
+    type ConnId = u64;
+
+    fn matched(r: &PatternTrie<ConnId>, tag: &str) -> Vec<ConnId> {
         let mut out = Vec::new();
         r.matches(tag, &mut out);
         out.sort_unstable();
@@ -156,7 +188,7 @@ mod tests {
             "x/y/z",
             "456",
         ];
-        let mut r = Router::default();
+        let mut r = PatternTrie::default();
         for (i, p) in patterns.iter().enumerate() {
             assert!(r.insert(p, i as ConnId));
             assert!(!r.insert(p, i as ConnId));

@@ -162,6 +162,8 @@ fn parse_pub_fast(line: &str) -> Option<Incoming<'_>> {
     let rest = rest[end + 1..].strip_prefix(r#","body":"#)?;
     let mut de = serde_json::Deserializer::from_str(rest);
     let body = <&RawValue>::deserialize(&mut de).ok()?;
+    // A body clients could not read takes the general path, which says why.
+    super::check_body(body.get()).ok()?;
     let after = body.get().as_ptr() as usize - rest.as_ptr() as usize + body.get().len();
     let retain = match &rest[after..] {
         "}" => false,
@@ -202,6 +204,12 @@ pub fn parse_client_frame(line: &[u8]) -> Result<Incoming<'_>, FrameError> {
     })?;
     let id = f.id;
     let op = f.op.as_ref();
+    for raw in [f.body, f.error.as_ref().map(|_| NULL)]
+        .into_iter()
+        .flatten()
+    {
+        super::check_body(raw.get()).map_err(|why| FrameError::bad(id, why))?;
+    }
     let frame = match op {
         "hello" => ClientFrame::Hello {
             name: f.name,

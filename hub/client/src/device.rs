@@ -1,12 +1,117 @@
-//! Devices as seen through the device tag conventions (`dev/<id>/meta`,
-//! `state`, `online`): grouping retained messages into devices and turning
-//! `key=value` words into desired settings using a device's schema. Shared by
-//! the CLI and the hub's HTTP side.
+//! The device vocabulary on top of tags (`dev/<id>/meta`, `state`,
+//! `online`, `event`, `set`): typed descriptions, reachability and error
+//! codes, grouping retained messages into devices, and turning `key=value`
+//! words into desired settings using a device's schema. Shared by agents,
+//! drivers, the CLI and the hub's HTTP side.
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use crate::schema::Setting;
+
+/// Why a device command failed: the `code` of the error an agent answers a
+/// `dev/<id>/set` request with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceErrorCode {
+    /// A setting or value the device's schema does not allow.
+    InvalidValue,
+    /// The device cannot do it now (warming up, cooling down, another command).
+    Busy,
+    /// The device is unreachable.
+    Offline,
+    /// The device did not answer in time; the command may still take effect.
+    DeviceTimeout,
+    /// The device does not support it.
+    Unsupported,
+    /// The device reported a failure or answered something unexpected.
+    DeviceError,
+}
+
+impl DeviceErrorCode {
+    /// Every code, in documentation order.
+    pub const ALL: [DeviceErrorCode; 6] = [
+        DeviceErrorCode::InvalidValue,
+        DeviceErrorCode::Busy,
+        DeviceErrorCode::Offline,
+        DeviceErrorCode::DeviceTimeout,
+        DeviceErrorCode::Unsupported,
+        DeviceErrorCode::DeviceError,
+    ];
+
+    /// The snake_case wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceErrorCode::InvalidValue => "invalid_value",
+            DeviceErrorCode::Busy => "busy",
+            DeviceErrorCode::Offline => "offline",
+            DeviceErrorCode::DeviceTimeout => "device_timeout",
+            DeviceErrorCode::Unsupported => "unsupported",
+            DeviceErrorCode::DeviceError => "device_error",
+        }
+    }
+
+    /// The code with this wire spelling.
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+}
+
+impl std::fmt::Display for DeviceErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A device's description, retained on `dev/<id>/meta` by its agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceMeta {
+    /// Device id (the `<id>` in its tags).
+    pub id: String,
+    /// Name for people.
+    #[serde(default)]
+    pub name: String,
+    /// Room or location.
+    #[serde(default)]
+    pub location: String,
+    /// Driver name, e.g. `pjlink`.
+    #[serde(default)]
+    pub driver: String,
+    /// Manufacturer, as the device reports it.
+    #[serde(default)]
+    pub manufacturer: String,
+    /// Model, as the device reports it.
+    #[serde(default)]
+    pub model: String,
+    /// Other facts the device reports (serial number, firmware, class...).
+    #[serde(default)]
+    pub info: Map<String, Value>,
+    /// How the agent reaches it, e.g. `tcp 10.0.0.21:4352` or `serial /dev/ttyUSB0`.
+    #[serde(default)]
+    pub transport: String,
+    /// How often the agent polls it, in milliseconds.
+    #[serde(default)]
+    pub poll_ms: u64,
+    /// The settings schema.
+    #[serde(default)]
+    pub settings: Vec<Setting>,
+}
+
+/// A device's reachability, retained on `dev/<id>/online`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Online {
+    /// Reachable now?
+    #[serde(default)]
+    pub online: bool,
+    /// Why not, when offline.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Since when, in Unix milliseconds.
+    #[serde(default)]
+    pub since: u64,
+}
 
 /// Tag patterns that cover everything retained about devices.
 pub const DEVICE_PATTERNS: [&str; 3] = ["dev/+/meta", "dev/+/state", "dev/+/online"];

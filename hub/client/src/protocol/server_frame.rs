@@ -94,6 +94,12 @@ pub enum ServerFrame {
         /// Human-readable reason.
         message: String,
     },
+    /// Opens the snapshot of the `sub` with this `id`; its `ok` closes it.
+    Snapshot {
+        /// The `sub` frame's id.
+        #[serde(default)]
+        id: Option<Value>,
+    },
     /// Answer to `ping`.
     Pong {
         /// The ping's id.
