@@ -3,6 +3,7 @@
 //! and writes a JSON report.
 
 mod cases;
+mod libs;
 mod resources;
 mod servers;
 mod venue;
@@ -111,6 +112,10 @@ async fn run_system(sys: System, p: Params, repeat: usize) -> anyhow::Result<Val
     let mut fan: Vec<Throughput> = Vec::new();
     let mut lat: Vec<(f64, f64, f64)> = Vec::new();
     let mut snap: Vec<f64> = Vec::new();
+    let with_lib = sys != System::Mqtt;
+    let mut lib_one: Vec<Throughput> = Vec::new();
+    let mut lib_fan: Vec<Throughput> = Vec::new();
+    let mut lib_lat: Vec<(f64, f64, f64)> = Vec::new();
     for _ in 0..repeat {
         // A fresh server per repetition: no state carried between runs.
         let server = Server::start(sys).await?;
@@ -122,7 +127,30 @@ async fn run_system(sys: System, p: Params, repeat: usize) -> anyhow::Result<Val
             snap.push(ms);
         }
         server.stop().await;
+        if with_lib {
+            // A fresh server for the library cases too.
+            let server = Server::start(sys).await?;
+            lib_one.push(libs::throughput(&server, 1, p).await?);
+            lib_fan.push(libs::throughput(&server, p.fanout, p).await?);
+            let l = libs::latency(&server, p).await?;
+            lib_lat.push((quantile(&l, 0.5), quantile(&l, 0.99), quantile(&l, 0.999)));
+            server.stop().await;
+        }
     }
+    let lib = |v: &[Throughput], f: &dyn Fn(&Throughput) -> f64| {
+        if v.is_empty() {
+            Value::Null
+        } else {
+            json!(median(v.iter().map(f).collect()))
+        }
+    };
+    let lib_q = |i: usize| {
+        if lib_lat.is_empty() {
+            Value::Null
+        } else {
+            json!(median(lib_lat.iter().map(|l| [l.0, l.1, l.2][i]).collect()))
+        }
+    };
     let m = |f: &dyn Fn(&Throughput) -> f64, v: &[Throughput]| median(v.iter().map(f).collect());
     Ok(json!({
         "one_to_one_msgs_per_s": m(&|t| t.msgs_per_s, &one),
@@ -135,6 +163,13 @@ async fn run_system(sys: System, p: Params, repeat: usize) -> anyhow::Result<Val
         "reqrep_p99_us": median(lat.iter().map(|l| l.1).collect()),
         "reqrep_p999_us": median(lat.iter().map(|l| l.2).collect()),
         "snapshot_ms": if snap.is_empty() { Value::Null } else { json!(median(snap)) },
+        "lib_one_to_one_msgs_per_s": lib(&lib_one, &|t| t.msgs_per_s),
+        "lib_one_to_one_lost": lib_one.iter().map(|t| t.lost).sum::<u64>(),
+        "lib_fanout_deliveries_per_s": lib(&lib_fan, &|t| t.deliveries_per_s),
+        "lib_fanout_lost": lib_fan.iter().map(|t| t.lost).sum::<u64>(),
+        "lib_reqrep_p50_us": lib_q(0),
+        "lib_reqrep_p99_us": lib_q(1),
+        "lib_reqrep_p999_us": lib_q(2),
     }))
 }
 
@@ -224,7 +259,7 @@ async fn main() -> anyhow::Result<()> {
     let hub = results.get("patchbay").unwrap_or(&none);
     let nats = results.get("nats").unwrap_or(&none);
     let mosq = results.get("mosquitto").unwrap_or(&none);
-    let rows: [(&str, &str, bool); 10] = [
+    let rows: [(&str, &str, bool); 17] = [
         ("1->1 msgs/s", "one_to_one_msgs_per_s", true),
         ("1->1 lost", "one_to_one_lost", false),
         ("1->10 deliveries/s", "fanout_deliveries_per_s", true),
@@ -235,6 +270,17 @@ async fn main() -> anyhow::Result<()> {
         ("retained snapshot ms", "snapshot_ms", false),
         ("server CPU ns/delivery", "cpu_ns_per_delivery", false),
         ("server CPU ns/msg 1->1", "one_to_one_cpu_ns_per_msg", false),
+        ("lib 1->1 msgs/s", "lib_one_to_one_msgs_per_s", true),
+        ("lib 1->1 lost", "lib_one_to_one_lost", false),
+        (
+            "lib 1->10 deliveries/s",
+            "lib_fanout_deliveries_per_s",
+            true,
+        ),
+        ("lib 1->10 lost", "lib_fanout_lost", false),
+        ("lib req/rep p50 us", "lib_reqrep_p50_us", false),
+        ("lib req/rep p99 us", "lib_reqrep_p99_us", false),
+        ("lib req/rep p99.9 us", "lib_reqrep_p999_us", false),
     ];
     println!(
         "{} msgs of 100 B, {} subscribers in fan-out, {} requests, {} retained tags, median of {repeat}",
@@ -265,6 +311,10 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("(ratios above 1.00x mean the hub is better: faster, or lower latency/CPU)");
+    println!(
+        "(lib rows: each system through its own client library, patchbay-client and async-nats; {} msgs per throughput run)",
+        libs::messages(p)
+    );
     let resources = if args.no_resources {
         Value::Null
     } else {

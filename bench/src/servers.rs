@@ -100,7 +100,11 @@ impl Server {
         let stderr = match (sys, std::env::var_os("PATCHBAY_BENCH_HUB_LOG")) {
             (System::Patchbay, Some(path)) => {
                 cmd.env("RUST_LOG", "warn");
-                Stdio::from(std::fs::File::create(path)?)
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?;
+                Stdio::from(log)
             }
             _ => Stdio::null(),
         };

@@ -126,7 +126,7 @@ impl Default for HubConfig {
             max_pending_requests: 1024,
             claim_grace_ms: 30_000,
             max_bad_frames: 10,
-            outbound_queue_bytes: 8 * 1024 * 1024,
+            outbound_queue_bytes: 64 * 1024 * 1024,
             write_timeout_ms: 10_000,
             snapshot_rate_bytes: 64 * 1024 * 1024,
             ping_interval_ms: 15_000,
