@@ -422,7 +422,7 @@ async fn operator(
     while !shared.stop.load(Ordering::Relaxed) {
         n += 1;
         let device = (n.wrapping_mul(7919)) % devices;
-        let body = if n % 2 == 0 {
+        let body = if n.is_multiple_of(2) {
             r#"{"power":"on"}"#
         } else {
             r#"{"power":"off"}"#
@@ -516,7 +516,7 @@ async fn steady(shared: Arc<Shared>, rate: u32, until: Instant) {
         tick.tick().await;
         n += 1;
         let device = n.wrapping_mul(104_729) % devices;
-        let power = if n % 2 == 0 { "on" } else { "off" };
+        let power = if n.is_multiple_of(2) { "on" } else { "off" };
         let _ = shared.agents[device].send(AgentCmd::State { device, power });
     }
 }

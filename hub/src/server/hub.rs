@@ -504,7 +504,7 @@ impl Hub {
     fn lock_sampled(&self, op: &'static str) -> Held<'_> {
         let mut guard = self.lock_untimed();
         guard.acquisitions += 1;
-        let timed = guard.acquisitions % TIMING_SAMPLE == 0;
+        let timed = guard.acquisitions.is_multiple_of(TIMING_SAMPLE);
         Held {
             guard,
             metrics: &self.metrics,

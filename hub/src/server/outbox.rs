@@ -73,14 +73,11 @@ enum Ending {
     Killed,
 }
 
+/// One queued item, kept to the size of a `Bytes` (the queue is read by
+/// the writer on another core: every byte of an entry crosses between caches).
 enum Entry {
-    Frame {
-        frame: Bytes,
-        /// For retained-tag messages: the tag, for conflation.
-        tag: Option<Arc<str>>,
-        /// Counts as a delivered message once written.
-        msg: bool,
-    },
+    /// An encoded frame.
+    Frame(Bytes),
     /// A conflated entry's old place.
     Hole,
     /// A snapshot to stream here; `None` while the writer is streaming it.
@@ -108,6 +105,9 @@ struct Inner {
 
 /// Snapshot bytes a connection may send at once before the rate applies.
 pub const SNAPSHOT_BURST: f64 = 4.0 * 1024.0 * 1024.0;
+
+/// How every `msg` frame starts: what the delivery counter counts.
+const MSG_HEAD: &[u8] = b"{\"op\":\"msg\"";
 
 /// Holes tolerated before compaction is considered.
 const MIN_HOLES_TO_COMPACT: usize = 256;
@@ -160,7 +160,7 @@ impl Outbox {
         }
     }
 
-    fn push_bounded(&self, frame: Bytes, msg: bool) -> Push {
+    fn push_bounded(&self, frame: Bytes) -> Push {
         let mut inner = self.lock();
         if inner.closed {
             return Push::Closed;
@@ -169,23 +169,18 @@ impl Outbox {
             return Push::Overflow;
         }
         let n = frame.len();
-        let entry = Entry::Frame {
-            frame,
-            tag: None,
-            msg,
-        };
-        self.enqueue(&mut inner, entry, n);
+        self.enqueue(&mut inner, Entry::Frame(frame), n);
         Push::Queued
     }
 
     /// Queues a message on a tag that is not retained; it must not be lost.
     pub fn push(&self, frame: Bytes) -> Push {
-        self.push_bounded(frame, true)
+        self.push_bounded(frame)
     }
 
     /// Queues a control frame (`ok`, `err`, `pong`, a forwarded `req`...).
     pub fn push_control(&self, frame: Bytes) -> Push {
-        self.push_bounded(frame, false)
+        self.push_bounded(frame)
     }
 
     /// Queues the answer to one of this client's requests: accepted past the
@@ -196,12 +191,7 @@ impl Outbox {
             return Push::Closed;
         }
         let n = frame.len();
-        let entry = Entry::Frame {
-            frame,
-            tag: None,
-            msg: false,
-        };
-        self.enqueue(&mut inner, entry, n);
+        self.enqueue(&mut inner, Entry::Frame(frame), n);
         Push::Queued
     }
 
@@ -216,9 +206,7 @@ impl Outbox {
             let popped = inner.popped;
             if let Some(&abs) = inner.pending.get(tag).filter(|&&a| a >= popped) {
                 let idx = (abs - popped) as usize;
-                if let Entry::Frame { frame: old, .. } =
-                    std::mem::replace(&mut inner.queue[idx], Entry::Hole)
-                {
+                if let Entry::Frame(old) = std::mem::replace(&mut inner.queue[idx], Entry::Hole) {
                     inner.bytes -= old.len();
                 }
                 inner.holes += 1;
@@ -228,12 +216,7 @@ impl Outbox {
         let abs = inner.popped + inner.queue.len() as u64;
         inner.pending.insert(tag.clone(), abs);
         let n = frame.len();
-        let entry = Entry::Frame {
-            frame,
-            tag: Some(tag.clone()),
-            msg: true,
-        };
-        self.enqueue(&mut inner, entry, n);
+        self.enqueue(&mut inner, Entry::Frame(frame), n);
         if inner.holes >= MIN_HOLES_TO_COMPACT && inner.holes * 2 > inner.queue.len() {
             compact(&mut inner);
         }
@@ -287,7 +270,7 @@ impl Outbox {
                     taken.extend(inner.queue.drain(..n));
                     for e in taken.iter() {
                         match e {
-                            Entry::Frame { frame, .. } => inner.bytes -= frame.len(),
+                            Entry::Frame(frame) => inner.bytes -= frame.len(),
                             Entry::Hole => inner.holes -= 1,
                             Entry::Snapshot(_) => {}
                         }
@@ -315,9 +298,9 @@ impl Outbox {
             (job, inner.closed && inner.queue.is_empty(), later)
         };
         for entry in taken.drain(..) {
-            if let Entry::Frame { frame, msg, .. } = entry {
+            if let Entry::Frame(frame) = entry {
                 buf.extend_from_slice(&frame);
-                msgs += u64::from(msg);
+                msgs += u64::from(frame.starts_with(MSG_HEAD));
             }
         }
         if taken.capacity() > 4096 {
@@ -377,12 +360,7 @@ impl Outbox {
                 inner.markers = 0;
             }
             let n = last.len();
-            let entry = Entry::Frame {
-                frame: last,
-                tag: None,
-                msg: false,
-            };
-            self.enqueue(&mut inner, entry, n);
+            self.enqueue(&mut inner, Entry::Frame(last), n);
             inner.closed = true;
         }
         self.ending.send_replace(ending);
@@ -433,15 +411,24 @@ impl Outbox {
     }
 }
 
-/// Removes holes and re-indexes the pending retained tags.
+/// Removes holes and moves the pending retained tags' indices with their entries.
 fn compact(inner: &mut Inner) {
+    let mut holes_before = Vec::with_capacity(inner.queue.len());
+    let mut holes = 0;
+    for e in &inner.queue {
+        holes_before.push(holes);
+        holes += usize::from(matches!(e, Entry::Hole));
+    }
     inner.queue.retain(|e| !matches!(e, Entry::Hole));
     inner.holes = 0;
-    inner.pending.clear();
     let popped = inner.popped;
-    for (i, e) in inner.queue.iter().enumerate() {
-        if let Entry::Frame { tag: Some(t), .. } = e {
-            inner.pending.insert(t.clone(), popped + i as u64);
+    for abs in inner.pending.values_mut() {
+        // Indices below `popped` are stale and stay so.
+        if let Some(&shift) = abs
+            .checked_sub(popped)
+            .and_then(|rel| holes_before.get(rel as usize))
+        {
+            *abs -= shift as u64;
         }
     }
 }

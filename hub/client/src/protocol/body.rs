@@ -12,6 +12,14 @@ pub const MAX_DEPTH: usize = 127;
 /// a client could not read it.
 pub fn check_body(json: &str) -> Result<(), String> {
     let b = json.as_bytes();
+    // The common case in two vectorised passes: too few brackets to nest too
+    // deep, and no exponent or number long enough to leave f64's range.
+    if b.len() < 300
+        && memchr::memchr2(b'e', b'E', b).is_none()
+        && memchr::memchr2_iter(b'[', b'{', b).count() <= MAX_DEPTH
+    {
+        return Ok(());
+    }
     let mut depth = 0usize;
     let mut i = 0;
     while i < b.len() {
@@ -19,8 +27,12 @@ pub fn check_body(json: &str) -> Result<(), String> {
             b'"' => {
                 // Skip the string, escapes included.
                 i += 1;
-                while i < b.len() && b[i] != b'"' {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
+                while let Some(at) = memchr::memchr2(b'"', b'\\', &b[i..]) {
+                    i += at;
+                    if b[i] == b'"' {
+                        break;
+                    }
+                    i += 2;
                 }
             }
             b'[' | b'{' => {
