@@ -36,6 +36,9 @@ async fn benchmark_smoke_run() {
         "reqrep_p999_us",
         "snapshot_ms",
         "cpu_ns_per_delivery",
+        "lib_one_to_one_msgs_per_s",
+        "lib_fanout_deliveries_per_s",
+        "lib_reqrep_p99_us",
     ] {
         assert!(
             hub[key].as_f64().is_some_and(|v| v > 0.0),
@@ -44,6 +47,8 @@ async fn benchmark_smoke_run() {
     }
     assert_eq!(hub["one_to_one_lost"], 0);
     assert_eq!(hub["fanout_lost"], 0);
+    assert_eq!(hub["lib_one_to_one_lost"], 0);
+    assert_eq!(hub["lib_fanout_lost"], 0);
     assert!(report["resources"]["rss_per_idle_connection_kib"]
         .as_f64()
         .is_some());
