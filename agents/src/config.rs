@@ -117,6 +117,16 @@ pub struct DeviceConfig {
 
 impl DeviceConfig {
     /// Builds the configured driver.
+    /// The driver's name, as the description shows it.
+    pub fn driver_name(&self) -> &'static str {
+        match self.driver {
+            DriverKind::Pjlink => "pjlink",
+            DriverKind::Escvp21 => "escvp21",
+            DriverKind::Line => "line",
+        }
+    }
+
+    /// A new driver for this device.
     pub fn driver(&self) -> Result<AnyDriver, patchbay_drivers::DriverError> {
         Ok(match self.driver {
             DriverKind::Pjlink => AnyDriver::Pjlink(Pjlink::new(

@@ -2,9 +2,9 @@
 //! device through its driver, keeps the device's description, state and
 //! reachability on the hub, and carries out the commands the hub routes to it.
 
-pub mod backoff;
 pub mod config;
 pub mod demo;
 pub mod device;
 pub mod link;
+pub mod mailbox;
 pub mod runtime;

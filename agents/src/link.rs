@@ -1,44 +1,41 @@
 //! The agent's connection to the hub: claims each device's subtree,
-//! publishes what device tasks report (and re-publishes everything after a
-//! reconnect), and routes `dev/<id>/set` requests to the device's task.
+//! publishes what device tasks leave in their mailboxes (and everything
+//! again after a reconnect), and routes `dev/<id>/set` requests to the
+//! device's task.
 //!
 //! Publishes are pipelined: the link never waits for the hub between them,
-//! so one chatty device or a slow link cannot hold back requests. A device
-//! whose claim is refused is reported and left out, and its claim is tried
-//! again later; the others are served as usual.
+//! so one chatty device or a slow link cannot hold back requests. A command
+//! whose settings the device's schema refuses is answered at once, not after
+//! waiting in the device's queue. A device whose claim is refused is
+//! reported (in the log and on `agent/<name>/status`) and left out, and its
+//! claim is tried again later; the others are served as usual.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
+use patchbay_client::backoff::Backoff;
 use patchbay_client::device::DeviceErrorCode;
 use patchbay_client::protocol::ErrorBody;
+use patchbay_client::schema::{validate_settings, Setting};
 use patchbay_client::{Body, Client, ClientBuilder, ClientEvent, PublishOptions, Request};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::backoff::Backoff;
 use crate::config::AgentConfig;
-use crate::device::{Command, CommandError, Update};
+use crate::device::{now_ms, Command};
+use crate::mailbox::{Mailboxes, Pending};
 
 /// How often claims the hub refused are tried again.
 const RECLAIM_EVERY: Duration = Duration::from_secs(10);
-
-/// The latest retained values of one device, kept to re-publish after a reconnect.
-#[derive(Default)]
-struct Latest {
-    meta: Option<Value>,
-    state: Option<(Value, Option<String>)>,
-    online: Option<Value>,
-}
 
 /// Runs until `shutdown` turns true.
 pub async fn run(
     cfg: AgentConfig,
     devices: HashMap<String, mpsc::Sender<Command>>,
-    mut updates: mpsc::Receiver<Update>,
+    mailboxes: Arc<Mailboxes>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut latest: HashMap<String, Latest> = HashMap::new();
     let mut backoff = Backoff::new(Duration::from_millis(200), cfg.reconnect_max);
     let mut builder = ClientBuilder::new(&cfg.hub)
         .name(&cfg.name)
@@ -46,7 +43,8 @@ pub async fn run(
     if let Some(t) = &cfg.token {
         builder = builder.token(t);
     }
-    // The first connection: retried here; later ones, by the client.
+    // The first connection: retried here; later ones, by the client. Device
+    // tasks never wait for it: their news stays in their mailboxes.
     let client = loop {
         let attempt = tokio::select! {
             _ = shutdown.changed() => return,
@@ -56,14 +54,9 @@ pub async fn run(
             Ok(c) => break c,
             Err(e) => {
                 tracing::warn!(hub = %cfg.hub, "hub unavailable: {e}");
-                // Keep absorbing device updates while waiting, so nothing blocks on us.
-                let until = tokio::time::Instant::now() + backoff.next_delay();
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(until) => break,
-                        _ = shutdown.changed() => return,
-                        Some(u) = updates.recv() => remember(&mut latest, u),
-                    }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = shutdown.changed() => return,
                 }
             }
         }
@@ -72,8 +65,9 @@ pub async fn run(
     let requests = client.requests();
     let mut events = client.events();
     let mut owned = HashSet::new();
-    claim_all(&client, &cfg, &mut owned).await;
-    republish(&client, &latest, &owned).await;
+    let mut refused = BTreeMap::new();
+    claim_all(&client, &cfg, &mut owned, &mut refused).await;
+    republish(&client, &mailboxes, &owned).await;
     let mut reclaim = tokio::time::interval(RECLAIM_EVERY);
     reclaim.tick().await;
     loop {
@@ -82,27 +76,28 @@ pub async fn run(
                 let _ = client.flush().await;
                 return;
             }
-            Some(u) = updates.recv() => {
-                if owned.contains(update_id(&u)) {
-                    // While disconnected this fails; everything is re-published on reconnect.
-                    let _ = publish(&client, &u).await;
+            Some(r) = requests.next() => dispatch(&devices, &mailboxes, r),
+            _ = mailboxes.changed() => {
+                while let Some((id, news)) = mailboxes.take() {
+                    if owned.contains(id) {
+                        // While disconnected this fails; everything is published again on reconnect.
+                        let _ = publish(&client, id, news).await;
+                    }
                 }
-                remember(&mut latest, u);
             }
-            Some(r) = requests.next() => dispatch(&devices, r),
-            _ = reclaim.tick(), if owned.len() < cfg.devices.len() => {
+            _ = reclaim.tick(), if !refused.is_empty() => {
                 let before = owned.len();
-                claim_all(&client, &cfg, &mut owned).await;
+                claim_all(&client, &cfg, &mut owned, &mut refused).await;
                 if owned.len() > before {
-                    republish(&client, &latest, &owned).await;
+                    republish(&client, &mailboxes, &owned).await;
                 }
             }
             e = events.recv() => match e {
                 Ok(ClientEvent::Reconnected(_)) => {
                     tracing::info!(hub = %cfg.hub, "reconnected to hub; claiming and publishing again");
                     owned.clear();
-                    claim_all(&client, &cfg, &mut owned).await;
-                    republish(&client, &latest, &owned).await;
+                    claim_all(&client, &cfg, &mut owned, &mut refused).await;
+                    republish(&client, &mailboxes, &owned).await;
                 }
                 Ok(ClientEvent::HubError(e)) => tracing::warn!("hub error: {e}"),
                 Ok(ClientEvent::Disconnected(why)) => tracing::warn!("lost the hub ({why}); reconnecting"),
@@ -113,17 +108,14 @@ pub async fn run(
     }
 }
 
-fn update_id(u: &Update) -> &str {
-    match u {
-        Update::Meta(id, _)
-        | Update::State(id, _, _)
-        | Update::Online(id, _)
-        | Update::Event(id, _) => id,
-    }
-}
-
-/// Claims every device not yet owned; a refused claim is reported and skipped.
-async fn claim_all(client: &Client, cfg: &AgentConfig, owned: &mut HashSet<String>) {
+/// Claims every device not yet owned; a refused claim is reported and
+/// skipped. Publishes the agent's status: devices served and refused.
+async fn claim_all(
+    client: &Client,
+    cfg: &AgentConfig,
+    owned: &mut HashSet<String>,
+    refused: &mut BTreeMap<String, String>,
+) {
     for d in &cfg.devices {
         if owned.contains(&d.id) {
             continue;
@@ -131,37 +123,41 @@ async fn claim_all(client: &Client, cfg: &AgentConfig, owned: &mut HashSet<Strin
         match client.claim(&format!("dev/{}", d.id)).await {
             Ok(()) => {
                 owned.insert(d.id.clone());
+                refused.remove(&d.id);
             }
-            Err(e) => tracing::error!(
-                device = %d.id,
-                "the hub refused this agent device `{}`: {e}; it is left out and claimed again every {}s",
-                d.id,
-                RECLAIM_EVERY.as_secs()
-            ),
+            Err(e) => {
+                if refused.get(&d.id) != Some(&e.to_string()) {
+                    tracing::error!(
+                        device = %d.id,
+                        "the hub refused device `{}` to this agent: {e}; it is left out and claimed again every {} s",
+                        d.id,
+                        RECLAIM_EVERY.as_secs()
+                    );
+                }
+                refused.insert(d.id.clone(), e.to_string());
+            }
         }
+    }
+    let mut serving: Vec<&String> = owned.iter().collect();
+    serving.sort();
+    let status =
+        json!({"name": cfg.name, "devices": serving, "refused": refused, "since": now_ms()});
+    let opts = PublishOptions {
+        retain: true,
+        cid: None,
+    };
+    let tag = format!("agent/{}/status", cfg.name);
+    if let Err(e) = client.publish_with(&tag, &Body::from(status), opts).await {
+        tracing::debug!("agent status not published: {e}");
     }
 }
 
 /// Publishes the latest known values of every owned device.
-async fn republish(client: &Client, latest: &HashMap<String, Latest>, owned: &HashSet<String>) {
-    for (id, l) in latest.iter().filter(|(id, _)| owned.contains(*id)) {
-        for (what, body) in [("meta", &l.meta), ("online", &l.online)] {
-            if let Some(body) = body {
-                let _ = retained(client, &format!("dev/{id}/{what}"), body, None).await;
-            }
+async fn republish(client: &Client, mailboxes: &Mailboxes, owned: &HashSet<String>) {
+    for (id, latest) in mailboxes.latest() {
+        if owned.contains(id) {
+            let _ = publish(client, id, latest).await;
         }
-        if let Some((state, cid)) = &l.state {
-            let _ = retained(client, &format!("dev/{id}/state"), state, cid.as_deref()).await;
-        }
-    }
-}
-
-fn remember(latest: &mut HashMap<String, Latest>, u: Update) {
-    match u {
-        Update::Meta(id, v) => latest.entry(id).or_default().meta = Some(v),
-        Update::State(id, v, cid) => latest.entry(id).or_default().state = Some((v, cid)),
-        Update::Online(id, v) => latest.entry(id).or_default().online = Some(v),
-        Update::Event(..) => {}
     }
 }
 
@@ -175,41 +171,66 @@ async fn retained(
     client.publish_with(tag, &Body::from(body), opts).await
 }
 
-async fn publish(client: &Client, u: &Update) -> Result<(), patchbay_client::Error> {
-    match u {
-        Update::Meta(id, v) => retained(client, &format!("dev/{id}/meta"), v, None).await,
-        Update::State(id, v, cid) => {
-            retained(client, &format!("dev/{id}/state"), v, cid.as_deref()).await
-        }
-        Update::Online(id, v) => retained(client, &format!("dev/{id}/online"), v, None).await,
-        Update::Event(id, v) => {
-            client
-                .publish(&format!("dev/{id}/event"), &Body::from(v))
-                .await
-        }
+/// Publishes one device's news: description first, then state, reachability and events.
+async fn publish(client: &Client, id: &str, news: Pending) -> Result<(), patchbay_client::Error> {
+    if let Some(meta) = &news.meta {
+        retained(client, &format!("dev/{id}/meta"), meta, None).await?;
     }
+    if let Some((state, cid)) = &news.state {
+        retained(client, &format!("dev/{id}/state"), state, cid.as_deref()).await?;
+    }
+    if let Some(online) = &news.online {
+        retained(client, &format!("dev/{id}/online"), online, None).await?;
+    }
+    if news.events_dropped > 0 {
+        tracing::warn!(device = %id, dropped = news.events_dropped, "events dropped: the hub link fell behind");
+    }
+    for e in &news.events {
+        client
+            .publish(&format!("dev/{id}/event"), &Body::from(e))
+            .await?;
+    }
+    Ok(())
 }
 
-/// Hands a request to its device's task and replies when it is done, without blocking the link.
-fn dispatch(devices: &HashMap<String, mpsc::Sender<Command>>, r: Request) {
-    let target = r
+/// Hands a request to its device's task and replies when it is done,
+/// without blocking the link. Settings the device's schema refuses are
+/// answered at once.
+fn dispatch(devices: &HashMap<String, mpsc::Sender<Command>>, mailboxes: &Mailboxes, r: Request) {
+    let id = r
         .tag()
         .strip_prefix("dev/")
         .and_then(|rest| rest.strip_suffix("/set"))
-        .and_then(|id| devices.get(id).map(|tx| (id.to_owned(), tx.clone())));
+        .filter(|id| devices.contains_key(*id))
+        .map(str::to_owned);
+    let desired = r.json::<Value>().unwrap_or(Value::Null);
+    let early = match &id {
+        None => Some(ErrorBody::new(
+            "unknown_request",
+            format!(
+                "this agent answers `dev/<id>/set` requests only, not `{}`",
+                r.tag()
+            ),
+        )),
+        Some(id) => {
+            let settings: Vec<Setting> = mailboxes
+                .meta(id)
+                .and_then(|m| serde_json::from_value(m.get("settings")?.clone()).ok())
+                .unwrap_or_default();
+            // A device not described yet is checked by its task, which knows why.
+            (!settings.is_empty())
+                .then(|| validate_settings(&settings, &desired).err())
+                .flatten()
+                .map(|e| ErrorBody::new(DeviceErrorCode::InvalidValue.as_str(), e.to_string()))
+        }
+    };
+    let tx = id.as_ref().and_then(|id| devices.get(id)).cloned();
     tokio::spawn(async move {
         let cid = r.cid().map(str::to_owned);
-        let result = match target {
-            None => Err(CommandError {
-                code: "unknown_request".into(),
-                message: format!(
-                    "this agent answers `dev/<id>/set` requests only, not `{}`",
-                    r.tag()
-                ),
-            }),
-            Some((id, tx)) => {
+        let result = match (early, id, tx) {
+            (Some(e), _, _) => Err(e),
+            (None, Some(id), Some(tx)) => {
                 let (reply_tx, reply_rx) = oneshot::channel();
-                let desired = r.json::<Value>().unwrap_or(Value::Null);
                 let cmd = Command {
                     desired,
                     cid: cid.clone(),
@@ -217,34 +238,29 @@ fn dispatch(devices: &HashMap<String, mpsc::Sender<Command>>, r: Request) {
                 };
                 match tx.try_send(cmd) {
                     Ok(()) => reply_rx.await.unwrap_or_else(|_| {
-                        Err(CommandError {
-                            code: DeviceErrorCode::Offline.as_str().into(),
-                            message: format!("device `{id}` stopped"),
-                        })
+                        Err(ErrorBody::new(
+                            DeviceErrorCode::Offline.as_str(),
+                            format!("device `{id}` stopped"),
+                        ))
                     }),
-                    Err(mpsc::error::TrySendError::Closed(_)) => Err(CommandError {
-                        code: DeviceErrorCode::Offline.as_str().into(),
-                        message: format!("device `{id}` is not running"),
-                    }),
-                    Err(mpsc::error::TrySendError::Full(_)) => Err(CommandError {
-                        code: DeviceErrorCode::Busy.as_str().into(),
-                        message: format!(
+                    Err(mpsc::error::TrySendError::Closed(_)) => Err(ErrorBody::new(
+                        DeviceErrorCode::Offline.as_str(),
+                        format!("device `{id}` is not running"),
+                    )),
+                    Err(mpsc::error::TrySendError::Full(_)) => Err(ErrorBody::new(
+                        DeviceErrorCode::Busy.as_str(),
+                        format!(
                             "device `{id}` has {} commands waiting; try again",
                             crate::device::COMMAND_QUEUE
                         ),
-                    }),
+                    )),
                 }
             }
+            _ => Err(ErrorBody::new("unknown_request", "no such device")),
         };
         let sent = match result {
             Ok(state) => r.respond(&Body::from(&state)).await,
-            Err(e) => {
-                let body = ErrorBody {
-                    code: e.code,
-                    message: e.message,
-                };
-                r.respond_result(Err(&body)).await
-            }
+            Err(e) => r.respond_result(Err(&e)).await,
         };
         if let Err(e) = sent {
             tracing::warn!(cid = cid.as_deref().unwrap_or(""), "could not reply: {e}");

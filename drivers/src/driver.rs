@@ -24,6 +24,12 @@ pub trait Driver: Send {
     /// Where to report state changes seen while `apply` runs (a projector
     /// warming up); `None` to stop.
     fn set_progress(&mut self, progress: Option<Progress>);
+    /// Was the last description incomplete (the device could not say what it
+    /// is, e.g. in standby) and can it now be completed? The agent then
+    /// describes the device again and publishes the new description.
+    fn needs_redescribe(&self) -> bool {
+        false
+    }
 }
 
 /// Follows a projector's power through a warm-up or cool-down: reports each
@@ -61,10 +67,13 @@ impl Transition {
             return Some(Ok(power));
         }
         if tokio::time::Instant::now() >= self.deadline {
-            return Some(Err(DriverError::Busy(format!(
-                "still {power} after {} s",
-                self.timeout.as_secs()
-            ))));
+            return Some(Err(DriverError::busy(
+                format!(
+                    "the projector is still {power} after {} s",
+                    self.timeout.as_secs()
+                ),
+                None,
+            )));
         }
         None
     }
@@ -159,6 +168,14 @@ impl Driver for AnyDriver {
             AnyDriver::Pjlink(d) => d.set_progress(progress),
             AnyDriver::Escvp21(d) => d.set_progress(progress),
             AnyDriver::Line(d) => d.set_progress(progress),
+        }
+    }
+
+    fn needs_redescribe(&self) -> bool {
+        match self {
+            AnyDriver::Pjlink(d) => d.needs_redescribe(),
+            AnyDriver::Escvp21(d) => d.needs_redescribe(),
+            AnyDriver::Line(d) => d.needs_redescribe(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Driver errors: typed, with messages a person can act on, and a stable
 //! code that agents put on the wire.
 
+use patchbay_client::device::DeviceErrorCode;
 use thiserror::Error;
 
 /// Everything that can go wrong between a driver and its device.
@@ -49,8 +50,13 @@ pub enum DriverError {
     #[error("the device refused `{0}`: parameter out of range")]
     OutOfRange(String),
     /// The device cannot do it right now, e.g. while warming up (PJLink `ERR3`).
-    #[error("{0}")]
-    Busy(String),
+    #[error("{}", busy_text(why, sent))]
+    Busy {
+        /// Why, for people.
+        why: String,
+        /// What was sent, for the record.
+        sent: Option<String>,
+    },
     /// The device reports a failure (PJLink `ERR4`).
     #[error("device failure while executing `{0}`")]
     DeviceFailure(String),
@@ -65,24 +71,64 @@ pub enum DriverError {
     Config(String),
 }
 
+fn busy_text(why: &str, sent: &Option<String>) -> String {
+    match sent {
+        Some(s) => format!("{why} (`{s}`)"),
+        None => why.to_owned(),
+    }
+}
+
 impl DriverError {
-    /// The code agents send on the wire: `invalid_value`, `busy`, `offline`,
-    /// `device_timeout`, `unsupported` or `device_error`.
-    pub fn code(&self) -> &'static str {
+    /// Busy for a reason people understand, with what was sent for the record.
+    pub fn busy(why: impl Into<String>, sent: Option<String>) -> Self {
+        DriverError::Busy {
+            why: why.into(),
+            sent,
+        }
+    }
+
+    /// The code agents send on the wire.
+    pub fn code(&self) -> DeviceErrorCode {
         match self {
-            DriverError::Schema(_) | DriverError::OutOfRange(_) => "invalid_value",
-            DriverError::Busy(_) => "busy",
+            DriverError::Schema(_) | DriverError::OutOfRange(_) => DeviceErrorCode::InvalidValue,
+            DriverError::Busy { .. } => DeviceErrorCode::Busy,
             DriverError::Connect { .. }
             | DriverError::SerialGone { .. }
             | DriverError::Closed
             | DriverError::Io(_)
             | DriverError::WrongPassword
-            | DriverError::PasswordRequired => "offline",
-            DriverError::Timeout { .. } => "device_timeout",
-            DriverError::Unsupported(_) => "unsupported",
+            | DriverError::PasswordRequired => DeviceErrorCode::Offline,
+            DriverError::Timeout { .. } => DeviceErrorCode::DeviceTimeout,
+            DriverError::Unsupported(_) => DeviceErrorCode::Unsupported,
             DriverError::DeviceFailure(_) | DriverError::Protocol(_) | DriverError::Config(_) => {
-                "device_error"
+                DeviceErrorCode::DeviceError
             }
+        }
+    }
+
+    /// What went wrong in words for the people operating the device, without
+    /// protocol detail (that is in the `Display` text).
+    pub fn summary(&self) -> String {
+        match self {
+            DriverError::Connect { .. } => "the device cannot be reached".into(),
+            DriverError::SerialGone { .. } => {
+                "the serial port is gone (is the adapter unplugged?)".into()
+            }
+            DriverError::Closed | DriverError::Io(_) => {
+                "the connection to the device failed".into()
+            }
+            DriverError::Timeout { .. } => "the device did not answer in time".into(),
+            DriverError::WrongPassword => "the device refused the configured password".into(),
+            DriverError::PasswordRequired => {
+                "the device needs a password and none is configured".into()
+            }
+            DriverError::Unsupported(_) => "the device does not support this".into(),
+            DriverError::OutOfRange(_) => "the device refused this value".into(),
+            DriverError::Busy { why, .. } => why.clone(),
+            DriverError::DeviceFailure(_) => "the device reports a failure".into(),
+            DriverError::Protocol(_) => "the device answered something unexpected".into(),
+            DriverError::Schema(e) => e.to_string(),
+            DriverError::Config(e) => format!("the device is misconfigured: {e}"),
         }
     }
 

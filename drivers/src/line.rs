@@ -257,9 +257,10 @@ impl LineDriver {
                     .as_ref()
                     .is_some_and(|r| r.is_match(&reply))
                 {
-                    return Err(DriverError::Busy(format!(
-                        "the device refused `{command}`: {reply}"
-                    )));
+                    return Err(DriverError::busy(
+                        "the device refused the command",
+                        Some(format!("{command} answered {reply}")),
+                    ));
                 }
                 let setting = &self.settings[idx];
                 if let Some(wire) = setting.reply.captures(&reply).and_then(|c| c.get(1)) {

@@ -50,6 +50,24 @@ impl LineIo {
         written.map_err(|e| self.gone(e.to_string()))
     }
 
+    /// Discards everything that arrives until nothing has for `quiet` (a late
+    /// answer after a timeout); gives up after 20 quiet periods of chatter.
+    pub async fn drain(&mut self, quiet: Duration) -> Result<(), DriverError> {
+        self.buf.clear();
+        for _ in 0..20 {
+            let mut chunk = [0u8; 256];
+            match tokio::time::timeout(quiet, self.stream.read(&mut chunk)).await {
+                Err(_) => return Ok(()),
+                Ok(Ok(0)) => return Err(self.gone("end of stream".into())),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(self.gone(e.to_string())),
+            }
+        }
+        Err(DriverError::Protocol(
+            "the device kept sending without a pause; cannot find the start of an answer".into(),
+        ))
+    }
+
     /// Drops anything already received (stale replies after a timeout).
     pub fn discard_buffered(&mut self) {
         self.buf.clear();

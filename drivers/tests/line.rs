@@ -129,8 +129,12 @@ async fn lg_display() {
         .apply(&desired(json!({"input":"hdmi2"})))
         .await
         .unwrap_err();
-    assert!(matches!(e, DriverError::Busy(_)), "{e:?}");
-    assert_eq!(e.to_string(), "the device refused `xb 01 91`: b 01 NG01");
+    assert!(matches!(e, DriverError::Busy { .. }), "{e:?}");
+    assert_eq!(e.summary(), "the device refused the command");
+    assert_eq!(
+        e.to_string(),
+        "the device refused the command (`xb 01 91 answered b 01 NG01`)"
+    );
     let s = d.apply(&desired(json!({"power":"on"}))).await.unwrap();
     assert_eq!(s["power"], "on");
     let s = d
@@ -170,7 +174,7 @@ async fn bad_profiles_name_the_problem() {
         "configuration: setting `power`: `type` must be enum, bool, int or text, not \"float\""
     );
     let e = d_timeout().await;
-    assert_eq!(e.code(), "device_timeout");
+    assert_eq!(e.code().as_str(), "device_timeout");
 }
 
 async fn d_timeout() -> DriverError {

@@ -261,35 +261,49 @@ async fn commands_and_every_status_code() {
     ] {
         let pending = tokio::spawn(patch("p1", r#"{"power":"off"}"#).send());
         let r = next_request(&ev).await;
-        let e = ErrorBody {
-            code: code.into(),
-            message: format!("the device said {code}"),
-        };
+        let e = ErrorBody::new(code, format!("the device said {code}"));
         r.respond_result(Err(&e)).await.unwrap();
         let body = error_of(pending.await.unwrap().unwrap(), status, code).await;
         assert_eq!(body["error"]["message"], format!("the device said {code}"));
     }
 
-    // 504 when the agent does not answer in time (the hub's `max_request_timeout_ms` caps the wait).
+    // 504 when the agent does not answer in time (the hub's `max_request_timeout_ms`
+    // caps the wait); the answer says the outcome is unknown and gives the cid.
     let res = http()
         .patch(url(&hub, "/api/devices/p1"))
+        .header("x-correlation-id", "slow-1")
         .body(r#"{"power":"off"}"#)
         .send()
         .await
         .unwrap();
     drop(next_request(&ev).await);
-    error_of(res, StatusCode::GATEWAY_TIMEOUT, "timeout").await;
+    let body = error_of(res, StatusCode::GATEWAY_TIMEOUT, "timeout").await;
+    assert_eq!(body["error"]["cid"], "slow-1");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("outcome is unknown"), "{message}");
+    assert!(message.contains("slow-1"), "{message}");
+    // A caller may ask for a short wait; out of range is refused.
     let res = http()
         .patch(url(&hub, "/api/devices/p1?timeout_ms=50"))
         .body(r#"{"power":"off"}"#)
         .send()
         .await
         .unwrap();
-    let body = error_of(res, StatusCode::BAD_REQUEST, "bad_request").await;
-    assert_eq!(
-        body["error"]["message"],
-        "`timeout_ms` must be at least 10000"
-    );
+    drop(next_request(&ev).await);
+    error_of(res, StatusCode::GATEWAY_TIMEOUT, "timeout").await;
+    for bad in ["0", "301"] {
+        let res = http()
+            .patch(url(&hub, &format!("/api/devices/p1?timeout_ms={bad}")))
+            .body(r#"{"power":"off"}"#)
+            .send()
+            .await
+            .unwrap();
+        let body = error_of(res, StatusCode::BAD_REQUEST, "bad_request").await;
+        assert_eq!(
+            body["error"]["message"],
+            "`timeout_ms` must be from 1 to 300"
+        );
+    }
 
     // 422 before anything is sent: the offending setting and the allowed values.
     let body = error_of(

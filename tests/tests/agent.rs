@@ -170,13 +170,17 @@ async fn a_dead_simulator_goes_offline_alone_and_comes_back() {
 
     sim1.kill().await;
     w.until("proj-1 offline", |d| offline(d, "proj-1")).await;
-    let reason = w.devices["proj-1"].online.as_ref().unwrap()["reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    // The reason in words for people, the detail for the record.
+    let o = w.devices["proj-1"].online.clone().unwrap();
+    let reason = o["reason"].as_str().unwrap().to_owned();
+    let detail = o["detail"].as_str().unwrap().to_owned();
     assert!(
-        reason.contains(&addr1) || reason.contains("closed"),
-        "reason should say what failed: {reason}"
+        reason == "the device cannot be reached" || reason == "the connection to the device failed",
+        "{reason}"
+    );
+    assert!(
+        detail.contains(&addr1) || detail.contains("closed"),
+        "the detail should say what failed: {detail}"
     );
     assert!(
         online(&w.devices, "proj-2"),
@@ -243,13 +247,15 @@ async fn serial_port_vanishing_and_returning() {
     w.until("online", |d| online(d, "epson")).await;
     assert_eq!(sim.control("unplug").await, "ok");
     w.until("offline", |d| offline(d, "epson")).await;
-    let reason = w.devices["epson"].online.as_ref().unwrap()["reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let o = w.devices["epson"].online.clone().unwrap();
+    assert_eq!(
+        o["reason"],
+        "the serial port is gone (is the adapter unplugged?)"
+    );
+    let detail = o["detail"].as_str().unwrap();
     assert!(
-        reason.starts_with(&format!("serial port {port} gone")),
-        "{reason}"
+        detail.starts_with(&format!("serial port {port} gone")),
+        "{detail}"
     );
     assert_eq!(sim.control("plug").await, "ok");
     w.until("online again", |d| online(d, "epson")).await;

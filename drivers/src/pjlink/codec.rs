@@ -46,26 +46,116 @@ pub fn parse_greeting(line: &str) -> Result<Greeting, DriverError> {
 }
 
 /// Parses a reply line (without its CR) to `%<class><cmd>`; returns the result text.
+/// Tolerates what real projectors send besides the standard: a line feed
+/// after the CR of the previous reply, and lower-case command names or error codes.
 pub fn parse_reply(line: &str, class: u8, cmd: &str, param: &str) -> Result<String, DriverError> {
-    if line == "PJLINK ERRA" {
+    let line = line.trim_start_matches(['\n', '\r']);
+    if line.eq_ignore_ascii_case("PJLINK ERRA") {
         return Err(DriverError::WrongPassword);
     }
     let prefix = format!("%{class}{cmd}=");
-    let Some(result) = line.strip_prefix(&prefix) else {
-        return Err(DriverError::Protocol(format!(
-            "expected `{prefix}...`, got {line:?}"
-        )));
+    let result = match line.get(..prefix.len()) {
+        Some(head) if head.eq_ignore_ascii_case(&prefix) => &line[prefix.len()..],
+        _ => {
+            return Err(DriverError::Protocol(format!(
+                "expected `{prefix}...`, got {line:?}"
+            )))
+        }
     };
     let sent = format!("{cmd} {param}");
-    match result {
+    match result.to_ascii_uppercase().as_str() {
         "ERR1" => Err(DriverError::Unsupported(sent)),
         "ERR2" => Err(DriverError::OutOfRange(sent)),
-        "ERR3" => Err(DriverError::Busy(format!(
-            "`{sent}` is unavailable right now (the projector is in standby, warming up or cooling down)"
-        ))),
+        "ERR3" => Err(DriverError::busy(
+            "the projector cannot do this now: it is in standby, warming up or cooling down",
+            Some(format!("%{class}{sent} answered ERR3")),
+        )),
         "ERR4" => Err(DriverError::DeviceFailure(sent)),
-        other => Ok(other.to_owned()),
+        _ => Ok(result.to_owned()),
     }
+}
+
+/// The class in a `CLSS ?` result: the standard `1` or `2`, and what some
+/// projectors send instead (`Class 2`).
+pub fn parse_class(result: &str) -> u8 {
+    match result.chars().rev().find(char::is_ascii_digit) {
+        Some('2'..='9') => 2,
+        _ => 1,
+    }
+}
+
+/// The class an input code must be sent with: type 6 (internal) and input
+/// numbers written as letters (`3A`) exist only in class 2.
+pub fn input_class(code: &str) -> u8 {
+    let mut chars = code.chars();
+    let kind = chars.next();
+    let number = chars.as_str();
+    if kind == Some('6') || !number.bytes().all(|b| b.is_ascii_digit()) {
+        2
+    } else {
+        1
+    }
+}
+
+/// `HDMI 1` → `hdmi1`.
+pub fn slug(name: &str) -> String {
+    name.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// Ids people see for the inputs of an `INST ?` result: the input's name
+/// (`INNM`, class 2) when it has a usable one, else type and number
+/// (`digital2`). Any bytes are accepted.
+pub fn input_ids(list: &str, names: &[Option<String>]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (i, code) in list.split_whitespace().enumerate() {
+        let named = names
+            .get(i)
+            .and_then(|n| n.as_deref())
+            .map(slug)
+            .filter(|s| !s.is_empty() && !out.iter().any(|(_, id)| id == s));
+        let id = named.unwrap_or_else(|| {
+            let number: String = code
+                .chars()
+                .skip(1)
+                .collect::<String>()
+                .to_ascii_lowercase();
+            let mut id = format!("{}{number}", input_type(code));
+            // Two codes that read alike still get distinct ids.
+            while out.iter().any(|(_, other)| *other == id) {
+                id.push('_');
+            }
+            id
+        });
+        out.push((code.to_owned(), id));
+    }
+    out
+}
+
+/// (video muted, audio muted) from an `AVMT ?` result: `11` picture only,
+/// `21` sound only, `31` both, `10`/`20`/`30` none.
+pub fn parse_mute(result: &str) -> Option<(bool, bool)> {
+    match result {
+        "11" => Some((true, false)),
+        "21" => Some((false, true)),
+        "31" => Some((true, true)),
+        "10" | "20" | "30" => Some((false, false)),
+        _ => None,
+    }
+}
+
+/// Every lamp of a `LAMP ?` result: pairs of hours and on (1) / off (0).
+pub fn parse_lamps(result: &str) -> Vec<(u64, bool)> {
+    let words: Vec<&str> = result.split_whitespace().collect();
+    words
+        .chunks(2)
+        .filter_map(|pair| match pair {
+            [hours, lit] => Some((hours.parse().ok()?, *lit == "1")),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Power state names for `POWR ?` results 0-3.
@@ -92,7 +182,7 @@ pub fn erst_level(digit: u8) -> Option<&'static str> {
     }
 }
 
-/// Input type names for the first digit of an input code.
+/// Input type names for the first character of an input code.
 pub fn input_type(code: &str) -> &'static str {
     match code.as_bytes().first() {
         Some(b'1') => "rgb",
@@ -168,7 +258,7 @@ mod tests {
         ));
         assert!(matches!(
             parse_reply("%1INPT=ERR3", 1, "INPT", "31"),
-            Err(DriverError::Busy(_))
+            Err(DriverError::Busy { .. })
         ));
         assert!(matches!(
             parse_reply("%1POWR=ERR4", 1, "POWR", "1"),

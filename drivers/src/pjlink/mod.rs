@@ -69,6 +69,10 @@ pub struct Pjlink {
     /// Connections opened so far (for logs and tests).
     opened: u64,
     progress: Option<Progress>,
+    /// The last description lacked what the projector refused with `ERR3`.
+    incomplete: bool,
+    /// The last power reading was `on`.
+    powered_on: bool,
 }
 
 impl Pjlink {
@@ -84,7 +88,16 @@ impl Pjlink {
             events: Vec::new(),
             opened: 0,
             progress: None,
+            incomplete: false,
+            powered_on: false,
         }
+    }
+
+    /// Was the last description taken while the projector could not give it
+    /// (`ERR3` in standby or warming), and is it on now, so that describing
+    /// again completes it?
+    pub fn needs_redescribe(&self) -> bool {
+        self.incomplete && self.powered_on
     }
 
     /// How many connections this driver has opened.
@@ -188,20 +201,41 @@ impl Pjlink {
     ) -> Result<Option<String>, DriverError> {
         match self.command(class, cmd, param).await {
             Ok(v) => Ok(Some(v)),
-            Err(DriverError::Unsupported(_) | DriverError::Busy(_)) => Ok(None),
+            Err(DriverError::Unsupported(_) | DriverError::Busy { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A query that may be refused while the projector is unavailable:
+    /// `ERR3` marks the description incomplete (to read again once it is
+    /// on); `ERR1` just means "not supported".
+    async fn describing(
+        &mut self,
+        class: u8,
+        cmd: &str,
+        param: &str,
+    ) -> Result<Option<String>, DriverError> {
+        match self.command(class, cmd, param).await {
+            Ok(v) => Ok(Some(v)),
+            Err(DriverError::Busy { .. }) => {
+                self.incomplete = true;
+                Ok(None)
+            }
+            Err(DriverError::Unsupported(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
     /// Queries identity, class and inputs, and builds the settings schema.
+    /// Projectors may refuse any of it while in standby or warming up; the
+    /// description is then marked incomplete and taken again once the
+    /// projector is on ([`Pjlink::needs_redescribe`]).
     pub async fn describe(&mut self) -> Result<Description, DriverError> {
-        let class = self
-            .optional(1, "CLSS", "?")
-            .await?
-            .unwrap_or_else(|| "1".into());
-        self.class = if class.trim() == "2" { 2 } else { 1 };
-        let manufacturer = self.optional(1, "INF1", "?").await?.unwrap_or_default();
-        let model = self.optional(1, "INF2", "?").await?.unwrap_or_default();
+        self.incomplete = false;
+        let class = self.describing(1, "CLSS", "?").await?;
+        self.class = class.as_deref().map(codec::parse_class).unwrap_or(1);
+        let manufacturer = self.describing(1, "INF1", "?").await?.unwrap_or_default();
+        let model = self.describing(1, "INF2", "?").await?.unwrap_or_default();
         let mut info = Map::new();
         info.insert("class".into(), json!(self.class));
         for (key, class, cmd) in [
@@ -209,39 +243,29 @@ impl Pjlink {
             ("other", 1, "INFO"),
             ("serial_number", 2, "SNUM"),
             ("software_version", 2, "SVER"),
+            ("lamp_model", 2, "RLMP"),
+            ("filter_model", 2, "RFIL"),
         ] {
             if class > self.class {
                 continue;
             }
-            if let Some(v) = self.optional(class, cmd, "?").await? {
+            if let Some(v) = self.describing(class, cmd, "?").await? {
                 info.insert(key.into(), json!(v));
             }
         }
         let list = self
-            .optional(self.class, "INST", "?")
+            .describing(self.class, "INST", "?")
             .await?
             .unwrap_or_default();
-        let mut inputs: Vec<(String, String)> = Vec::new();
+        let mut names = Vec::new();
         for code in list.split_whitespace() {
-            let name = if self.class >= 2 {
-                self.optional(2, "INNM", &format!("?{code}")).await?
+            names.push(if self.class >= 2 {
+                self.describing(2, "INNM", &format!("?{code}")).await?
             } else {
                 None
-            };
-            let id = name
-                .as_deref()
-                .map(slug)
-                .filter(|s| !s.is_empty() && !inputs.iter().any(|(_, i)| i == s))
-                .unwrap_or_else(|| {
-                    format!(
-                        "{}{}",
-                        codec::input_type(code),
-                        &code[1..].to_ascii_lowercase()
-                    )
-                });
-            inputs.push((code.to_owned(), id));
+            });
         }
-        self.inputs = inputs;
+        self.inputs = codec::input_ids(&list, &names);
         let mut settings = vec![
             Setting::projector_power(),
             Setting::new(
@@ -253,12 +277,15 @@ impl Pjlink {
                 },
                 true,
             ),
-            Setting::new("mute", "A/V mute", Kind::Bool, true),
+            Setting::new("mute", "Picture and sound mute", Kind::Bool, true),
+            Setting::new("video_mute", "Picture mute", Kind::Bool, true),
+            Setting::new("audio_mute", "Sound mute", Kind::Bool, true),
         ];
         if self.class >= 2 {
             settings.push(Setting::new("freeze", "Freeze", Kind::Bool, true));
         }
         settings.push(Setting::hours("lamp_hours", "Lamp hours"));
+        settings.push(Setting::new("lamps", "Lamps", Kind::Object, false));
         if self.class >= 2 {
             settings.push(Setting::hours("filter_hours", "Filter hours"));
         }
@@ -274,39 +301,56 @@ impl Pjlink {
 
     async fn power(&mut self) -> Result<String, DriverError> {
         let code = self.command(1, "POWR", "?").await?;
-        codec::power_name(&code)
+        let power = codec::power_name(&code)
             .map(str::to_owned)
-            .ok_or_else(|| DriverError::Protocol(format!("unknown power state {code:?}")))
+            .ok_or_else(|| DriverError::Protocol(format!("unknown power state {code:?}")))?;
+        self.powered_on = power == "on";
+        Ok(power)
+    }
+
+    /// The selected input's id, while the projector is on.
+    async fn read_input(&mut self) -> Result<Option<String>, DriverError> {
+        let code = self.optional(self.class, "INPT", "?").await?;
+        Ok(code.map(|code| {
+            self.inputs
+                .iter()
+                .find(|(c, _)| c.eq_ignore_ascii_case(&code))
+                .map(|(_, id)| id.clone())
+                .unwrap_or(code)
+        }))
+    }
+
+    /// Mute as `mute` (both), `video_mute` and `audio_mute`, while the projector is on.
+    async fn read_mute(&mut self, state: &mut State) -> Result<(), DriverError> {
+        let mute = self.optional(1, "AVMT", "?").await?;
+        let (video, audio) = match mute.as_deref().map(codec::parse_mute) {
+            Some(Some((v, a))) => (Some(v), Some(a)),
+            _ => (None, None),
+        };
+        state.insert("mute".into(), json!(video.zip(audio).map(|(v, a)| v && a)));
+        state.insert("video_mute".into(), json!(video));
+        state.insert("audio_mute".into(), json!(audio));
+        Ok(())
     }
 
     /// Reads the whole current state.
     pub async fn poll(&mut self) -> Result<State, DriverError> {
-        if self.inputs.is_empty() {
+        if self.inputs.is_empty() && !self.incomplete {
             self.describe().await?;
         }
         let mut state = State::new();
         let power = self.power().await?;
         let on = power == "on";
         state.insert("power".into(), json!(power));
-        let input = if on {
-            self.optional(self.class, "INPT", "?").await?
-        } else {
-            None
-        };
-        let input = input.map(|code| {
-            self.inputs
-                .iter()
-                .find(|(c, _)| c.eq_ignore_ascii_case(&code))
-                .map(|(_, id)| id.clone())
-                .unwrap_or(code)
-        });
+        let input = if on { self.read_input().await? } else { None };
         state.insert("input".into(), json!(input));
-        let mute = if on {
-            self.optional(1, "AVMT", "?").await?
+        if on {
+            self.read_mute(&mut state).await?;
         } else {
-            None
-        };
-        state.insert("mute".into(), json!(mute.map(|m| m == "31")));
+            for key in ["mute", "video_mute", "audio_mute"] {
+                state.insert(key.into(), Value::Null);
+            }
+        }
         if self.class >= 2 {
             let freeze = if on {
                 self.optional(2, "FREZ", "?").await?
@@ -315,11 +359,19 @@ impl Pjlink {
             };
             state.insert("freeze".into(), json!(freeze.map(|f| f == "1")));
         }
-        let lamp = self.optional(1, "LAMP", "?").await?;
-        let hours = lamp
-            .as_deref()
-            .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok());
-        state.insert("lamp_hours".into(), json!(hours));
+        let lamps = self
+            .optional(1, "LAMP", "?")
+            .await?
+            .map(|l| codec::parse_lamps(&l))
+            .unwrap_or_default();
+        state.insert("lamp_hours".into(), json!(lamps.first().map(|l| l.0)));
+        state.insert(
+            "lamps".into(),
+            json!(lamps
+                .iter()
+                .map(|(hours, lit)| json!({"hours": hours, "on": lit}))
+                .collect::<Vec<_>>()),
+        );
         if self.class >= 2 {
             let filter = self.optional(2, "FILT", "?").await?;
             state.insert(
@@ -380,12 +432,13 @@ impl Pjlink {
     async fn set(&mut self, class: u8, cmd: &str, param: &str) -> Result<(), DriverError> {
         match self.command(class, cmd, param).await {
             Ok(_) => Ok(()),
-            Err(DriverError::Busy(_)) => {
+            Err(DriverError::Busy { sent, .. }) => {
                 let power = self.settle().await?;
                 if power == "off" && cmd != "POWR" {
-                    return Err(DriverError::Busy(format!(
-                        "the projector is in standby; power it on before setting `{cmd}`"
-                    )));
+                    return Err(DriverError::busy(
+                        "the projector is in standby: power it on first",
+                        sent,
+                    ));
                 }
                 self.command(class, cmd, param).await.map(drop)
             }
@@ -393,11 +446,14 @@ impl Pjlink {
         }
     }
 
-    /// Applies desired settings (power first) and returns the confirmed state.
+    /// Applies desired settings (power first) and returns the confirmed
+    /// values: after a power change the whole state, otherwise only the
+    /// settings it touched, read back from the projector.
     pub async fn apply(&mut self, desired: &State) -> Result<State, DriverError> {
-        if self.inputs.is_empty() {
+        if self.inputs.is_empty() && !self.incomplete {
             self.describe().await?;
         }
+        let mut confirmed = State::new();
         if let Some(power) = desired.get("power").and_then(Value::as_str) {
             let param = if power == "on" { "1" } else { "0" };
             self.set(1, "POWR", param).await?;
@@ -408,6 +464,8 @@ impl Pjlink {
                     "POWR {param} (projector reports {now})"
                 )));
             }
+            // Everything else changes with power (unknown in standby, readable when on).
+            confirmed = self.poll().await?;
         }
         if let Some(input) = desired.get("input").and_then(Value::as_str) {
             let code = self
@@ -427,20 +485,23 @@ impl Pjlink {
                             .join(", "),
                     })
                 })?;
-            let class = if code.bytes().all(|b| b.is_ascii_digit()) {
-                1
-            } else {
-                2
-            };
-            self.set(class, "INPT", &code).await?;
+            self.set(codec::input_class(&code), "INPT", &code).await?;
+            confirmed.insert("input".into(), json!(self.read_input().await?));
         }
-        if let Some(mute) = desired.get("mute").and_then(Value::as_bool) {
-            self.set(1, "AVMT", if mute { "31" } else { "30" }).await?;
+        let mutes = [("mute", "3"), ("video_mute", "1"), ("audio_mute", "2")];
+        for (key, kind) in mutes {
+            if let Some(on) = desired.get(key).and_then(Value::as_bool) {
+                let param = format!("{kind}{}", u8::from(on));
+                self.set(1, "AVMT", &param).await?;
+                self.read_mute(&mut confirmed).await?;
+            }
         }
         if let Some(freeze) = desired.get("freeze").and_then(Value::as_bool) {
             self.set(2, "FREZ", if freeze { "1" } else { "0" }).await?;
+            let now = self.optional(2, "FREZ", "?").await?;
+            confirmed.insert("freeze".into(), json!(now.map(|f| f == "1")));
         }
-        self.poll().await
+        Ok(confirmed)
     }
 }
 
@@ -460,13 +521,5 @@ fn parse_erst(erst: &str) -> Result<Map<String, Value>, DriverError> {
                 .map(|l| ((*field).to_owned(), json!(l)))
                 .ok_or_else(|| DriverError::Protocol(format!("bad ERST digit in {erst:?}")))
         })
-        .collect()
-}
-
-/// `HDMI 1` → `hdmi1`.
-fn slug(name: &str) -> String {
-    name.chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_lowercase())
         .collect()
 }

@@ -14,11 +14,7 @@ use tokio::task::JoinHandle;
 use serialport::SerialPort;
 
 use super::projector::{Power, Refusal, Sim};
-
-/// The 16-byte ESC/VP.net header a client sends to connect.
-pub const NET_HELLO: [u8; 16] = *b"ESC/VP.net\x10\x03\x00\x00\x00\x00";
-/// The projector's answer: the same header with status 0x20 (OK).
-pub const NET_OK: [u8; 16] = *b"ESC/VP.net\x10\x03\x00\x00\x20\x00";
+use crate::escvp21::codec::{self, NetStatus};
 
 /// (ESC/VP21 source code, PJLink-style input code) pairs the simulator knows.
 pub const SOURCES: &[(&str, &str)] = &[("30", "31"), ("A0", "32"), ("10", "11"), ("41", "21")];
@@ -39,16 +35,37 @@ fn input_to_source(input: &str) -> &'static str {
 }
 
 /// Speaks ESC/VP21 on `stream` until it closes or the sim drops connections.
+/// Over TCP it first answers the ESC/VP.net handshake, refusing a wrong or
+/// missing password (status 0x41) when the projector has one.
 pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, sim: Sim, net: bool) {
     let _counted = sim.connection();
     let mut drops = sim.drop_signal();
     drops.mark_unchanged();
     if net {
-        let mut hello = [0u8; 16];
-        if stream.read_exact(&mut hello).await.is_err() || hello[..10] != NET_HELLO[..10] {
+        let mut hello = [0u8; codec::HEADER_LEN];
+        if stream.read_exact(&mut hello).await.is_err() {
             return;
         }
-        if stream.write_all(&NET_OK).await.is_err() {
+        let Ok((_, extras)) = codec::parse_header(&hello) else {
+            return;
+        };
+        let mut extra = vec![0u8; usize::from(extras) * codec::EXTRA_LEN];
+        if stream.read_exact(&mut extra).await.is_err() {
+            return;
+        }
+        let wanted = sim.lock().cfg.password.clone();
+        let status = match wanted {
+            Some(w) if codec::request_password(&extra).as_deref() != Some(w.as_str()) => {
+                NetStatus::Unauthorized
+            }
+            _ => NetStatus::Ok,
+        };
+        if stream
+            .write_all(&codec::header(status.byte(), 0))
+            .await
+            .is_err()
+            || status != NetStatus::Ok
+        {
             return;
         }
     }
@@ -103,8 +120,17 @@ fn answer(sim: &Sim, command: &str) -> (String, Option<Duration>) {
     match command.split_once(' ').unwrap_or((command, "")) {
         ("", _) => (":".into(), None),
         ("PWR?", _) => {
+            let standby = if p.faults.abnormal {
+                "05".to_owned()
+            } else {
+                p.cfg
+                    .quirks
+                    .standby_code
+                    .clone()
+                    .unwrap_or_else(|| "00".into())
+            };
             let code = match p.power {
-                Power::Off => "00",
+                Power::Off => standby.as_str(),
                 Power::On => "01",
                 Power::Warming(_) => "02",
                 Power::Cooling(_) => "03",
@@ -117,8 +143,9 @@ fn answer(sim: &Sim, command: &str) -> (String, Option<Duration>) {
                 (p.power, turning_on),
                 (Power::Off, true) | (Power::On, false)
             );
+            // `PWR ON` answers its prompt once the lamp is lit, at the end of the warm-up.
             let silence = if turning_on {
-                p.cfg.warmup / 3
+                p.cfg.warmup
             } else {
                 p.cfg.cooldown / 3
             };
@@ -127,7 +154,13 @@ fn answer(sim: &Sim, command: &str) -> (String, Option<Duration>) {
                 Err(_) => err(),
             }
         }
-        ("SOURCE?", _) if on => (format!("SOURCE={}\r:", input_to_source(&p.input)), None),
+        ("SOURCE?", _) if on => {
+            let mut code = input_to_source(&p.input);
+            if code == "10" && p.cfg.quirks.sub_source {
+                code = "1F";
+            }
+            (format!("SOURCE={code}\r:"), None)
+        }
         ("SOURCE", code) => match source_to_input(code) {
             Some(input) => done(p.set_input(input)),
             None => err(),

@@ -102,27 +102,45 @@ async fn session(stream: TcpStream, sim: Sim) {
                 }
             }
         }
-        let reply = answer(&sim, line);
+        let mut reply = answer(&sim, line);
+        if sim.lock().cfg.quirks.crlf {
+            reply.push('\n');
+        }
         if wr.write_all(reply.as_bytes()).await.is_err() {
             return;
         }
     }
 }
 
-/// The reply line to one command line (without CR).
+/// The reply line to one command line (without CR). A malformed line is
+/// answered as the standard says: the command echoed (as far as there is
+/// one) with `ERR1` for an undefined command or `ERR2` for a bad parameter.
 pub fn answer(sim: &Sim, line: &str) -> String {
-    let bytes = line.as_bytes();
-    if bytes.len() < 7 || bytes[0] != b'%' || !matches!(bytes[1], b'1' | b'2') {
-        // Not a PJLink command at all: answer as an undefined command.
-        return "%1ERR1\r".into();
+    let chars: Vec<char> = line.chars().collect();
+    let class = match chars.get(1) {
+        Some('2') => 2,
+        _ => 1,
+    };
+    let cmd: String = chars
+        .iter()
+        .skip(2)
+        .take(4)
+        .collect::<String>()
+        .to_ascii_uppercase();
+    if chars.first() != Some(&'%') || !matches!(chars.get(1), Some('1' | '2')) || cmd.len() < 4 {
+        // Not a PJLink command at all: an undefined command.
+        let echo = if cmd.is_empty() {
+            "????".to_owned()
+        } else {
+            format!("{cmd:?<4}")
+        };
+        return format!("%{class}{echo}=ERR1\r");
     }
-    let class = bytes[1] - b'0';
-    let cmd = line.get(2..6).unwrap_or("").to_ascii_uppercase();
-    let param = match line.get(6..7) {
-        Some(" ") => &line[7..],
+    let param: String = match chars.get(6) {
+        Some(' ') => chars[7..].iter().collect(),
         _ => return format!("%{class}{cmd}=ERR2\r"),
     };
-    let result = execute(sim, class, &cmd, param);
+    let result = execute(sim, class, &cmd, &param);
     format!("%{class}{cmd}={result}\r")
 }
 
@@ -141,6 +159,9 @@ fn execute(sim: &Sim, class: u8, cmd: &str, param: &str) -> String {
         return "ERR1".into();
     }
     let on = p.is_on();
+    if p.cfg.quirks.unavailable_unless_on && !on && cmd != "POWR" {
+        return "ERR3".into();
+    }
     let ok = |r: Result<(), Refusal>| r.map(|()| "OK".to_owned()).unwrap_or_else(refusal);
     match (cmd, param) {
         ("POWR", "?") => match p.power {
@@ -155,8 +176,8 @@ fn execute(sim: &Sim, class: u8, cmd: &str, param: &str) -> String {
         ("INPT", "?") if on => p.input.clone(),
         ("INPT", "?") => "ERR3".into(),
         ("INPT", code) => {
-            // Class 1 input codes are two digits; letters need class 2.
-            if class == 1 && !code.bytes().all(|b| b.is_ascii_digit()) {
+            // Class 1 input codes are two digits of types 1-5; type 6 and letters need class 2.
+            if class == 1 && (!code.bytes().all(|b| b.is_ascii_digit()) || code.starts_with('6')) {
                 return "ERR2".into();
             }
             ok(p.set_input(code))
@@ -166,7 +187,9 @@ fn execute(sim: &Sim, class: u8, cmd: &str, param: &str) -> String {
             .inputs
             .iter()
             .map(|(c, _)| c.as_str())
-            .filter(|c| class == 2 || c.bytes().all(|b| b.is_ascii_digit()))
+            .filter(|c| {
+                class == 2 || (c.bytes().all(|b| b.is_ascii_digit()) && !c.starts_with('6'))
+            })
             .collect::<Vec<_>>()
             .join(" "),
         ("AVMT", "?") if on => match (p.video_mute, p.audio_mute) {
@@ -207,10 +230,22 @@ fn execute(sim: &Sim, class: u8, cmd: &str, param: &str) -> String {
         ("INF1", "?") => p.cfg.manufacturer.clone(),
         ("INF2", "?") => p.cfg.model.clone(),
         ("INFO", "?") => "patchbay simulator".into(),
-        ("CLSS", "?") => p.cfg.class.to_string(),
+        ("CLSS", "?") => p
+            .cfg
+            .quirks
+            .class_reply
+            .clone()
+            .unwrap_or_else(|| p.cfg.class.to_string()),
         ("SNUM", "?") => "SIM0001234".into(),
         ("SVER", "?") => "1.0.0".into(),
         ("FILT", "?") => p.filter_hours.to_string(),
+        ("RLMP", "?") => "ELPLP96".into(),
+        ("RFIL", "?") => "ELPAF60".into(),
+        ("IRES", "?") if on => "1920x1080".into(),
+        ("IRES", "?") => "ERR3".into(),
+        ("RRES", "?") => "1920x1200".into(),
+        ("SVOL" | "MVOL", "0" | "1") if on => "OK".into(),
+        ("SVOL" | "MVOL", "0" | "1") => "ERR3".into(),
         ("INNM", q) => match q.strip_prefix('?') {
             Some(code) => p
                 .cfg
@@ -235,7 +270,7 @@ fn execute(sim: &Sim, class: u8, cmd: &str, param: &str) -> String {
         }
         (
             "POWR" | "ERST" | "LAMP" | "NAME" | "INF1" | "INF2" | "INFO" | "CLSS" | "INST" | "SNUM"
-            | "SVER" | "FILT",
+            | "SVER" | "FILT" | "FREZ" | "RLMP" | "RFIL" | "IRES" | "RRES" | "SVOL" | "MVOL",
             _,
         ) => "ERR2".into(),
         _ => "ERR1".into(),

@@ -32,6 +32,24 @@ pub struct ProjectorConfig {
     pub password: Option<String>,
     /// Close a connection idle this long (PJLink projectors use ~30 s).
     pub idle_close: Duration,
+    /// Quirks of real devices to imitate.
+    pub quirks: Quirks,
+}
+
+/// Ways real projectors deviate from the standards, for tests to switch on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Quirks {
+    /// PJLink: answer `ERR3` to everything but `POWR` unless on (some
+    /// projectors refuse even `CLSS ?` and `INST ?` in standby and while warming).
+    pub unavailable_unless_on: bool,
+    /// PJLink: the `CLSS ?` answer, when not the standard digit (e.g. `Class 2`).
+    pub class_reply: Option<String>,
+    /// PJLink: end replies with CR LF instead of CR.
+    pub crlf: bool,
+    /// ESC/VP21: the `PWR?` code for standby (`00`, `04` network on, `09` A/V output).
+    pub standby_code: Option<String>,
+    /// ESC/VP21: report computer inputs as the sub-source `1F`.
+    pub sub_source: bool,
 }
 
 impl Default for ProjectorConfig {
@@ -52,6 +70,7 @@ impl Default for ProjectorConfig {
             lamp_hours: 1234,
             password: None,
             idle_close: Duration::from_secs(30),
+            quirks: Quirks::default(),
         }
     }
 }
@@ -78,6 +97,8 @@ pub struct Faults {
     pub failure: bool,
     /// Report a lamp error.
     pub lamp_error: bool,
+    /// In standby because of an error (ESC/VP21 `PWR=05`).
+    pub abnormal: bool,
 }
 
 /// The projector's mutable state.
@@ -203,7 +224,7 @@ impl Projector {
         json!({
             "power": power, "input": self.input, "video_mute": self.video_mute,
             "audio_mute": self.audio_mute, "freeze": self.freeze, "lamp_hours": self.lamp_hours,
-            "faults": {"silent": self.faults.silent, "failure": self.faults.failure, "lamp_error": self.faults.lamp_error},
+            "faults": {"silent": self.faults.silent, "failure": self.faults.failure, "lamp_error": self.faults.lamp_error, "abnormal": self.faults.abnormal},
         })
     }
 }
@@ -288,12 +309,13 @@ impl Sim {
                 "ok".into()
             }
             ["state"] => self.lock().to_json().to_string(),
-            [name, rest @ ..] if ["silent", "failure", "lamp-error"].contains(name) => {
+            [name, rest @ ..] if ["silent", "failure", "lamp-error", "abnormal"].contains(name) => {
                 match flag(rest.first()) {
                     Some(on) => {
                         self.set_faults(|f| match *name {
                             "silent" => f.silent = on,
                             "failure" => f.failure = on,
+                            "abnormal" => f.abnormal = on,
                             _ => f.lamp_error = on,
                         });
                         "ok".into()
@@ -302,7 +324,7 @@ impl Sim {
                 }
             }
             _ => {
-                "error: commands are drop, state, silent on|off, failure on|off, lamp-error on|off"
+                "error: commands are drop, state, silent on|off, failure on|off, lamp-error on|off, abnormal on|off"
                     .into()
             }
         }

@@ -4,7 +4,8 @@
 //! - [`tag`] and [`trie`]: tags, patterns and matching;
 //! - [`schema`] and [`device`]: the device vocabulary (descriptions, settings
 //!   schemas, reachability, error codes);
-//! - [`Client`]: the async client.
+//! - [`Client`]: the async client;
+//! - [`backoff`]: exponential backoff with full jitter.
 //!
 //! A subscriber:
 //!
@@ -56,6 +57,7 @@
 //! }
 //! ```
 
+pub mod backoff;
 pub mod client;
 pub mod device;
 pub mod protocol;

@@ -26,8 +26,8 @@ use crate::server::{DeviceRecord, Hub, Retained, DEVICE_PAGE};
 /// The correlation id header, accepted on requests and returned on responses.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 
-/// Shortest wait a command may ask for.
-pub const MIN_TIMEOUT_MS: u64 = 10_000;
+/// Shortest wait a command may ask for, in milliseconds (the CLI takes the same range).
+pub const MIN_TIMEOUT_MS: u64 = 1;
 
 /// A device in the list. Built from the retained values without copying
 /// them: strings and the state are borrowed from the store's frames.
@@ -116,9 +116,10 @@ pub struct ListQuery {
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PatchQuery {
-    /// How long to wait for the device, in milliseconds: at least 10000, since
-    /// commands on AV hardware routinely take seconds (default: the hub's `max_request_timeout_ms`).
-    #[param(minimum = 10000)]
+    /// How long to wait for the device, in milliseconds, from 1 to the hub's
+    /// `max_request_timeout_ms` (its default). A command that times out may
+    /// still be carried out: the 504 answer says so and gives its correlation id.
+    #[param(minimum = 1)]
     pub timeout_ms: Option<u64>,
 }
 
@@ -335,8 +336,9 @@ pub async fn patch(
             );
             r
         }
-        Err(e) => {
+        Err(mut e) => {
             tracing::info!(device = %id, cid = %cid, code = %e.detail.code, "command failed: {}", e.detail.message);
+            e.detail.cid = Some(cid.clone());
             e.into_response()
         }
     };
@@ -382,12 +384,14 @@ fn command(
         .unwrap_or_default();
     validate_settings(&settings, &desired)?;
     let max = st.hub.config().max_request_timeout_ms;
-    if q.timeout_ms.is_some_and(|t| t < MIN_TIMEOUT_MS) {
+    if q.timeout_ms
+        .is_some_and(|t| !(MIN_TIMEOUT_MS..=max).contains(&t))
+    {
         return Err(ApiError::bad_request(format!(
-            "`timeout_ms` must be at least {MIN_TIMEOUT_MS}"
+            "`timeout_ms` must be from {MIN_TIMEOUT_MS} to {max}"
         )));
     }
-    let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(max).min(max));
+    let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(max));
     let raw = RawValue::from_string(desired.to_string())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let answer = st
@@ -412,11 +416,11 @@ async fn wait(
     let grace = timeout + Duration::from_secs(5);
     match tokio::time::timeout(grace, answer).await {
         Ok(Ok(Ok(state))) => Ok(state),
-        Ok(Ok(Err(e))) => Err(ApiError::from_command(&e.code, e.message)),
+        Ok(Ok(Err(e))) => Err(ApiError::from_error_body(e)),
         Ok(Err(_)) | Err(_) => Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",
-            format!("no answer from device `{id}`"),
+            format!("no answer from device `{id}`; the outcome is unknown: the command may still be carried out"),
         )),
     }
 }

@@ -22,6 +22,17 @@ pub struct ErrorDetail {
     /// For `invalid_value`: what is allowed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed: Option<String>,
+    /// Protocol detail for the record (what was sent, what the device answered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// For a device command: what became of each setting,
+    /// `{"applied": {...}, "failed": {...}, "skipped": [...]}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub outcome: Option<serde_json::Value>,
+    /// For a device command: its correlation id (to follow it up after a timeout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
 }
 
 /// The body of every error response.
@@ -36,8 +47,8 @@ pub struct ErrorResponse {
 pub struct ApiError {
     /// HTTP status.
     pub status: StatusCode,
-    /// The error object.
-    pub detail: ErrorDetail,
+    /// The error object (boxed: errors travel in `Result`s on every path).
+    pub detail: Box<ErrorDetail>,
 }
 
 impl ApiError {
@@ -45,12 +56,15 @@ impl ApiError {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            detail: ErrorDetail {
+            detail: Box::new(ErrorDetail {
                 code: code.into(),
                 message: message.into(),
                 setting: None,
                 allowed: None,
-            },
+                detail: None,
+                outcome: None,
+                cid: None,
+            }),
         }
     }
 
@@ -66,6 +80,14 @@ impl ApiError {
     /// 400 for a malformed request.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// A responder's error: its code mapped to a status, its detail and outcome kept.
+    pub fn from_error_body(e: crate::protocol::ErrorBody) -> Self {
+        let mut err = Self::from_command(&e.code, e.message);
+        err.detail.detail = e.detail;
+        err.detail.outcome = e.outcome;
+        err
     }
 
     /// The status a failed device command maps to, by its code.
@@ -117,7 +139,7 @@ impl From<OpError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&ErrorResponse { error: self.detail }).unwrap_or_default();
+        let body = serde_json::to_vec(&ErrorResponse { error: *self.detail }).unwrap_or_default();
         let mut res = (self.status, body).into_response();
         res.headers_mut().insert(
             header::CONTENT_TYPE,

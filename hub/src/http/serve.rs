@@ -113,6 +113,9 @@ fn error_response(status: u16, reason: &str, code: &str, message: &str) -> Vec<u
             message: message.into(),
             setting: None,
             allowed: None,
+            detail: None,
+            outcome: None,
+            cid: None,
         },
     })
     .unwrap_or_default();

@@ -30,7 +30,7 @@ use super::store::{Retained, Store};
 use super::ConnId;
 use crate::config::{HubConfig, Role};
 use crate::protocol::{
-    encode_err, encode_msg, encode_ok, encode_rep, encode_req, ErrorBody, ErrorCode,
+    encode_msg, encode_ok, encode_rep, encode_req, encode_request_err, ErrorBody, ErrorCode,
 };
 use crate::tag::is_under;
 
@@ -94,6 +94,10 @@ struct Pending {
     requester: Requester,
     responder: ConnId,
     deadline: Instant,
+    /// The request's correlation id, for the answer to a timeout.
+    cid: Option<Box<str>>,
+    /// How long it was given.
+    timeout: Duration,
 }
 
 /// The answer to a request made with [`Hub::request_internal`].
@@ -408,10 +412,7 @@ impl State {
             _ => &metrics.requests_error,
         };
         Metrics::inc(counter);
-        let error = ErrorBody {
-            code: code.as_str().into(),
-            message: message.into(),
-        };
+        let error = ErrorBody::new(code.as_str(), message);
         self.answer(p.requester, Err(error));
     }
 
@@ -427,7 +428,7 @@ impl State {
                 let mut buf = Vec::with_capacity(128);
                 match result {
                     Ok(body) => encode_rep(&mut buf, &rid, body),
-                    Err(e) => encode_err(&mut buf, None, Some(&rid), &e.code, &e.message),
+                    Err(e) => encode_request_err(&mut buf, &rid, &e),
                 }
                 // Answers pass the queue's bound: there are at most `max_pending_requests` of them.
                 c.outbox.push_answer(Bytes::from(buf));
@@ -938,6 +939,8 @@ impl Hub {
                 requester,
                 responder,
                 deadline,
+                cid: cid.map(Box::from),
+                timeout,
             },
         );
         st.deadlines.insert((deadline, hub_rid));
@@ -989,7 +992,15 @@ impl Hub {
             }
             st.deadlines.pop_first();
             if let Some(p) = st.pending.remove(&rid) {
-                let why = format!("`{}` did not reply in time", st.name_of(p.responder));
+                let cid = match &p.cid {
+                    Some(c) => format!("; its correlation id is `{c}`"),
+                    None => String::new(),
+                };
+                let why = format!(
+                    "`{}` did not answer within {} ms; the outcome is unknown: the request may still be carried out{cid}",
+                    st.name_of(p.responder),
+                    p.timeout.as_millis()
+                );
                 st.fail_request(&self.metrics, p, ErrorCode::Timeout, &why);
             }
         }

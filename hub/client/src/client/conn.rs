@@ -9,7 +9,6 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -26,6 +25,7 @@ use super::{
     lock, Answer, Client, ClientBuilder, ClientEvent, Error, Handle, Outgoing, Shared, Status,
     Subs, Welcome,
 };
+use crate::backoff::Backoff;
 use crate::protocol::{ClientOut, ErrorBody};
 
 /// Read-buffer growth per read.
@@ -133,6 +133,10 @@ struct Control<'a> {
     #[serde(default)]
     message: Option<String>,
     #[serde(default)]
+    detail: Option<String>,
+    #[serde(default)]
+    outcome: Option<serde_json::Value>,
+    #[serde(default)]
     client: Option<u64>,
     #[serde(default)]
     name: Option<&'a str>,
@@ -145,6 +149,8 @@ impl Control<'_> {
         ErrorBody {
             code: self.code.unwrap_or("error").to_owned(),
             message: self.message.clone().unwrap_or_default(),
+            detail: self.detail.clone(),
+            outcome: self.outcome.clone(),
         }
     }
 }
@@ -173,7 +179,8 @@ enum End {
 /// Runs connections until every handle is gone, reconnecting as configured.
 async fn drive(shared: Arc<Shared>, stream: TcpStream, buf: BytesMut, handle: Weak<Handle>) {
     let mut next = Some((stream, buf));
-    let mut attempt: u32 = 0;
+    let policy = shared.opts.reconnect;
+    let mut backoff = policy.map(|p| Backoff::new(p.min, p.max));
     while let Some((stream, buf)) = next.take() {
         let end = run(&shared, stream, buf, &handle).await;
         {
@@ -190,7 +197,7 @@ async fn drive(shared: Arc<Shared>, stream: TcpStream, buf: BytesMut, handle: We
         };
         tracing::warn!(hub = %shared.opts.addr, "connection lost: {reason}");
         shared.event(ClientEvent::Disconnected(reason));
-        let Some(policy) = shared.opts.reconnect else {
+        let Some(backoff) = backoff.as_mut() else {
             break;
         };
         shared.status.send_replace(Status::Reconnecting);
@@ -199,15 +206,13 @@ async fn drive(shared: Arc<Shared>, stream: TcpStream, buf: BytesMut, handle: We
             if handle.strong_count() == 0 {
                 break;
             }
-            let delay = backoff(policy.min, policy.max, attempt);
-            attempt = attempt.saturating_add(1);
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
                 _ = closing.wait_for(|c| *c) => break,
             }
             match open(&shared.opts).await {
                 Ok((stream, buf, welcome)) => {
-                    attempt = 0;
+                    backoff.reset();
                     *lock(&shared.welcome) = welcome.clone();
                     resubscribe(&shared);
                     shared.status.send_replace(Status::Connected);
@@ -224,23 +229,6 @@ async fn drive(shared: Arc<Shared>, stream: TcpStream, buf: BytesMut, handle: We
     for entry in lock(&shared.subs).by_id.values() {
         entry.queue.close();
     }
-}
-
-/// Exponential backoff with full jitter: a random wait up to the
-/// exponential bound, so clients that lost the same hub do not return in step.
-fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
-    let bound = min
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(max)
-        .max(min);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    // A cheap mix of the clock's low bits: jitter needs no cryptographic randomness.
-    let x = (u64::from(nanos) ^ (u64::from(attempt) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let frac = (x >> 11) as f64 / (1u64 << 53) as f64;
-    min + (bound - min).mul_f64(frac)
 }
 
 /// Queues the `sub` frames of every live subscription on a new connection.
@@ -538,13 +526,13 @@ fn take_request(shared: &Shared, handle: &Weak<Handle>, line: &Bytes, r: Req<'_>
         handle,
     };
     if let Err(mpsc::error::TrySendError::Full(request)) = shared.requests_tx.try_send(request) {
-        let busy = ErrorBody {
-            code: crate::device::DeviceErrorCode::Busy.as_str().into(),
-            message: format!(
+        let busy = ErrorBody::new(
+            crate::device::DeviceErrorCode::Busy.as_str(),
+            format!(
                 "`{}` has {} requests waiting; try again",
                 shared.opts.name, shared.opts.request_capacity
             ),
-        };
+        );
         let mut frame = Vec::with_capacity(128);
         super::message::encode_rep(&mut frame, request.rid, Err(&busy));
         shared.send_now(&frame);

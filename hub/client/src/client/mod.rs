@@ -588,12 +588,8 @@ impl Client {
     ) -> Result<Subscription, Error> {
         let patterns: Vec<Box<str>> = patterns.into_iter().map(|p| p.as_ref().into()).collect();
         for p in &patterns {
-            crate::tag::validate_pattern(p).map_err(|e| {
-                Error::Hub(ErrorBody {
-                    code: "bad_tag".into(),
-                    message: e.to_string(),
-                })
-            })?;
+            crate::tag::validate_pattern(p)
+                .map_err(|e| Error::Hub(ErrorBody::new("bad_tag", e.to_string())))?;
         }
         let s = self.shared();
         let id = s.next_id();

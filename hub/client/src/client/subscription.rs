@@ -246,10 +246,7 @@ impl Request {
         code: DeviceErrorCode,
         message: impl Into<String>,
     ) -> Result<(), Error> {
-        let e = ErrorBody {
-            code: code.as_str().into(),
-            message: message.into(),
-        };
+        let e = ErrorBody::new(code.as_str(), message);
         self.respond_result(Err(&e)).await
     }
 

@@ -177,6 +177,26 @@ pub fn encode_snapshot(buf: &mut Vec<u8>, id: Option<&RawValue>) {
     line(buf, &SnapshotOut { op: "snapshot", id });
 }
 
+/// Appends the `err` frame that answers a failed request: the requester's
+/// `rid` and the whole error, protocol detail and outcome included.
+pub fn encode_request_err(buf: &mut Vec<u8>, rid: &RawValue, error: &super::ErrorBody) {
+    #[derive(Serialize)]
+    struct ErrOut<'a> {
+        op: &'static str,
+        rid: &'a RawValue,
+        #[serde(flatten)]
+        error: &'a super::ErrorBody,
+    }
+    line(
+        buf,
+        &ErrOut {
+            op: "err",
+            rid,
+            error,
+        },
+    );
+}
+
 /// Appends a `pong` frame.
 pub fn encode_pong(buf: &mut Vec<u8>, id: Option<&RawValue>) {
     #[derive(Serialize)]

@@ -15,7 +15,7 @@ pub use code::ErrorCode;
 pub use decode::{parse_client_frame, ClientFrame, FrameError, Incoming};
 pub use encode::{
     encode_err, encode_msg, encode_ok, encode_ping, encode_pong, encode_rep, encode_req,
-    encode_snapshot, encode_welcome, json_str, ClientOut,
+    encode_request_err, encode_snapshot, encode_welcome, json_str, ClientOut,
 };
 pub use server_frame::{ErrorBody, ServerFrame};
 

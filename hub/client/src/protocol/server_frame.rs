@@ -4,13 +4,33 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The error part of an `err` frame or of a failed reply: a code for programs
-/// and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// and a message for people, and, from responders that have them, protocol
+/// detail and what became of each part of the request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// A snake_case code: one of [`super::ErrorCode`] from the hub, or the responder's own.
     pub code: String,
     /// What went wrong, in words.
     pub message: String,
+    /// Protocol detail for the record (what was sent, what the device answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Per-part outcome: for a device command, `{"applied": {...}, "failed":
+    /// {...}, "skipped": [...]}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Value>,
+}
+
+impl ErrorBody {
+    /// An error with a code and a message.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        ErrorBody {
+            code: code.into(),
+            message: message.into(),
+            detail: None,
+            outcome: None,
+        }
+    }
 }
 
 impl std::fmt::Display for ErrorBody {

@@ -1,8 +1,15 @@
 //! The Epson ESC/VP21 driver: serial (9600 8N1) or TCP (ESC/VP.net).
 //!
 //! Every exchange waits for the `:` prompt before the next command; each
-//! command has its own timeout, and `PWR ON`/`PWR OFF` a long one, since a
-//! projector changing power state may stay silent for seconds.
+//! command has its own timeout, and `PWR ON`/`PWR OFF` a long one: Epson
+//! documents up to 40, 70 and 100 s for the first, second and third lamp
+//! ignition, and the projector answers `PWR ON` only once the lamp is lit.
+//! After a timeout a late answer may still come: before the next command
+//! the driver discards what arrives until the line is quiet and checks that
+//! a bare CR gets a bare prompt, so a late `:` is never taken for the next
+//! command's answer.
+
+pub mod codec;
 
 use std::time::Duration;
 
@@ -10,9 +17,9 @@ use serde_json::{json, Map, Value};
 
 use crate::driver::{Progress, Transition};
 use crate::lineio::LineIo;
-use crate::sim::escvp21::NET_HELLO;
 use crate::transport::Transport;
 use crate::DriverError;
+use codec::{NetStatus, PowerCode};
 use patchbay_client::schema::SchemaError;
 use patchbay_client::schema::{Description, DeviceEvent, Kind, Level, Setting, State};
 
@@ -21,38 +28,44 @@ use patchbay_client::schema::{Description, DeviceEvent, Kind, Level, Setting, St
 pub struct Escvp21Options {
     /// Timeout for ordinary commands.
     pub command_timeout: Duration,
-    /// Timeout for `PWR ON` / `PWR OFF`.
+    /// Timeout for `PWR ON` / `PWR OFF` (the third ignition attempt can take 100 s).
     pub power_timeout: Duration,
     /// Longest a warm-up or cool-down may take.
     pub transition_timeout: Duration,
     /// How often to check power while waiting.
     pub transition_poll: Duration,
+    /// The ESC/VP.net password, when the projector has one.
+    pub password: Option<String>,
+    /// (id people see, source code) pairs; models differ (on some `A0` is DVI-D).
+    pub sources: Vec<(String, String)>,
 }
 
 impl Default for Escvp21Options {
     fn default() -> Self {
         Escvp21Options {
             command_timeout: Duration::from_secs(3),
-            power_timeout: Duration::from_secs(40),
+            power_timeout: Duration::from_secs(100),
             transition_timeout: Duration::from_secs(120),
             transition_poll: Duration::from_millis(500),
+            password: None,
+            sources: codec::DEFAULT_SOURCES
+                .iter()
+                .map(|(id, code)| ((*id).to_owned(), (*code).to_owned()))
+                .collect(),
         }
     }
 }
 
-/// (source id shown to users, ESC/VP21 source code).
-const SOURCES: &[(&str, &str)] = &[
-    ("hdmi1", "30"),
-    ("hdmi2", "A0"),
-    ("computer", "10"),
-    ("video", "41"),
-];
+/// How long the line must stay quiet before the driver trusts it again after a timeout.
+const QUIET: Duration = Duration::from_millis(150);
 
 /// An Epson projector.
 pub struct Escvp21 {
     transport: Transport,
     opts: Escvp21Options,
     io: Option<LineIo>,
+    /// A command timed out: its answer may still arrive.
+    resync: bool,
     last_error: String,
     events: Vec<DeviceEvent>,
     progress: Option<Progress>,
@@ -65,6 +78,7 @@ impl Escvp21 {
             transport,
             opts,
             io: None,
+            resync: false,
             last_error: "00".into(),
             events: Vec::new(),
             progress: None,
@@ -87,19 +101,53 @@ impl Escvp21 {
         let mut io = LineIo::new(stream, self.transport.serial_path().map(str::to_owned));
         let t = self.opts.command_timeout;
         if let Transport::Tcp { .. } = self.transport {
-            io.send(&NET_HELLO).await?;
-            let header = io.read_exact(16, t, "ESC/VP.net handshake").await?;
-            if !header.starts_with(b"ESC/VP.net") || header.get(14) != Some(&0x20) {
-                return Err(DriverError::Protocol(format!(
-                    "ESC/VP.net handshake refused (status {:#04x})",
-                    header.get(14).copied().unwrap_or(0)
-                )));
+            let password = self.opts.password.as_deref();
+            io.send(&codec::connect_request(password)).await?;
+            let header = io
+                .read_exact(codec::HEADER_LEN, t, "ESC/VP.net handshake")
+                .await?;
+            let (status, extras) = codec::parse_header(&header)?;
+            io.read_exact(
+                usize::from(extras) * codec::EXTRA_LEN,
+                t,
+                "ESC/VP.net handshake",
+            )
+            .await?;
+            match status {
+                NetStatus::Ok => {}
+                NetStatus::Unauthorized | NetStatus::Forbidden if password.is_some() => {
+                    return Err(DriverError::WrongPassword)
+                }
+                NetStatus::Unauthorized | NetStatus::Forbidden => {
+                    return Err(DriverError::PasswordRequired)
+                }
+                NetStatus::Busy => {
+                    return Err(DriverError::busy(
+                        "the projector is serving another network client",
+                        Some("ESC/VP.net status 0x53".into()),
+                    ))
+                }
+                NetStatus::Other(b) => {
+                    return Err(DriverError::Protocol(format!(
+                        "ESC/VP.net handshake refused (status {b:#04x})"
+                    )))
+                }
             }
         }
+        self.io = Some(io);
         // An empty command answers just the prompt: proof the projector is listening.
+        self.resynchronise().await
+    }
+
+    /// Discards whatever arrives until the line is quiet, then checks that a
+    /// bare CR is answered by a bare prompt.
+    async fn resynchronise(&mut self) -> Result<(), DriverError> {
+        let t = self.opts.command_timeout;
+        let io = self.io.as_mut().ok_or(DriverError::Closed)?;
+        io.drain(QUIET).await?;
         io.send(b"\r").await?;
         io.read_until(b":", t, "prompt").await?;
-        self.io = Some(io);
+        self.resync = false;
         Ok(())
     }
 
@@ -111,6 +159,11 @@ impl Escvp21 {
     ) -> Result<Vec<String>, DriverError> {
         if self.io.is_none() {
             self.open().await?;
+        } else if self.resync {
+            if let Err(e) = self.resynchronise().await {
+                self.io = None;
+                return Err(e);
+            }
         }
         let io = self.io.as_mut().ok_or(DriverError::Closed)?;
         let result = async {
@@ -120,22 +173,22 @@ impl Escvp21 {
         .await;
         let reply = match result {
             Ok(r) => r,
+            Err(e @ DriverError::Timeout { .. }) => {
+                // A late answer may still come: resynchronise before the next command.
+                self.resync = true;
+                return Err(e);
+            }
             Err(e) => {
-                // After a timeout a late answer may still arrive: start clean next time.
                 self.io = None;
                 return Err(e);
             }
         };
-        let lines: Vec<String> = String::from_utf8_lossy(&reply)
-            .split(['\r', '\n'])
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect();
-        if lines.iter().any(|l| l == "ERR") {
-            return Err(DriverError::Busy(format!(
-                "the projector refused `{command}` (ERR): it may be in standby or changing power state"
-            )));
+        let lines = codec::reply_lines(&reply);
+        if lines.iter().any(|l| l.eq_ignore_ascii_case("ERR")) {
+            return Err(DriverError::busy(
+                "the projector cannot do this now: it is in standby or changing power state",
+                Some(format!("{command} answered ERR")),
+            ));
         }
         Ok(lines)
     }
@@ -144,14 +197,11 @@ impl Escvp21 {
         let lines = self
             .command(&format!("{key}?"), self.opts.command_timeout)
             .await?;
-        let prefix = format!("{key}=");
-        lines
-            .iter()
-            .find_map(|l| l.strip_prefix(&prefix))
+        codec::value_of(&lines, key)
             .map(str::to_owned)
             .ok_or_else(|| {
                 DriverError::Protocol(format!(
-                    "expected `{prefix}...` in reply to {key}?, got {lines:?}"
+                    "expected `{key}=...` in reply to {key}?, got {lines:?}"
                 ))
             })
     }
@@ -160,7 +210,7 @@ impl Escvp21 {
     async fn optional(&mut self, key: &str) -> Result<Option<String>, DriverError> {
         match self.query(key).await {
             Ok(v) => Ok(Some(v)),
-            Err(DriverError::Busy(_)) => Ok(None),
+            Err(DriverError::Busy { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -180,7 +230,7 @@ impl Escvp21 {
                     "input",
                     "Source",
                     Kind::Enum {
-                        values: SOURCES.iter().map(|(id, _)| (*id).to_owned()).collect(),
+                        values: self.opts.sources.iter().map(|(id, _)| id.clone()).collect(),
                         transitional: Vec::new(),
                     },
                     true,
@@ -194,18 +244,35 @@ impl Escvp21 {
 
     async fn power(&mut self) -> Result<String, DriverError> {
         let code = self.query("PWR").await?;
-        Ok(match code.as_str() {
-            "01" => "on",
-            "02" => "warming",
-            "03" => "cooling",
-            "00" | "04" | "05" => "off",
-            other => {
-                return Err(DriverError::Protocol(format!(
-                    "unknown power state {other:?}"
-                )))
-            }
+        let power = codec::parse_power(&code)
+            .ok_or_else(|| DriverError::Protocol(format!("unknown power state {code:?}")))?;
+        if power == PowerCode::AbnormalStandby && self.last_error != "abnormal" {
+            self.events.push(DeviceEvent {
+                level: Level::Error,
+                code: "abnormal_standby".into(),
+                message: "the projector went to standby because of an error (PWR=05)".into(),
+            });
+            self.last_error = "abnormal".into();
+        }
+        Ok(match power {
+            PowerCode::On => "on",
+            PowerCode::Warming => "warming",
+            PowerCode::Cooling => "cooling",
+            PowerCode::Standby | PowerCode::AbnormalStandby => "off",
         }
         .into())
+    }
+
+    async fn read_source(&mut self) -> Result<Option<String>, DriverError> {
+        let code = self.optional("SOURCE").await?;
+        Ok(code.map(|c| codec::source_id(&self.opts.sources, &c)))
+    }
+
+    async fn read_mute(&mut self) -> Result<Option<bool>, DriverError> {
+        Ok(self
+            .optional("MUTE")
+            .await?
+            .map(|m| m.eq_ignore_ascii_case("ON")))
     }
 
     /// Reads the whole current state.
@@ -214,32 +281,17 @@ impl Escvp21 {
         let power = self.power().await?;
         let on = power == "on";
         state.insert("power".into(), json!(power));
-        let source = if on {
-            self.optional("SOURCE").await?
-        } else {
-            None
-        };
-        let input = source.map(|s| {
-            SOURCES
-                .iter()
-                .find(|(_, code)| code.eq_ignore_ascii_case(&s))
-                .map(|(id, _)| (*id).to_owned())
-                .unwrap_or(s)
-        });
+        let input = if on { self.read_source().await? } else { None };
         state.insert("input".into(), json!(input));
-        let mute = if on {
-            self.optional("MUTE").await?
-        } else {
-            None
-        };
-        state.insert("mute".into(), json!(mute.map(|m| m == "ON")));
+        let mute = if on { self.read_mute().await? } else { None };
+        state.insert("mute".into(), json!(mute));
         let lamp = self.optional("LAMP").await?;
         state.insert(
             "lamp_hours".into(),
             json!(lamp.and_then(|l| l.trim().parse::<u64>().ok())),
         );
         let error = self.optional("ERR").await?.unwrap_or_else(|| "00".into());
-        if error != self.last_error {
+        if error != self.last_error && !(error == "00" && self.last_error == "abnormal") {
             self.events.push(if error == "00" {
                 DeviceEvent {
                     level: Level::Info,
@@ -250,7 +302,7 @@ impl Escvp21 {
                 DeviceEvent {
                     level: Level::Error,
                     code: format!("err_{error}"),
-                    message: error_text(&error),
+                    message: codec::error_text(&error),
                 }
             });
             self.last_error = error.clone();
@@ -279,12 +331,13 @@ impl Escvp21 {
     async fn set(&mut self, command: &str, timeout: Duration) -> Result<(), DriverError> {
         match self.command(command, timeout).await {
             Ok(_) => Ok(()),
-            Err(DriverError::Busy(_)) => {
+            Err(DriverError::Busy { sent, .. }) => {
                 let power = self.settle().await?;
                 if power == "off" && !command.starts_with("PWR") {
-                    return Err(DriverError::Busy(format!(
-                        "the projector is in standby; power it on first (it answered ERR to `{command}`)"
-                    )));
+                    return Err(DriverError::busy(
+                        "the projector is in standby: power it on first",
+                        sent,
+                    ));
                 }
                 self.command(command, timeout).await.map(drop)
             }
@@ -292,8 +345,11 @@ impl Escvp21 {
         }
     }
 
-    /// Applies desired settings (power first) and returns the confirmed state.
+    /// Applies desired settings (power first) and returns the confirmed
+    /// values: after a power change the whole state, otherwise only the
+    /// settings it touched, read back from the projector.
     pub async fn apply(&mut self, desired: &State) -> Result<State, DriverError> {
+        let mut confirmed = State::new();
         if let Some(power) = desired.get("power").and_then(Value::as_str) {
             let cmd = if power == "on" { "PWR ON" } else { "PWR OFF" };
             self.set(cmd, self.opts.power_timeout).await?;
@@ -303,25 +359,31 @@ impl Escvp21 {
                     "{cmd} (projector reports {now})"
                 )));
             }
+            confirmed = self.poll().await?;
         }
         if let Some(input) = desired.get("input").and_then(Value::as_str) {
-            let code = SOURCES
+            let code = self
+                .opts
+                .sources
                 .iter()
-                .find(|(id, _)| *id == input)
-                .map(|(_, c)| *c)
+                .find(|(id, _)| id == input)
+                .map(|(_, c)| c.clone())
                 .ok_or_else(|| {
                     DriverError::Schema(SchemaError::InvalidValue {
                         setting: "input".into(),
                         value: format!("{input:?}"),
-                        allowed: SOURCES
+                        allowed: self
+                            .opts
+                            .sources
                             .iter()
-                            .map(|(id, _)| *id)
+                            .map(|(id, _)| id.as_str())
                             .collect::<Vec<_>>()
                             .join(", "),
                     })
                 })?;
             self.set(&format!("SOURCE {code}"), self.opts.command_timeout)
                 .await?;
+            confirmed.insert("input".into(), json!(self.read_source().await?));
         }
         if let Some(mute) = desired.get("mute").and_then(Value::as_bool) {
             self.set(
@@ -329,22 +391,8 @@ impl Escvp21 {
                 self.opts.command_timeout,
             )
             .await?;
+            confirmed.insert("mute".into(), json!(self.read_mute().await?));
         }
-        self.poll().await
+        Ok(confirmed)
     }
-}
-
-fn error_text(code: &str) -> String {
-    let what = match code {
-        "01" => "fan error",
-        "03" => "lamp failure at power on",
-        "04" => "high internal temperature",
-        "06" => "lamp error",
-        "07" => "lamp cover open",
-        "08" => "cinema filter error",
-        "0C" => "low air flow",
-        "0E" => "power supply error",
-        _ => "projector error",
-    };
-    format!("{what} (ERR={code})")
 }
