@@ -2,6 +2,7 @@
 //! Pure functions, so the byte format is tested without a device.
 
 use md5::{Digest, Md5};
+use serde_json::{json, Map, Value};
 
 use crate::DriverError;
 
@@ -193,6 +194,25 @@ pub fn input_type(code: &str) -> &'static str {
         Some(b'6') => "internal",
         _ => "input",
     }
+}
+
+/// Parses the six `ERST` digits.
+pub fn parse_erst(erst: &str) -> Result<Map<String, Value>, DriverError> {
+    let bytes = erst.as_bytes();
+    if bytes.len() != 6 {
+        return Err(DriverError::Protocol(format!(
+            "ERST should be six digits, got {erst:?}"
+        )));
+    }
+    ERST_FIELDS
+        .iter()
+        .zip(bytes)
+        .map(|(field, d)| {
+            erst_level(*d)
+                .map(|l| ((*field).to_owned(), json!(l)))
+                .ok_or_else(|| DriverError::Protocol(format!("bad ERST digit in {erst:?}")))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -380,7 +380,7 @@ impl Pjlink {
             );
         }
         if let Some(erst) = self.optional(1, "ERST", "?").await? {
-            let errors = parse_erst(&erst)?;
+            let errors = codec::parse_erst(&erst)?;
             self.note_error_changes(&errors);
             state.insert("errors".into(), Value::Object(errors));
         }
@@ -503,23 +503,4 @@ impl Pjlink {
         }
         Ok(confirmed)
     }
-}
-
-/// Parses the six `ERST` digits.
-fn parse_erst(erst: &str) -> Result<Map<String, Value>, DriverError> {
-    let bytes = erst.as_bytes();
-    if bytes.len() != 6 {
-        return Err(DriverError::Protocol(format!(
-            "ERST should be six digits, got {erst:?}"
-        )));
-    }
-    codec::ERST_FIELDS
-        .iter()
-        .zip(bytes)
-        .map(|(field, d)| {
-            codec::erst_level(*d)
-                .map(|l| ((*field).to_owned(), json!(l)))
-                .ok_or_else(|| DriverError::Protocol(format!("bad ERST digit in {erst:?}")))
-        })
-        .collect()
 }

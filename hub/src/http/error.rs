@@ -139,7 +139,10 @@ impl From<OpError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&ErrorResponse { error: *self.detail }).unwrap_or_default();
+        let body = serde_json::to_vec(&ErrorResponse {
+            error: *self.detail,
+        })
+        .unwrap_or_default();
         let mut res = (self.status, body).into_response();
         res.headers_mut().insert(
             header::CONTENT_TYPE,
