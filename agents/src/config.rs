@@ -63,6 +63,7 @@ struct DeviceFile {
     password: Option<String>,
     profile: Option<PathBuf>,
     connect_timeout_ms: Option<u64>,
+    sources: Option<std::collections::BTreeMap<String, String>>,
 }
 
 fn default_poll_ms() -> u64 {
@@ -109,8 +110,10 @@ pub struct DeviceConfig {
     pub transport: Transport,
     /// How often to poll.
     pub poll: Duration,
-    /// PJLink password.
+    /// PJLink or ESC/VP.net password.
     pub password: Option<String>,
+    /// ESC/VP21 source table (id people see, two-digit hex code); `None` for the driver's default.
+    pub sources: Option<Vec<(String, String)>>,
     /// Line-protocol profile, loaded and checked with the configuration.
     pub profile: Option<LineProfile>,
 }
@@ -136,10 +139,16 @@ impl DeviceConfig {
                     ..PjlinkOptions::default()
                 },
             )),
-            DriverKind::Escvp21 => AnyDriver::Escvp21(Escvp21::new(
-                self.transport.clone(),
-                Escvp21Options::default(),
-            )),
+            DriverKind::Escvp21 => {
+                let mut opts = Escvp21Options {
+                    password: self.password.clone(),
+                    ..Escvp21Options::default()
+                };
+                if let Some(sources) = &self.sources {
+                    opts.sources = sources.clone();
+                }
+                AnyDriver::Escvp21(Escvp21::new(self.transport.clone(), opts))
+            }
             DriverKind::Line => {
                 let profile = self.profile.clone().ok_or_else(|| {
                     patchbay_drivers::DriverError::Config("the line driver needs a profile".into())
@@ -274,9 +283,22 @@ fn check_device(d: DeviceFile, base: &Path) -> Result<DeviceConfig, String> {
             }
         }
     };
-    if d.password.is_some() && d.driver != DriverKind::Pjlink {
-        return Err("`password` applies to the pjlink driver only".into());
+    match (d.driver, &d.password, &d.serial) {
+        (DriverKind::Line, Some(_), _) => {
+            return Err("`password` applies to the pjlink and escvp21 drivers only".into())
+        }
+        (DriverKind::Escvp21, Some(_), Some(_)) => {
+            return Err(
+                "`password` applies to ESC/VP.net over `tcp`; the serial port has none".into(),
+            )
+        }
+        _ => {}
     }
+    let sources = match (d.driver, d.sources) {
+        (_, None) => None,
+        (DriverKind::Escvp21, Some(table)) => Some(check_sources(table)?),
+        (_, Some(_)) => return Err("`sources` applies to the escvp21 driver only".into()),
+    };
     let profile = match (d.driver, d.profile) {
         (DriverKind::Line, None) => {
             return Err("the line driver needs `profile = \"path/to/profile.toml\"`".into())
@@ -299,6 +321,42 @@ fn check_device(d: DeviceFile, base: &Path) -> Result<DeviceConfig, String> {
         transport,
         poll: Duration::from_millis(d.poll_ms),
         password: d.password,
+        sources,
         profile,
     })
+}
+
+/// Checks an ESC/VP21 source table: ids people can type, codes of two hex digits, no code twice.
+fn check_sources(
+    table: std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, String> {
+    if table.is_empty() {
+        return Err("`sources` is empty; leave it out for the usual Epson table".into());
+    }
+    let mut out: Vec<(String, String)> = Vec::with_capacity(table.len());
+    for (id, code) in table {
+        let id_ok = !id.is_empty()
+            && id.len() <= 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !id_ok {
+            return Err(format!(
+                "sources: {id:?} must be 1-32 lowercase letters, digits, `-` or `_`"
+            ));
+        }
+        let code = code.to_ascii_uppercase();
+        if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "sources: `{id}` must be a two-digit hex source code such as \"30\", not {code:?}"
+            ));
+        }
+        if let Some((other, _)) = out.iter().find(|(_, c)| *c == code) {
+            return Err(format!(
+                "sources: `{id}` and `{other}` both use code {code}"
+            ));
+        }
+        out.push((id, code));
+    }
+    Ok(out)
 }

@@ -65,6 +65,7 @@ fn device(
         transport,
         poll: Duration::from_secs(2),
         password: None,
+        sources: None,
         profile: None,
     }
 }

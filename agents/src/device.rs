@@ -250,7 +250,7 @@ async fn serve(
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { return Served::Shutdown };
                 let mut state = last.clone().unwrap_or_default();
-                let lost = command(cfg, driver, &desc, mailbox, &mut state, cmd).await;
+                let lost = command(cfg, driver, &mut desc, mailbox, &mut state, cmd).await;
                 last = Some(state);
                 send_events(driver.take_events(), mailbox);
                 if let Some(e) = lost {
@@ -272,16 +272,7 @@ async fn serve(
                             mailbox.state(Value::Object(state.clone()), None);
                             last = Some(state);
                         }
-                        if driver.needs_redescribe() {
-                            // First seen unavailable (standby, warming): now it can say what it is.
-                            match driver.describe().await {
-                                Ok(d) => {
-                                    mailbox.meta(meta(cfg, &d));
-                                    desc = d;
-                                }
-                                Err(e) => tracing::debug!("describing again failed: {e}"),
-                            }
-                        }
+                        redescribe_if_needed(cfg, driver, &mut desc, mailbox).await;
                     }
                     Err(e) if is_offline(&e) => return Served::Lost(e),
                     Err(e) => tracing::warn!("poll failed: {e}"),
@@ -292,11 +283,32 @@ async fn serve(
     }
 }
 
+/// A device first seen unavailable (standby, warming) could not say what
+/// it is; once it can, describe it again and publish the description.
+async fn redescribe_if_needed(
+    cfg: &DeviceConfig,
+    driver: &mut AnyDriver,
+    desc: &mut Description,
+    mailbox: &Mailbox,
+) {
+    if !driver.needs_redescribe() {
+        return;
+    }
+    match driver.describe().await {
+        Ok(d) => {
+            tracing::info!("device described again now that it is available");
+            mailbox.meta(meta(cfg, &d));
+            *desc = d;
+        }
+        Err(e) => tracing::debug!("describing again failed: {e}"),
+    }
+}
+
 /// Carries out one command; returns the error if it lost the device.
 async fn command(
     cfg: &DeviceConfig,
     driver: &mut AnyDriver,
-    desc: &Description,
+    desc: &mut Description,
     mailbox: &Mailbox,
     state: &mut State,
     cmd: Command,
@@ -318,7 +330,16 @@ async fn command(
     for (i, key) in order.iter().enumerate() {
         let mut one = State::new();
         one.insert(key.clone(), desired[key].clone());
-        match apply_reporting(driver, &one, cid.as_deref(), state, mailbox).await {
+        // Power just came on: the full description (the input list) is readable now.
+        redescribe_if_needed(cfg, driver, desc, mailbox).await;
+        let valid = desc
+            .validate(&Value::Object(one.clone()))
+            .map_err(DriverError::from);
+        let result = match valid {
+            Ok(()) => apply_reporting(driver, &one, cid.as_deref(), state, mailbox).await,
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(confirmed) => {
                 for (k, v) in confirmed {
                     state.insert(k, v);

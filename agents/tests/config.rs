@@ -27,6 +27,9 @@ const PROJ: &str = "[[device]]\nid = \"proj-1\"\ndriver = \"pjlink\"\ntcp = \"12
 fn a_valid_file_passes() {
     let (ok, err) = check("valid", PROJ);
     assert!(ok, "{err}");
+    let epson = "[[device]]\nid = \"e\"\ndriver = \"escvp21\"\ntcp = \"h:3629\"\npassword = \"x\"\n[device.sources]\nhdmi1 = \"30\"\ndvi = \"a0\"\n";
+    let (ok, err) = check("valid-epson", epson);
+    assert!(ok, "{err}");
 }
 
 #[test]
@@ -35,7 +38,7 @@ fn exact_error_messages() {
         (
             "typo",
             format!("{PROJ}pasword = \"x\"\n"),
-            "patchbay-agent: agent.toml: device `proj-1`: unknown field `pasword`, expected one of `id`, `name`, `location`, `driver`, `tcp`, `serial`, `serial_settings`, `poll_ms`, `password`, `profile`, `connect_timeout_ms`",
+            "patchbay-agent: agent.toml: device `proj-1`: unknown field `pasword`, expected one of `id`, `name`, `location`, `driver`, `tcp`, `serial`, `serial_settings`, `poll_ms`, `password`, `profile`, `connect_timeout_ms`, `sources`",
         ),
         (
             "both",
@@ -87,6 +90,31 @@ fn exact_error_messages() {
             "hub",
             format!("hub = \"localhost\"\n{PROJ}"),
             "patchbay-agent: agent.toml: `hub` must be host:port, not \"localhost\"",
+        ),
+        (
+            "sources-code",
+            "[[device]]\nid = \"e\"\ndriver = \"escvp21\"\ntcp = \"h:3629\"\n[device.sources]\nhdmi1 = \"3\"\n".into(),
+            "patchbay-agent: agent.toml: device `e`: sources: `hdmi1` must be a two-digit hex source code such as \"30\", not \"3\"",
+        ),
+        (
+            "sources-twice",
+            "[[device]]\nid = \"e\"\ndriver = \"escvp21\"\ntcp = \"h:3629\"\n[device.sources]\nhdmi = \"30\"\nhdmi1 = \"30\"\n".into(),
+            "patchbay-agent: agent.toml: device `e`: sources: `hdmi1` and `hdmi` both use code 30",
+        ),
+        (
+            "sources-id",
+            "[[device]]\nid = \"e\"\ndriver = \"escvp21\"\ntcp = \"h:3629\"\n[device.sources]\n\"HDMI 1\" = \"30\"\n".into(),
+            "patchbay-agent: agent.toml: device `e`: sources: \"HDMI 1\" must be 1-32 lowercase letters, digits, `-` or `_`",
+        ),
+        (
+            "sources-pjlink",
+            format!("{PROJ}[device.sources]\nhdmi1 = \"30\"\n"),
+            "patchbay-agent: agent.toml: device `proj-1`: `sources` applies to the escvp21 driver only",
+        ),
+        (
+            "password-serial",
+            "[[device]]\nid = \"e\"\ndriver = \"escvp21\"\nserial = \"/dev/ttyS0\"\npassword = \"x\"\n".into(),
+            "patchbay-agent: agent.toml: device `e`: `password` applies to ESC/VP.net over `tcp`; the serial port has none",
         ),
         ("empty", String::new(), "patchbay-agent: agent.toml: no devices: add at least one [[device]]"),
     ];

@@ -4,6 +4,8 @@
 //! The binaries come from the same target directory as the test; `.ci/run`
 //! builds them first (`cargo build --workspace --bins`).
 
+pub mod peer;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -67,6 +67,8 @@ pub struct Escvp21 {
     /// A command timed out: its answer may still arrive.
     resync: bool,
     last_error: String,
+    /// The last power reading was abnormal standby (`PWR=05`).
+    abnormal: bool,
     events: Vec<DeviceEvent>,
     progress: Option<Progress>,
 }
@@ -80,6 +82,7 @@ impl Escvp21 {
             io: None,
             resync: false,
             last_error: "00".into(),
+            abnormal: false,
             events: Vec::new(),
             progress: None,
         }
@@ -139,14 +142,17 @@ impl Escvp21 {
         self.resynchronise().await
     }
 
-    /// Discards whatever arrives until the line is quiet, then checks that a
-    /// bare CR is answered by a bare prompt.
+    /// Discards whatever arrives until the line is quiet, checks that a
+    /// bare CR is answered by a prompt, then discards again: the prompt read
+    /// may have been the late answer's, with the CR's own still coming
+    /// (a projector answers in order).
     async fn resynchronise(&mut self) -> Result<(), DriverError> {
         let t = self.opts.command_timeout;
         let io = self.io.as_mut().ok_or(DriverError::Closed)?;
         io.drain(QUIET).await?;
         io.send(b"\r").await?;
         io.read_until(b":", t, "prompt").await?;
+        io.drain(QUIET).await?;
         self.resync = false;
         Ok(())
     }
@@ -246,14 +252,15 @@ impl Escvp21 {
         let code = self.query("PWR").await?;
         let power = codec::parse_power(&code)
             .ok_or_else(|| DriverError::Protocol(format!("unknown power state {code:?}")))?;
-        if power == PowerCode::AbnormalStandby && self.last_error != "abnormal" {
+        let abnormal = power == PowerCode::AbnormalStandby;
+        if abnormal && !self.abnormal {
             self.events.push(DeviceEvent {
                 level: Level::Error,
                 code: "abnormal_standby".into(),
                 message: "the projector went to standby because of an error (PWR=05)".into(),
             });
-            self.last_error = "abnormal".into();
         }
+        self.abnormal = abnormal;
         Ok(match power {
             PowerCode::On => "on",
             PowerCode::Warming => "warming",
@@ -291,7 +298,7 @@ impl Escvp21 {
             json!(lamp.and_then(|l| l.trim().parse::<u64>().ok())),
         );
         let error = self.optional("ERR").await?.unwrap_or_else(|| "00".into());
-        if error != self.last_error && !(error == "00" && self.last_error == "abnormal") {
+        if error != self.last_error {
             self.events.push(if error == "00" {
                 DeviceEvent {
                     level: Level::Info,

@@ -266,8 +266,10 @@ impl Pjlink {
             });
         }
         self.inputs = codec::input_ids(&list, &names);
-        let mut settings = vec![
-            Setting::projector_power(),
+        let input = if self.inputs.is_empty() && self.incomplete {
+            // Refused in standby: any name is taken and checked once the projector is on.
+            Setting::new("input", "Input (listed once on)", Kind::Text, true)
+        } else {
             Setting::new(
                 "input",
                 "Input",
@@ -276,7 +278,11 @@ impl Pjlink {
                     transitional: Vec::new(),
                 },
                 true,
-            ),
+            )
+        };
+        let mut settings = vec![
+            Setting::projector_power(),
+            input,
             Setting::new("mute", "Picture and sound mute", Kind::Bool, true),
             Setting::new("video_mute", "Picture mute", Kind::Bool, true),
             Setting::new("audio_mute", "Sound mute", Kind::Bool, true),

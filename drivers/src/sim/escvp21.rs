@@ -54,10 +54,10 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, sim: Sim,
             return;
         }
         let wanted = sim.lock().cfg.password.clone();
-        let status = match wanted {
-            Some(w) if codec::request_password(&extra).as_deref() != Some(w.as_str()) => {
-                NetStatus::Unauthorized
-            }
+        // No password given: 0x41; a wrong one: 0x43.
+        let status = match (wanted, codec::request_password(&extra)) {
+            (Some(_), None) => NetStatus::Unauthorized,
+            (Some(w), Some(given)) if given != w => NetStatus::Forbidden,
             _ => NetStatus::Ok,
         };
         if stream
@@ -249,5 +249,50 @@ impl PtyDevice {
 impl Drop for PtyDevice {
     fn drop(&mut self) {
         self.unplug();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::projector::Quirks;
+    use crate::sim::ProjectorConfig;
+
+    fn sim(quirks: Quirks) -> Sim {
+        Sim::new(ProjectorConfig {
+            warmup: Duration::from_secs(30),
+            quirks,
+            ..ProjectorConfig::default()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn power_on_answers_its_prompt_only_when_the_lamp_is_lit() {
+        let s = sim(Quirks::default());
+        assert_eq!(
+            answer(&s, "PWR ON"),
+            (":".into(), Some(Duration::from_secs(30)))
+        );
+        assert_eq!(answer(&s, "PWR?").0, "PWR=02\r:");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        s.lock().tick();
+        assert_eq!(answer(&s, "PWR?").0, "PWR=01\r:");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn standby_codes_abnormal_standby_and_sub_sources() {
+        let s = sim(Quirks {
+            standby_code: Some("09".into()),
+            sub_source: true,
+            ..Quirks::default()
+        });
+        assert_eq!(answer(&s, "PWR?").0, "PWR=09\r:");
+        s.set_faults(|f| f.abnormal = true);
+        assert_eq!(answer(&s, "PWR?").0, "PWR=05\r:");
+        s.set_faults(|f| f.abnormal = false);
+        s.lock().power = Power::On;
+        assert_eq!(answer(&s, "SOURCE 10").0, ":");
+        assert_eq!(answer(&s, "SOURCE?").0, "SOURCE=1F\r:");
+        assert_eq!(answer(&s, "SOURCE 99").0, "ERR\r:");
     }
 }

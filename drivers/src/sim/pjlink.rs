@@ -276,3 +276,57 @@ fn execute(sim: &Sim, class: u8, cmd: &str, param: &str) -> String {
         _ => "ERR1".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{projector::Power, ProjectorConfig};
+
+    fn on(inputs: &[(&str, &str)]) -> Sim {
+        let sim = Sim::new(ProjectorConfig {
+            inputs: inputs
+                .iter()
+                .map(|(c, n)| ((*c).into(), (*n).into()))
+                .collect(),
+            ..ProjectorConfig::default()
+        });
+        sim.lock().power = Power::On;
+        sim
+    }
+
+    #[test]
+    fn malformed_lines_are_echoed_with_the_standard_errors() {
+        let s = on(&[("31", "HDMI 1")]);
+        assert_eq!(answer(&s, "hello"), "%1LLO?=ERR1\r");
+        assert_eq!(answer(&s, "%1POWR"), "%1POWR=ERR2\r");
+        assert_eq!(answer(&s, "%1XXXX ?"), "%1XXXX=ERR1\r");
+        // A bad parameter is ERR2, not ERR1.
+        assert_eq!(answer(&s, "%2FREZ 7"), "%2FREZ=ERR2\r");
+        assert_eq!(answer(&s, "%1AVMT 99"), "%1AVMT=ERR2\r");
+    }
+
+    #[test]
+    fn class_2_queries_are_answered() {
+        let s = on(&[("31", "HDMI 1")]);
+        for cmd in ["RLMP", "RFIL", "IRES", "RRES", "SNUM", "SVER", "FILT"] {
+            let reply = answer(&s, &format!("%2{cmd} ?"));
+            assert!(!reply.contains("ERR"), "{cmd}: {reply}");
+        }
+        assert_eq!(answer(&s, "%2SVOL 1"), "%2SVOL=OK\r");
+        assert_eq!(answer(&s, "%2MVOL 0"), "%2MVOL=OK\r");
+        // Class 2 only: refused with the class 1 prefix.
+        assert_eq!(answer(&s, "%1FREZ ?"), "%1FREZ=ERR1\r");
+    }
+
+    #[test]
+    fn letter_and_type_6_inputs_need_class_2() {
+        let s = on(&[("31", "HDMI 1"), ("3A", "HDMI 10"), ("61", "Internal")]);
+        assert_eq!(answer(&s, "%2INST ?"), "%2INST=31 3A 61\r");
+        assert_eq!(answer(&s, "%1INST ?"), "%1INST=31\r");
+        assert_eq!(answer(&s, "%1INPT 3A"), "%1INPT=ERR2\r");
+        assert_eq!(answer(&s, "%1INPT 61"), "%1INPT=ERR2\r");
+        assert_eq!(answer(&s, "%2INPT 3A"), "%2INPT=OK\r");
+        assert_eq!(answer(&s, "%2INPT ?"), "%2INPT=3A\r");
+        assert_eq!(answer(&s, "%2INPT 61"), "%2INPT=OK\r");
+    }
+}

@@ -345,11 +345,9 @@ pub(crate) fn encode_rep(
             buf.extend_from_slice(body.as_bytes());
         }
         Err(e) => {
-            buf.extend_from_slice(br#","error":{"code":"#);
-            crate::protocol::json_str(buf, &e.code);
-            buf.extend_from_slice(br#","message":"#);
-            crate::protocol::json_str(buf, &e.message);
-            buf.push(b'}');
+            buf.extend_from_slice(br#","error":"#);
+            // Detail and outcome included: the requester needs to know what happened.
+            serde_json::to_writer(&mut *buf, e).expect("an error body always serializes");
         }
     }
     buf.extend_from_slice(b"}\n");
