@@ -10,6 +10,7 @@ use patchbay_drivers::escvp21::{Escvp21, Escvp21Options};
 use patchbay_drivers::line::{LineDriver, LineProfile};
 use patchbay_drivers::pjlink::{Pjlink, PjlinkOptions};
 use patchbay_drivers::{AnyDriver, SerialSettings, Transport};
+use patchbay_hub::config::toml_error_line;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -190,7 +191,8 @@ impl AgentConfig {
             path: path.display().to_string(),
             message,
         };
-        let file: AgentFile = toml::from_str(text).map_err(|e| invalid(flatten(&e)))?;
+        let file: AgentFile =
+            toml::from_str(text).map_err(|e| invalid(toml_error_line(text, &e)))?;
         if file
             .hub
             .rsplit_once(':')
@@ -209,9 +211,9 @@ impl AgentConfig {
                 .and_then(toml::Value::as_str)
                 .map(|id| format!("device `{id}`"))
                 .unwrap_or_else(|| format!("device #{}", i + 1));
-            let d: DeviceFile = raw
-                .try_into()
-                .map_err(|e: toml::de::Error| invalid(format!("{label}: {}", flatten(&e))))?;
+            let d: DeviceFile = raw.try_into().map_err(|e: toml::de::Error| {
+                invalid(format!("{label}: {}", e.message().trim()))
+            })?;
             let device = check_device(d, base).map_err(|m| invalid(format!("{label}: {m}")))?;
             if devices.iter().any(|o| o.id == device.id) {
                 return Err(invalid(format!("{label}: `id` is used by another device")));
@@ -228,15 +230,6 @@ impl AgentConfig {
             reconnect_max: Duration::from_millis(file.reconnect_max_ms.max(100)),
             devices,
         })
-    }
-}
-
-/// One line from a toml error, without its source excerpt.
-fn flatten(e: &toml::de::Error) -> String {
-    let msg = e.message().trim().to_owned();
-    match e.span() {
-        Some(span) if !msg.is_empty() => format!("{msg} (at byte {})", span.start),
-        _ => msg,
     }
 }
 

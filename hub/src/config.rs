@@ -150,12 +150,12 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML for this struct.
-    #[error("{path}: {source}")]
+    #[error("{path}: {message}")]
     Parse {
         /// The file.
         path: String,
-        /// Why, with line and column.
-        source: toml::de::Error,
+        /// Why, with line and column, on one line.
+        message: String,
     },
     /// A value is out of range.
     #[error("{path}: {message}")]
@@ -180,9 +180,9 @@ impl HubConfig {
 
     /// Parses and checks TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let cfg: HubConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let cfg: HubConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_owned(),
-            source,
+            message: toml_error_line(text, &e),
         })?;
         cfg.check().map_err(|message| ConfigError::Invalid {
             path: origin.to_owned(),
@@ -327,6 +327,22 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         diff |= x ^ b.get(i).copied().unwrap_or(!x);
     }
     diff == 0
+}
+
+/// A TOML error on one line, with where: `invalid type: string "big",
+/// expected usize (line 1, column 19: `max_frame_bytes = "big"`)`.
+pub fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            let source = text.lines().nth(line - 1).unwrap_or_default().trim();
+            format!("{message} (line {line}, column {column}: `{source}`)")
+        }
+        None => message,
+    }
 }
 
 #[cfg(test)]

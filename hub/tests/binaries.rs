@@ -124,6 +124,11 @@ async fn hub_names_the_bad_config_field() {
         err.contains("hub.toml") && err.contains("max_frame_bytes"),
         "{err}"
     );
+    // Said once, on one line: no `Error:` then `Caused by:` repeating it.
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].starts_with("patchbay-hub: "), "{err}");
+    assert_eq!(err.matches("max_frame_bytes").count(), 1, "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

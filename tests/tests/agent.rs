@@ -54,6 +54,12 @@ async fn set_returns_after_warm_up_with_the_confirmed_state() {
     .await;
     assert!(ok, "{err}");
     assert!(out.starts_with("proj-1: confirmed (cid e2e-1)"), "{out}");
+    // While it ran, the warm-up was shown as it happened (stderr: not a terminal here).
+    assert!(
+        err.contains("proj-1: setting power=on input=hdmi2 (cid e2e-1)"),
+        "{err}"
+    );
+    assert!(err.contains("proj-1: power warming"), "{err}");
     assert!(
         out.lines()
             .any(|l| l.split_whitespace().eq(["power", "on"])),
@@ -259,4 +265,69 @@ async fn serial_port_vanishing_and_returning() {
     );
     assert_eq!(sim.control("plug").await, "ok");
     w.until("online again", |d| online(d, "epson")).await;
+}
+
+#[tokio::test]
+async fn a_set_that_times_out_says_the_outcome_is_unknown_and_how_to_follow() {
+    let hub = hub().await;
+    let sim = pjlink_sim("127.0.0.1:0", &["--warmup-ms", "60000"]).await;
+    let cfg = config("agent-cli-timeout", &hub.addr(), &[("proj-1", &sim.addr())]);
+    let _agent = agent(&cfg);
+    let mut w = Watcher::new(&hub.addr()).await;
+    w.until("online", |d| online(d, "proj-1")).await;
+    let (ok, _, err) = cli(
+        &hub.addr(),
+        &[
+            "set",
+            "proj-1",
+            "power=on",
+            "--timeout-ms",
+            "500",
+            "--cid",
+            "slow-9",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "patchbay: proj-1: no answer within 0.5 s (cid slow-9); the outcome is unknown"
+        ),
+        "{err}"
+    );
+    assert!(last.contains("patchbay watch 'dev/proj-1/#'"), "{err}");
+}
+
+#[tokio::test]
+async fn the_cli_names_what_is_wrong_once() {
+    // A hub address without a port.
+    let (ok, _, err) = cli("localhost", &["devices"]).await;
+    assert!(!ok);
+    assert_eq!(
+        err.trim(),
+        "patchbay: --hub localhost: the port is missing (give host:port, e.g. localhost:7400)"
+    );
+    // Nothing listening: the OS's words once, not twice.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let (ok, _, err) = cli(&addr, &["devices"]).await;
+    assert!(!ok);
+    let line = err.trim();
+    assert!(
+        line.starts_with(&format!("patchbay: cannot reach hub at {addr}: ")),
+        "{line}"
+    );
+    let cause = line.rsplit(": ").next().unwrap();
+    assert_eq!(line.matches(cause).count(), 1, "{line}");
+    // Every binary's --version names the binary.
+    for name in ["patchbay", "patchbay-hub", "patchbay-agent", "patchbay-sim"] {
+        let out = std::process::Command::new(patchbay_tests::bin(name))
+            .arg("--version")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with(&format!("{name} ")), "{name}: {text}");
+    }
 }

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 /// The patchbay agent: drives devices over serial or TCP and keeps their
 /// state on the hub.
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "patchbay-agent", version)]
 struct Cli {
     /// Agent configuration (TOML; see README.md).
     #[arg(long, short, env = "PATCHBAY_AGENT_CONFIG")]
@@ -45,7 +45,8 @@ async fn main() -> std::process::ExitCode {
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("patchbay-agent: {e:#}");
+            let line = patchbay_client::report::error_line(e.as_ref());
+            eprintln!("patchbay-agent: {line}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 
 /// Simulated projectors speaking PJLink or Epson ESC/VP21.
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "patchbay-sim", version)]
 struct Cli {
     #[command(subcommand)]
     protocol: Protocol,
@@ -87,7 +87,18 @@ impl Common {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let line = patchbay_client::report::error_line(e.as_ref());
+            eprintln!("patchbay-sim: {line}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     // Logs on stderr, level from RUST_LOG (default info), colours only on a terminal.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -61,6 +61,7 @@ pub mod backoff;
 pub mod client;
 pub mod device;
 pub mod protocol;
+pub mod report;
 pub mod schema;
 pub mod tag;
 pub mod trie;

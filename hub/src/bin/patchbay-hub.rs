@@ -11,7 +11,7 @@ use patchbay_hub::server::{bind, check_descriptors, serve, Hub};
 /// The patchbay hub: routes tagged messages between agents, controllers and
 /// operators, keeps the latest state of every device, and brokers commands.
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "patchbay-hub", version)]
 struct Args {
     /// TOML configuration file (every field is optional; see README.md).
     #[arg(long, short, env = "PATCHBAY_HUB_CONFIG")]
@@ -28,9 +28,20 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     patchbay_hub::init_logging();
     let args = Args::parse();
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let line = patchbay_client::report::error_line(e.as_ref());
+            eprintln!("patchbay-hub: {line}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = match &args.config {
         Some(path) => HubConfig::load(path)?,
         None => HubConfig::default(),

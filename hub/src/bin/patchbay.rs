@@ -12,7 +12,7 @@ use serde_json::Value;
 
 /// Talk to a patchbay hub: list and control devices, publish, subscribe, send requests.
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "patchbay", version)]
 struct Cli {
     /// Hub address (host:port).
     #[arg(
@@ -56,7 +56,7 @@ enum Command {
         #[arg(required = true)]
         settings: Vec<String>,
         /// How long to wait for the device (warm-up can take a minute), in milliseconds.
-        #[arg(long, default_value_t = 120_000)]
+        #[arg(long, default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
         timeout_ms: u64,
         /// Correlation id [default: generated].
         #[arg(long)]
@@ -268,13 +268,157 @@ async fn main() -> std::process::ExitCode {
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("patchbay: {e:#}");
+            let line = patchbay_client::report::error_line(e.as_ref());
+            eprintln!("patchbay: {line}");
             std::process::ExitCode::FAILURE
         }
     }
 }
 
+/// Refuses a hub address without a port before trying to connect.
+fn check_hub_address(addr: &str) -> anyhow::Result<()> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.ends_with(':') => {
+            port.parse::<u16>().map(drop).map_err(|_| {
+                anyhow::anyhow!("--hub {addr}: `{port}` is not a port number (give host:port, e.g. {host}:7400)")
+            })
+        }
+        _ => anyhow::bail!(
+            "--hub {addr}: the port is missing (give host:port, e.g. {addr}:7400)"
+        ),
+    }
+}
+
+/// Shows what a device reports while a command runs: a spinner on a
+/// terminal, a line per change otherwise. Both on stderr, so stdout keeps
+/// only the result.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    last: String,
+}
+
+impl Progress {
+    fn new(first: String) -> Self {
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        let mut p = Progress {
+            bar,
+            last: String::new(),
+        };
+        p.show(first);
+        p
+    }
+
+    fn show(&mut self, text: String) {
+        if text == self.last {
+            return;
+        }
+        match &self.bar {
+            Some(bar) => bar.set_message(text.clone()),
+            None => eprintln!("{text}"),
+        }
+        self.last = text;
+    }
+
+    fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `set`: sends the command, shows the device's reported values of the
+/// settings it changes (warming... on) until the answer comes.
+async fn set(
+    client: &Client,
+    device: DeviceView,
+    settings: &[String],
+    timeout: Duration,
+    cid: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let id = device.id.clone();
+    let meta = device.meta.clone().unwrap_or_default();
+    let desired = parse_assignments(&meta, settings).map_err(|e| anyhow::anyhow!("{id}: {e}"))?;
+    let keys: Vec<String> = desired.keys().cloned().collect();
+    let mut states = client.subscribe([format!("dev/{id}/state")]).await?;
+    let mut progress = Progress::new(format!("{id}: setting {} (cid {cid})", settings.join(" ")));
+    let opts = RequestOptions {
+        timeout: Some(timeout),
+        cid: Some(cid),
+    };
+    let body = Body::from(Value::Object(desired));
+    let tag = format!("dev/{id}/set");
+    let request = client.request_with(&tag, &body, opts);
+    tokio::pin!(request);
+    let answer = loop {
+        tokio::select! {
+            r = &mut request => break r,
+            Some(m) = states.next() => {
+                if let Ok(Value::Object(state)) = m.json::<Value>() {
+                    let now: Vec<String> = keys
+                        .iter()
+                        .filter_map(|k| {
+                            let v = state.get(k).filter(|v| !v.is_null())?;
+                            Some(format!("{k} {}", plain(v)))
+                        })
+                        .collect();
+                    if !now.is_empty() {
+                        progress.show(format!("{id}: {}", now.join(", ")));
+                    }
+                }
+            }
+        }
+    };
+    progress.finish();
+    let state: Value = match answer {
+        Ok(reply) => reply.json()?,
+        Err(e) if is_timeout(&e) => anyhow::bail!(
+            "{id}: no answer within {} s (cid {cid}); the outcome is unknown: the command may still be carried out. Follow the device with `patchbay watch 'dev/{id}/#'` or check it with `patchbay get {id}`",
+            timeout.as_secs_f64()
+        ),
+        Err(patchbay_client::Error::Hub(e)) => {
+            let detail = e.detail.as_deref().map(|d| format!("\n  detail: {d}")).unwrap_or_default();
+            anyhow::bail!("{id}: {}: {} (cid {cid}){detail}", e.code, e.message)
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("{id} (cid {cid})"))),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&state)?);
+    } else {
+        let confirmed = DeviceView {
+            state: Some(state),
+            ..device
+        };
+        println!("{id}: confirmed (cid {cid})");
+        print_state(&confirmed);
+    }
+    Ok(())
+}
+
+/// Did the request end without an answer in time (the hub's or this client's deadline)?
+fn is_timeout(e: &patchbay_client::Error) -> bool {
+    matches!(e, patchbay_client::Error::Timeout(_)) || e.code() == Some("timeout")
+}
+
+/// A JSON value as people write it: strings without quotes.
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    check_hub_address(&cli.hub)?;
     let mut builder = ClientBuilder::new(&cli.hub).name(&cli.name).no_reconnect();
     if let Some(t) = &cli.token {
         builder = builder.token(t);
@@ -308,9 +452,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let device = load_device(&client, &id).await?;
-            let meta = device.meta.clone().unwrap_or_default();
-            let desired =
-                parse_assignments(&meta, &settings).map_err(|e| anyhow::anyhow!("{id}: {e}"))?;
             let cid = cid.unwrap_or_else(|| {
                 format!(
                     "cli-{}-{}",
@@ -318,29 +459,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     patchbay_hub::server::now_ms()
                 )
             });
-            let opts = RequestOptions {
-                timeout: Some(Duration::from_millis(timeout_ms)),
-                cid: Some(&cid),
-            };
-            let state: Value = client
-                .request_with(
-                    &format!("dev/{id}/set"),
-                    &Body::from(Value::Object(desired)),
-                    opts,
-                )
-                .await
-                .with_context(|| format!("{id} (cid {cid})"))?
-                .json()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&state)?);
-            } else {
-                let confirmed = DeviceView {
-                    state: Some(state),
-                    ..device
-                };
-                println!("{id}: confirmed (cid {cid})");
-                print_state(&confirmed);
-            }
+            let timeout = Duration::from_millis(timeout_ms);
+            set(&client, device, &settings, timeout, &cid, json).await?;
         }
         Command::Watch { pattern, json } => {
             let sub = client.subscribe([pattern]).await?;
