@@ -40,6 +40,10 @@ async fn next(sub: &mut patchbay_client::Subscription) -> patchbay_client::Messa
 async fn requests_replies_and_correlation_ids() {
     let hub = hub().await;
     let agent = client(hub.addr, "agent").await;
+    // The welcome names the hub process; every connection sees the same id.
+    let instance = agent.welcome().instance;
+    assert_eq!(instance.len(), 16, "{instance:?}");
+    assert_eq!(client(hub.addr, "other").await.welcome().instance, instance);
     agent.claim("dev/p1").await.unwrap();
     let requests = agent.requests();
     let responder = {

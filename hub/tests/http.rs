@@ -522,9 +522,34 @@ async fn sse_snapshot_live_and_resume_with_last_event_id() {
         .collect();
     assert_eq!(tags, ["dev/p1/state", "dev/p2/state", "dev/p3/state"]);
     assert_eq!(first[3].1, "snapshot");
+    // The end of the snapshot names the hub process, as /healthz does: a
+    // page that sees it change knows the hub restarted.
+    let instance = first[3].2["instance"].as_str().unwrap().to_owned();
+    assert_eq!(instance.len(), 16, "{instance}");
+    let health = |hub| async move {
+        let body: Value = http()
+            .get(url(hub, "/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["instance"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(health(&hub).await, instance);
+    let other = hub_with(HubConfig::default()).await;
+    assert_ne!(health(&other).await, instance);
+    let before = patchbay_hub::server::now_ms();
     retain(&a, "dev/p1/state", json!({"power":"warming"})).await;
     let live = sse_events(&mut res, &mut buf, 1).await;
     assert_eq!(live[0].2["body"]["power"], "warming");
+    // Live messages carry the hub's time.
+    let time = live[0].2["time"].as_u64().unwrap();
+    assert!(
+        time >= before && time <= patchbay_hub::server::now_ms(),
+        "{time}"
+    );
     let last_id = live[0].0.unwrap();
     drop(res);
 

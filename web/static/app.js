@@ -1,14 +1,22 @@
 // patchbay operator console: live device grid over Server-Sent Events,
 // controls generated from each device's settings schema, commands over the
 // HTTP API. No framework; everything here is plain DOM.
+//
+// Rendering is batched: messages only mark devices dirty, and one pass per
+// tick redraws those cards. The initial snapshot is drawn once, at its end.
 "use strict";
 
 const TAGS = "dev/+/meta,dev/+/state,dev/+/online,dev/+/event";
-const devices = new Map(); // id -> {meta, state, online, events: [], busy: false, outcome: null}
+const devices = new Map(); // id -> {meta, state, online, events: [], busy, outcome, search}
 const cards = new Map(); // id -> card element
+const dirty = new Set(); // ids to redraw on the next tick
 let token = localStorage.getItem("patchbay-token") || "";
 let source = null;
 let lastSeq = 0;
+let hubInstance = null; // the hub process whose data the page shows
+let loading = true; // inside a snapshot or a catch-up: draw once it ends
+let query = "";
+let flushTimer = 0;
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const el = (tag, attrs = {}, ...children) => {
@@ -24,7 +32,7 @@ const el = (tag, attrs = {}, ...children) => {
 };
 
 function device(id) {
-  if (!devices.has(id)) devices.set(id, { meta: null, state: null, online: null, events: [], busy: false, outcome: null });
+  if (!devices.has(id)) devices.set(id, { meta: null, state: null, online: null, events: [], busy: false, outcome: null, search: "" });
   return devices.get(id);
 }
 
@@ -45,7 +53,8 @@ function setConn(text, kind) {
 async function start() {
   let res;
   try {
-    res = await fetch("/api/devices", { headers: headers() });
+    // A small authenticated read: is the token (or its absence) accepted?
+    res = await fetch("/api/agents", { headers: headers() });
   } catch {
     setConn("reconnecting…", "warn");
     setTimeout(start, 2000);
@@ -63,61 +72,117 @@ function openStream(resume) {
   const q = new URLSearchParams({ tags: TAGS });
   if (token) q.set("token", token);
   if (!resume) lastSeq = 0;
+  loading = true;
+  performance.mark("patchbay:stream-open");
   source = new EventSource(`/api/events?${q}`);
   source.addEventListener("open", () => setConn("live", "ok"));
-  source.addEventListener("error", () => setConn("reconnecting…", "warn"));
+  source.addEventListener("error", () => {
+    setConn("reconnecting…", "warn");
+    // The browser reconnects by itself; what it replays up to the next snapshot marker is catch-up.
+    loading = true;
+  });
   source.addEventListener("msg", (e) => {
     const m = JSON.parse(e.data);
     lastSeq = Math.max(lastSeq, m.seq);
     onMessage(m);
   });
   source.addEventListener("snapshot", (e) => {
-    const { seq } = JSON.parse(e.data);
+    const { seq, instance } = JSON.parse(e.data);
+    // Another hub process (restarted): nothing shown so far can be trusted.
+    if (hubInstance && instance && instance !== hubInstance) {
+      hubInstance = instance;
+      forgetEverything();
+      log("hub", "the hub restarted: showing its devices afresh", null, Date.now());
+      openStream(false);
+      return;
+    }
     // A restarted hub counts seqs from zero again: start over with a full snapshot.
     if (seq < lastSeq) {
       openStream(false);
       return;
     }
+    hubInstance = instance || hubInstance;
+    loading = false;
     setConn("live", "ok");
+    performance.mark("patchbay:snapshot-received");
     renderAll();
   });
 }
+
+function forgetEverything() {
+  devices.clear();
+  cards.clear();
+  dirty.clear();
+  $("#locations").replaceChildren();
+}
+
+const searchText = (m) => [m.id, m.name, m.location, m.model, m.manufacturer, m.driver].map((f) => String(f || "")).join("\n").toLowerCase();
 
 function onMessage(m) {
   const parts = m.tag.split("/");
   if (parts.length !== 3 || parts[0] !== "dev") return;
   const [, id, kind] = parts;
   const d = device(id);
+  // A snapshot (or the catch-up after a reconnection) is the current state,
+  // not news: only live changes go in the log, with the hub's time.
+  const live = !loading;
   if (kind === "event") {
-    d.events.unshift({ ...m.body, time: m.body.time || Date.now() });
+    d.events.unshift({ ...m.body, time: m.body.time || m.time });
     d.events.length = Math.min(d.events.length, 20);
-    log(id, `${m.body.level}: ${m.body.message}`, m.cid);
+    if (live) log(id, `${m.body.level}: ${m.body.message}`, m.cid, m.time);
     return;
   }
   if (m.body === null) {
     d[kind] = null;
   } else if (kind === "meta") {
-    const rebuild = JSON.stringify(d.meta && d.meta.settings) !== JSON.stringify(m.body.settings);
+    const old = d.meta;
+    const rebuild = !old || JSON.stringify(old.settings) !== JSON.stringify(m.body.settings) ||
+      old.location !== m.body.location || old.name !== m.body.name || old.model !== m.body.model;
     d.meta = m.body;
-    if (rebuild) cards.delete(id);
+    d.search = searchText(m.body);
+    if (rebuild) d.rebuild = true;
   } else {
+    if (live && kind === "online" && (!d.online || d.online.online !== m.body.online)) {
+      log(id, m.body.online ? "online" : `offline: ${m.body.reason || "no reason given"}`, null, m.time);
+    }
     d[kind] = m.body;
   }
-  if (kind === "state" && m.cid) log(id, `state: power ${show(m.body.power)}`, m.cid);
-  if (kind === "online") log(id, m.body.online ? "online" : `offline: ${m.body.reason || "no reason given"}`);
-  renderDevice(id);
+  if (live && kind === "state" && m.cid) log(id, `state: power ${show(m.body.power)}`, m.cid, m.time);
+  if (!loading) schedule(id);
+}
+
+function schedule(id) {
+  dirty.add(id);
+  if (!flushTimer) flushTimer = setTimeout(flush, 16);
+}
+
+function flush() {
+  flushTimer = 0;
+  const touched = new Set();
+  for (const id of dirty) {
+    const s = renderDevice(id);
+    if (s) touched.add(s);
+  }
+  dirty.clear();
+  for (const s of touched) updateSection(s);
+  updateEmpty();
 }
 
 // ---- rendering ------------------------------------------------------------
 
 const POWER = { on: ["On", "ok"], off: ["Off", "wait"], warming: ["Warming up…", "transition"], cooling: ["Cooling down…", "transition"] };
+// The same words for the same settings on every device, whatever the driver calls them.
+const LABELS = { power: "Power", input: "Input", mute: "Mute", video_mute: "Picture mute", audio_mute: "Sound mute", freeze: "Freeze" };
 const show = (v) => (v === null || v === undefined ? "—" : typeof v === "boolean" ? (v ? "yes" : "no") : String(v));
+const label = (s) => LABELS[s.name] || s.label || s.name;
+// On before off, everywhere; other values keep the device's order.
+const ordered = (values) => {
+  const first = ["on", "off"].filter((v) => values.includes(v));
+  return first.length === 2 ? [...first, ...values.filter((v) => !first.includes(v))] : values;
+};
 
 function matchesSearch(d) {
-  const q = $("#search").value.trim().toLowerCase();
-  if (!q || !d.meta) return true;
-  return [d.meta.id, d.meta.name, d.meta.location, d.meta.model, d.meta.manufacturer, d.meta.driver]
-    .some((f) => String(f || "").toLowerCase().includes(q));
+  return !query || !d.meta || d.search.includes(query);
 }
 
 function section(location) {
@@ -130,32 +195,101 @@ function section(location) {
     const after = all.find((o) => o.dataset.location.localeCompare(key) > 0);
     $("#locations").insertBefore(s, after || null);
   }
-  return $(".grid", s);
+  return s;
 }
 
+function updateSection(s) {
+  const grid = $(".grid", s);
+  if (!grid.firstElementChild) {
+    s.remove();
+    return;
+  }
+  let visible = false;
+  for (const c of grid.children) if (!c.hidden) { visible = true; break; }
+  s.hidden = !visible;
+}
+
+function updateEmpty() {
+  $("#empty").hidden = cards.size > 0;
+}
+
+// Lets the browser handle input and paint, then runs `f`. A message to
+// ourselves, not a timer: timers in hidden tabs are slowed to once a second.
+const yieldChannel = new MessageChannel();
+const yieldQueue = [];
+yieldChannel.port1.onmessage = () => yieldQueue.shift()();
+function yieldThen(f) {
+  yieldQueue.push(f);
+  yieldChannel.port2.postMessage(null);
+}
+
+// Draws every device, a slice at a time, so that a venue's worth of cards
+// never blocks the page for long.
 function renderAll() {
-  for (const id of devices.keys()) renderDevice(id);
-  $("#empty").hidden = [...devices.values()].some((d) => d.meta);
+  const ids = [...devices.keys()];
+  const touched = new Set();
+  let i = 0;
+  // Drawn out of sight: no layout of a growing page after every slice.
+  const grid = $("#locations");
+  const many = ids.length - cards.size > 100;
+  if (many) {
+    grid.hidden = true;
+    $("#loading").textContent = `Loading ${ids.length.toLocaleString()} devices…`;
+    $("#loading").hidden = false;
+  }
+  const step = () => {
+    const until = performance.now() + 30;
+    while (i < ids.length && performance.now() < until) {
+      const s = renderDevice(ids[i++]);
+      if (s) touched.add(s);
+    }
+    if (i < ids.length) {
+      yieldThen(step);
+      return;
+    }
+    for (const s of touched) if (s.isConnected) updateSection(s);
+    updateEmpty();
+    grid.hidden = false;
+    $("#loading").hidden = true;
+    performance.mark("patchbay:snapshot-drawn");
+  };
+  step();
 }
 
+/// Draws one device's card; returns the section it was in or went to.
 function renderDevice(id) {
   const d = devices.get(id);
-  if (!d || !d.meta) return;
   let card = cards.get(id);
-  if (!card || !card.isConnected) {
-    if (card) card.remove();
+  if (!d || !d.meta) {
+    // Deleted (a null meta): the card goes too.
+    if (!card) return null;
+    const s = card.closest("section.location");
+    card.remove();
+    cards.delete(id);
+    if (d && !d.state && !d.online) devices.delete(id);
+    return s;
+  }
+  let old = null;
+  if (card && d.rebuild) {
+    // A new description: the old card goes, not left behind as a stale twin.
+    old = card.closest("section.location");
+    card.remove();
+    card = null;
+  }
+  d.rebuild = false;
+  if (!card) {
     card = buildCard(id, d);
     cards.set(id, card);
-    const grid = section(d.meta.location);
-    const after = [...grid.children].find((c) => c.dataset.id.localeCompare(id) > 0);
-    grid.insertBefore(card, after || null);
+    const grid = $(".grid", section(d.meta.location));
+    let after = null;
+    for (const c of grid.children) if (c.dataset.id.localeCompare(id) > 0) { after = c; break; }
+    grid.insertBefore(card, after);
   }
   updateCard(card, d);
   card.hidden = !matchesSearch(d);
-  for (const s of document.querySelectorAll("section.location")) {
-    s.hidden = ![...$(".grid", s).children].some((c) => !c.hidden);
-  }
-  $("#empty").hidden = true;
+  const s = card.closest("section.location");
+  if (old && old !== s) updateSection(old);
+  return s;
 }
 
 function buildCard(id, d) {
@@ -172,6 +306,7 @@ function buildCard(id, d) {
       el("span", { class: "pill online-badge" }),
       el("span", { class: "pill power-badge", "aria-label": "Power" }),
       el("span", { class: "error-badges" })),
+    el("p", { class: "reason", hidden: true }),
     el("dl", { class: "facts" }),
     controls,
     el("p", { class: "outcome", role: "status", "aria-live": "polite" }),
@@ -183,13 +318,14 @@ function buildControl(id, s) {
   const send = (value) => command(id, { [s.name]: value });
   if (s.type === "enum" && s.values.length <= 3 && s.values.every((v) => v.length <= 8)) {
     const group = el("div", { class: "segmented", role: "group", "aria-labelledby": `${cid}-label` },
-      s.values.map((v) => el("button", { type: "button", "data-setting": s.name, "data-value": v, "aria-pressed": "false", onclick: () => send(v) }, v)));
-    return el("div", { class: "control", "data-setting": s.name }, el("span", { id: `${cid}-label`, class: "sub" }, s.label || s.name), group);
+      ordered(s.values).map((v) => el("button", { type: "button", "data-setting": s.name, "data-value": v, "aria-pressed": "false", onclick: () => send(v) }, v)));
+    return el("div", { class: "control", "data-setting": s.name }, el("span", { id: `${cid}-label`, class: "sub" }, label(s)), group);
   }
   let input;
   if (s.type === "enum") {
-    input = el("select", { id: cid, "data-setting": s.name, onchange: (e) => send(e.target.value) },
-      el("option", { value: "", disabled: true }, "—"), s.values.map((v) => el("option", { value: v }, v)));
+    input = el("select", { id: cid, "data-setting": s.name },
+      el("option", { value: "", disabled: true }, "—"), ordered(s.values).map((v) => el("option", { value: v }, v)));
+    choose(input, send, id);
   } else if (s.type === "bool") {
     input = el("input", { id: cid, type: "checkbox", role: "switch", "data-setting": s.name, onchange: (e) => send(e.target.checked) });
   } else if (s.type === "int") {
@@ -198,7 +334,49 @@ function buildControl(id, s) {
   } else {
     input = el("input", { id: cid, type: "text", "data-setting": s.name, onchange: (e) => send(e.target.value) });
   }
-  return el("div", { class: "control", "data-setting": s.name }, el("label", { for: cid }, s.label || s.name), input);
+  return el("div", { class: "control", "data-setting": s.name }, el("label", { for: cid }, label(s)), input);
+}
+
+// A list sends its choice when picked with the mouse or confirmed with
+// Enter; stepping through it with the arrow keys sends nothing (a device
+// must not switch inputs at every key press). Leaving it unconfirmed puts
+// back the device's value.
+function choose(select, send, id) {
+  let stepping = false;
+  let pending = false;
+  select.addEventListener("pointerdown", () => { stepping = false; });
+  select.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") {
+      stepping = false;
+      if (pending) {
+        pending = false;
+        e.preventDefault();
+        send(select.value);
+      }
+    } else if (e.key === "Escape") {
+      pending = false;
+      schedule(id);
+    } else if (e.key.length === 1 || e.key.startsWith("Arrow") || e.key === "Home" || e.key === "End" || e.key.startsWith("Page")) {
+      stepping = true;
+    }
+  });
+  select.addEventListener("change", () => {
+    if (stepping) {
+      pending = true;
+      const d = devices.get(id);
+      d.outcome = { kind: "wait", text: `Press Enter to switch ${label({ name: select.dataset.setting })} to ${select.value}` };
+      updateCard(cards.get(id), d);
+      return;
+    }
+    send(select.value);
+  });
+  select.addEventListener("blur", () => {
+    if (!pending) return;
+    pending = false;
+    const d = devices.get(id);
+    if (d) d.outcome = null;
+    schedule(id);
+  });
 }
 
 function updateCard(card, d) {
@@ -207,7 +385,11 @@ function updateCard(card, d) {
   const ob = $(".online-badge", card);
   ob.textContent = online ? "online" : "offline";
   ob.className = `pill online-badge ${online ? "pill-ok" : "pill-bad"}`;
-  ob.title = online ? "" : (d.online && d.online.reason) || "no report from the agent yet";
+  const reason = online ? "" : (d.online && d.online.reason) || "no report from the agent yet";
+  ob.title = reason;
+  const rp = $(".reason", card);
+  rp.textContent = reason ? `Offline: ${reason}` : "";
+  rp.hidden = !reason;
   const state = d.state || {};
   const [ptext, pkind] = POWER[state.power] || [show(state.power), "wait"];
   const pb = $(".power-badge", card);
@@ -223,8 +405,8 @@ function updateCard(card, d) {
   if (state.error && state.error !== "00") errs.append(el("span", { class: "pill pill-bad" }, `error ${state.error}`));
   const facts = $(".facts", card);
   facts.replaceChildren();
-  for (const [k, label] of [["input", "Input"], ["mute", "Mute"], ["lamp_hours", "Lamp hours"]]) {
-    if (k in state) facts.append(el("dt", {}, label), el("dd", { "data-fact": k }, show(state[k])));
+  for (const [k, text] of [["input", "Input"], ["mute", "Mute"], ["lamp_hours", "Lamp hours"]]) {
+    if (k in state) facts.append(el("dt", {}, text), el("dd", { "data-fact": k }, show(state[k])));
   }
   const disabled = d.busy || !online;
   for (const c of card.querySelectorAll("[data-setting]")) {
@@ -240,6 +422,12 @@ function updateCard(card, d) {
   const out = $(".outcome", card);
   out.textContent = d.outcome ? d.outcome.text : "";
   out.className = `outcome ${d.outcome ? d.outcome.kind : ""}`;
+}
+
+function applySearch() {
+  query = $("#search").value.trim().toLowerCase();
+  for (const [id, card] of cards) card.hidden = !matchesSearch(devices.get(id));
+  for (const s of document.querySelectorAll("section.location")) updateSection(s);
 }
 
 // ---- commands -------------------------------------------------------------
@@ -263,8 +451,8 @@ async function command(id, desired) {
   const what = Object.entries(desired).map(([k, v]) => `${k} ${show(v)}`).join(", ");
   d.busy = true;
   d.outcome = { kind: "wait", text: `Sending ${what}…` };
-  renderDevice(id);
-  log(id, `command: ${what}`, cid);
+  schedule(id);
+  log(id, `command: ${what}`, cid, Date.now());
   try {
     const res = await fetch(`/api/devices/${encodeURIComponent(id)}`, {
       method: "PATCH",
@@ -275,18 +463,18 @@ async function command(id, desired) {
     if (res.ok) {
       d.state = body;
       d.outcome = { kind: "ok", text: `Confirmed: ${what}` };
-      log(id, `confirmed: ${what}`, cid);
+      log(id, `confirmed: ${what}`, cid, Date.now());
     } else {
       const e = body.error || { code: "error", message: res.statusText };
       if (res.status === 401) askToken("The hub asks for a token to change devices.");
       d.outcome = { kind: "bad", text: `${FRIENDLY[e.code] || "Failed"}: ${e.message}` };
-      log(id, `failed: ${e.message}`, cid);
+      log(id, `failed: ${e.message}`, cid, Date.now());
     }
   } catch (err) {
     d.outcome = { kind: "bad", text: `Could not reach the hub: ${err.message}` };
   } finally {
     d.busy = false;
-    renderDevice(id);
+    schedule(id);
   }
 }
 
@@ -300,19 +488,21 @@ function openDetail(id) {
   const d = devices.get(id);
   $("#detail-title").textContent = `${d.meta.name || id} (${id})`;
   const m = d.meta;
+  const o = d.online || {};
   const body = $("#detail-body");
   body.replaceChildren(
     el("h3", {}, "State"), table(Object.entries(d.state || {})),
-    el("h3", {}, "Reachability"), table([["online", d.online && d.online.online], ["reason", d.online && d.online.reason], ["since", d.online && d.online.since ? new Date(d.online.since).toLocaleString() : null]]),
+    el("h3", {}, "Reachability"), table([["online", o.online], ["reason", o.reason], ["detail", o.detail], ["since", o.since ? new Date(o.since).toLocaleString() : null]]),
     el("h3", {}, "Device"), table([["driver", m.driver], ["manufacturer", m.manufacturer], ["model", m.model], ["location", m.location], ["transport", m.transport], ["poll (ms)", m.poll_ms], ...Object.entries(m.info || {})]),
     el("h3", {}, "Recent events"),
     d.events.length ? el("ul", {}, d.events.map((e) => el("li", {}, `${new Date(e.time).toLocaleTimeString()} ${e.level}: ${e.message}`))) : el("p", { class: "sub" }, "None."));
   $("#detail").showModal();
 }
 
-function log(id, text, cid) {
+function log(id, text, cid, time) {
   const list = $("#log");
-  list.prepend(el("li", {}, el("time", {}, new Date().toLocaleTimeString()), el("strong", {}, id), el("span", {}, text), cid ? el("span", { class: "cid" }, `cid ${cid}`) : null));
+  const at = new Date(time || Date.now());
+  list.prepend(el("li", {}, el("time", { datetime: at.toISOString() }, at.toLocaleTimeString()), el("strong", {}, id), el("span", {}, text), cid ? el("span", { class: "cid" }, `cid ${cid}`) : null));
   while (list.children.length > 100) list.lastChild.remove();
 }
 
@@ -331,6 +521,10 @@ $("#token-form").addEventListener("submit", (e) => {
   }
 });
 $("#token-button").addEventListener("click", () => askToken("Enter an operator or viewer token from the hub's configuration."));
-$("#search").addEventListener("input", renderAll);
+let searchTimer = 0;
+$("#search").addEventListener("input", () => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(applySearch, 120);
+});
 
 start();

@@ -234,7 +234,7 @@ impl Escvp21 {
                 Setting::projector_power(),
                 Setting::new(
                     "input",
-                    "Source",
+                    "Input",
                     Kind::Enum {
                         values: self.opts.sources.iter().map(|(id, _)| id.clone()).collect(),
                         transitional: Vec::new(),

@@ -137,8 +137,9 @@ pub async fn stream(
                         continue;
                     }
                 }
+                let now = crate::server::now_ms();
                 for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    if let Some(ev) = to_event(line) {
+                    if let Some(ev) = to_event(line, sub.hub.instance(), now) {
                         ready.push_back(ev);
                     }
                 }
@@ -156,17 +157,22 @@ struct Head<'a> {
     seq: Option<u64>,
 }
 
-/// One outbox line as an event: `msg` (id = seq), `snapshot` (the end of the
-/// initial values) or `error` (the hub is closing the stream).
-fn to_event(line: &[u8]) -> Option<Event> {
+/// One outbox line as an event: `msg` (id = seq, with the hub's `time` in
+/// Unix milliseconds), `snapshot` (the end of the initial values, with the
+/// hub's `instance` id) or `error` (the hub is closing the stream).
+fn to_event(line: &[u8], instance: &str, now_ms: u64) -> Option<Event> {
     let text = std::str::from_utf8(line).ok()?;
     let head: Head<'_> = serde_json::from_str(text).ok()?;
     match head.op {
         "msg" => {
             let seq = head.seq?;
-            Some(Event::default().id(seq.to_string()).event("msg").data(text))
+            let data = format!("{{\"time\":{now_ms},{}", text.strip_prefix('{')?);
+            Some(Event::default().id(seq.to_string()).event("msg").data(data))
         }
-        "ok" => Some(Event::default().event("snapshot").data(text)),
+        "ok" => {
+            let data = serde_json::json!({"op": "ok", "seq": head.seq, "instance": instance});
+            Some(Event::default().event("snapshot").data(data.to_string()))
+        }
         "err" => Some(Event::default().event("error").data(text)),
         _ => None,
     }

@@ -21,6 +21,8 @@ pub struct Health {
     pub connections: usize,
     /// Retained tags.
     pub retained: usize,
+    /// This hub process's id, new at every start.
+    pub instance: String,
 }
 
 /// Is the hub up?
@@ -30,6 +32,7 @@ pub async fn healthz(State(st): State<AppState>) -> Json<Health> {
         status: "ok".into(),
         connections: st.hub.connection_count(),
         retained: st.hub.retained_count(),
+        instance: st.hub.instance().to_owned(),
     })
 }
 

@@ -462,6 +462,8 @@ pub struct Hub {
     metrics: Metrics,
     /// Each token's principal, by its index in the configuration.
     principals: Vec<Arc<str>>,
+    /// This hub process's id, new at every start.
+    instance: String,
 }
 
 impl Hub {
@@ -480,7 +482,14 @@ impl Hub {
             timers: Notify::new(),
             metrics: Metrics::default(),
             principals,
+            instance: new_instance_id(),
         })
+    }
+
+    /// This hub process's id (16 hex digits, new at every start): clients
+    /// that see it change know the hub restarted and its seqs began again.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     fn lock_untimed(&self) -> MutexGuard<'_, State> {
@@ -1167,4 +1176,19 @@ impl Hub {
         let c = st.conn(conn)?;
         Some((c.outbox.queued_entries(), c.outbox.queued_bytes()))
     }
+}
+
+/// 64 random bits as hex, from the standard library's per-process hash keys
+/// mixed with the time and the process id.
+fn new_instance_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
 }

@@ -426,7 +426,14 @@ impl Session {
         self.role = Some(role);
         self.greeted = true;
         let mut buf = Vec::with_capacity(128);
-        encode_welcome(&mut buf, id, self.conn, &name, role.as_str());
+        encode_welcome(
+            &mut buf,
+            id,
+            self.conn,
+            &name,
+            role.as_str(),
+            hub.instance(),
+        );
         self.send(buf);
         Flow::Continue
     }

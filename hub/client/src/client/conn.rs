@@ -98,6 +98,7 @@ async fn open(opts: &ClientBuilder) -> Result<(TcpStream, BytesMut, Welcome), Er
                         client: frame.client.unwrap_or(0),
                         name: frame.name.unwrap_or_default().into(),
                         role: frame.role.unwrap_or_default().into(),
+                        instance: frame.instance.unwrap_or_default().into(),
                     };
                     return Ok((stream, buf, welcome));
                 }
@@ -142,6 +143,8 @@ struct Control<'a> {
     name: Option<&'a str>,
     #[serde(default)]
     role: Option<&'a str>,
+    #[serde(default)]
+    instance: Option<&'a str>,
 }
 
 impl Control<'_> {

@@ -159,6 +159,8 @@ pub struct Welcome {
     pub name: String,
     /// The role granted.
     pub role: String,
+    /// The hub process's id, new at every start: a change means the hub restarted.
+    pub instance: String,
 }
 
 /// Where the connection stands.

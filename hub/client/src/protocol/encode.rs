@@ -220,6 +220,7 @@ pub fn encode_welcome(
     client: u64,
     name: &str,
     role: &str,
+    instance: &str,
 ) {
     #[derive(Serialize)]
     struct WelcomeOut<'a> {
@@ -230,6 +231,7 @@ pub fn encode_welcome(
         name: &'a str,
         role: &'a str,
         version: &'static str,
+        instance: &'a str,
     }
     line(
         buf,
@@ -240,6 +242,7 @@ pub fn encode_welcome(
             name,
             role,
             version: env!("CARGO_PKG_VERSION"),
+            instance,
         },
     );
 }
