@@ -123,11 +123,24 @@ async fn serve_controls(requests: Requests, controls: SimControls) {
     }
 }
 
+/// Removes a folder when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Runs the demo until `shutdown` turns true.
 pub async fn run(opts: DemoOptions, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    // The demo's journal lives in a temporary folder, removed at exit.
+    let data = std::env::temp_dir().join(format!("patchbay-demo-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(data.clone());
     let config = HubConfig {
         listen: opts.hub_listen,
         http_listen: opts.http_listen,
+        data_dir: Some(data),
         ..HubConfig::default()
     };
     config

@@ -104,6 +104,20 @@ pub struct HubConfig {
     pub max_request_timeout_ms: u64,
     /// Accepted tokens. With none, anyone may do anything, so the hub listens on loopback only unless started with `--insecure`.
     pub tokens: Vec<TokenConfig>,
+    /// Folder of the journal (`patchbay.db`): commands, history, audit and retained values.
+    /// `patchbay-hub` defaults it to `patchbay-data` beside the config file, or in the
+    /// working directory without one; an embedded hub keeps no journal unless it is set.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Days of history, commands and audit the journal keeps.
+    pub history_days: u32,
+    /// The longest a journal record waits before it is committed, in milliseconds:
+    /// what a `kill -9` of the hub may lose.
+    pub journal_flush_ms: u64,
+    /// History and retained records that may wait for the journal's writer before
+    /// new ones are dropped (and the hub reports itself degraded).
+    pub journal_queue: usize,
+    /// Largest the journal file may grow, in bytes (0: no limit); past it writes fail as on a full disk.
+    pub journal_max_bytes: u64,
 }
 
 impl Default for HubConfig {
@@ -134,6 +148,11 @@ impl Default for HubConfig {
             request_timeout_ms: 10_000,
             max_request_timeout_ms: 120_000,
             tokens: Vec::new(),
+            data_dir: None,
+            history_days: 90,
+            journal_flush_ms: 200,
+            journal_queue: 262_144,
+            journal_max_bytes: 0,
         }
     }
 }
@@ -212,6 +231,9 @@ impl HubConfig {
             ("http_body_limit", self.http_body_limit as u64),
             ("ping_interval_ms", self.ping_interval_ms),
             ("request_timeout_ms", self.request_timeout_ms),
+            ("history_days", u64::from(self.history_days)),
+            ("journal_flush_ms", self.journal_flush_ms),
+            ("journal_queue", self.journal_queue as u64),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("`{field}` must be greater than 0"));
@@ -287,6 +309,17 @@ impl HubConfig {
             }
         }
         Ok(())
+    }
+
+    /// The journal's settings, when `data_dir` is set.
+    pub fn journal(&self) -> Option<crate::journal::JournalConfig> {
+        Some(crate::journal::JournalConfig {
+            dir: self.data_dir.clone()?,
+            history_days: self.history_days,
+            flush: Duration::from_millis(self.journal_flush_ms),
+            queue: self.journal_queue,
+            max_bytes: self.journal_max_bytes,
+        })
     }
 
     /// Write timeout as a duration.

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod http;
+pub mod journal;
 pub mod server;
 
 pub use patchbay_client::device as devices;

@@ -16,9 +16,11 @@ struct HubProcess {
 }
 
 async fn start_hub(extra: &[&str]) -> HubProcess {
+    let memory = (!extra.contains(&"--data-dir")).then_some("--memory-only");
     let mut child = Command::new(env!("CARGO_BIN_EXE_patchbay-hub"))
         .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         .args(extra)
+        .args(memory)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)

@@ -85,7 +85,7 @@ proptest! {
     fn session_survives_random_input(chunks in input()) {
         let hub = Hub::new(small_limits());
         let outbox = Outbox::new(1 << 20);
-        let mut session = Session::open(hub.clone(), "127.0.0.1:1".parse().unwrap(), outbox.clone()).unwrap();
+        let mut session = Session::open(hub.clone(), "127.0.0.1:1".parse().unwrap(), outbox.clone(), patchbay_hub::server::Transport::Tcp).unwrap();
         let mut lines = LineBuffer::new(512);
         for chunk in &chunks {
             lines.spare().extend_from_slice(chunk);

@@ -48,8 +48,18 @@ pub struct Proc {
 impl Proc {
     /// Starts `name` with `args` and waits for its first line of output.
     pub async fn start(name: &str, args: &[&str]) -> Proc {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        // Every hub keeps a journal, as users run it, each in its own folder.
+        if name == "patchbay-hub"
+            && !args
+                .iter()
+                .any(|a| a == "--data-dir" || a == "--memory-only")
+        {
+            args.push("--data-dir".into());
+            args.push(temp_dir("hub-data").display().to_string());
+        }
         let mut child = Command::new(bin(name))
-            .args(args)
+            .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -122,6 +132,16 @@ pub async fn pjlink_sim(addr: &str, extra: &[&str]) -> Proc {
     let mut args = vec!["pjlink", "--listen", addr];
     args.extend_from_slice(extra);
     Proc::start("patchbay-sim", &args).await
+}
+
+/// A fresh, empty folder under the system's temp folder.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("patchbay-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// Writes `text` to a fresh temp file and returns its path.

@@ -319,6 +319,44 @@ async fn console_lists_controls_and_reports_devices() {
     .await
     .unwrap();
 
+    // Details shows the device's memory from the hub's journal: the
+    // command sent above with who sent it, the history, and the usage chart.
+    c.execute(
+        "document.querySelector('#detail')?.open && document.querySelector('#detail').close(); \
+         document.querySelector(\"article[data-id='proj-1'] button.details\").click();",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let command = text_until(
+        &c,
+        "#detail-commands li",
+        "the journaled command in Details",
+        |t| t.contains("input"),
+    )
+    .await;
+    assert!(command.contains("confirmed"), "{command}");
+    assert!(
+        command.contains("console") && command.contains("http"),
+        "who sent it: {command}"
+    );
+    let history = text_until(
+        &c,
+        "#detail-history li",
+        "the device's history in Details",
+        |t| !t.is_empty(),
+    )
+    .await;
+    assert!(!history.contains("Not available"), "{history}");
+    let bars = c
+        .execute(
+            "return document.querySelectorAll('#detail-usage svg.usage-chart rect.bar').length",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(bars, json!(30));
+
     // A screenshot for reviewers.
     let png = c.screenshot().await.unwrap();
     let target = bin("patchbay")

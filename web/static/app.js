@@ -381,14 +381,16 @@ function choose(select, send, id) {
 
 function updateCard(card, d) {
   const online = d.online && d.online.online === true;
+  // Remembered from before a hub restart, not yet confirmed by the agent.
+  const unknown = d.online && d.online.online === null;
   card.classList.toggle("offline", !online);
   const ob = $(".online-badge", card);
-  ob.textContent = online ? "online" : "offline";
-  ob.className = `pill online-badge ${online ? "pill-ok" : "pill-bad"}`;
+  ob.textContent = online ? "online" : unknown ? "unknown" : "offline";
+  ob.className = `pill online-badge ${online ? "pill-ok" : unknown ? "pill-warn" : "pill-bad"}`;
   const reason = online ? "" : (d.online && d.online.reason) || "no report from the agent yet";
   ob.title = reason;
   const rp = $(".reason", card);
-  rp.textContent = reason ? `Offline: ${reason}` : "";
+  rp.textContent = reason ? `${unknown ? "Not confirmed" : "Offline"}: ${reason}` : "";
   rp.hidden = !reason;
   const state = d.state || {};
   const [ptext, pkind] = POWER[state.power] || [show(state.power), "wait"];
@@ -456,7 +458,7 @@ async function command(id, desired) {
   try {
     const res = await fetch(`/api/devices/${encodeURIComponent(id)}`, {
       method: "PATCH",
-      headers: headers({ "Content-Type": "application/json", "X-Correlation-Id": cid }),
+      headers: headers({ "Content-Type": "application/json", "X-Correlation-Id": cid, "X-Client-Name": "console" }),
       body: JSON.stringify(desired),
     });
     const body = await res.json().catch(() => ({}));
@@ -490,13 +492,79 @@ function openDetail(id) {
   const m = d.meta;
   const o = d.online || {};
   const body = $("#detail-body");
+  const history = el("div", { id: "detail-history" }, el("p", { class: "sub" }, "Loading…"));
+  const commands = el("div", { id: "detail-commands" }, el("p", { class: "sub" }, "Loading…"));
+  const usage = el("div", { id: "detail-usage" }, el("p", { class: "sub" }, "Loading…"));
   body.replaceChildren(
     el("h3", {}, "State"), table(Object.entries(d.state || {})),
     el("h3", {}, "Reachability"), table([["online", o.online], ["reason", o.reason], ["detail", o.detail], ["since", o.since ? new Date(o.since).toLocaleString() : null]]),
     el("h3", {}, "Device"), table([["driver", m.driver], ["manufacturer", m.manufacturer], ["model", m.model], ["location", m.location], ["transport", m.transport], ["poll (ms)", m.poll_ms], ...Object.entries(m.info || {})]),
-    el("h3", {}, "Recent events"),
-    d.events.length ? el("ul", {}, d.events.map((e) => el("li", {}, `${new Date(e.time).toLocaleTimeString()} ${e.level}: ${e.message}`))) : el("p", { class: "sub" }, "None."));
+    el("h3", {}, "Use over the last 30 days"), usage,
+    el("h3", {}, "Recent history"), history,
+    el("h3", {}, "Recent commands"), commands);
   $("#detail").showModal();
+  loadJournal(id, history, commands, usage);
+}
+
+// The device's memory from the hub's journal: history, commands with who sent
+// them, and a chart of hours on per day and lamp hours.
+async function loadJournal(id, history, commands, usage) {
+  const get = async (path) => {
+    const res = await fetch(path, { headers: headers() });
+    const body = await res.json();
+    if (!res.ok) throw new Error(body.error ? body.error.message : res.statusText);
+    return body;
+  };
+  const when = (ms) => el("time", { datetime: new Date(ms).toISOString() }, new Date(ms).toLocaleString());
+  const q = encodeURIComponent(id);
+  const fail = (box) => (e) => box.replaceChildren(el("p", { class: "sub" }, `Not available: ${e.message}`));
+  get(`/api/devices/${q}/history?limit=20`).then((page) => {
+    const text = (h) => h.kind === "state" ? Object.entries(h.body).map(([k, v]) => `${k} ${show(v)}`).join(", ")
+      : h.kind === "online" ? (h.body.online === true ? "online" : `offline: ${h.body.reason || "no reason given"}`)
+      : `${h.body.level || "event"}: ${h.body.message || JSON.stringify(h.body)}`;
+    history.replaceChildren(page.items.length
+      ? el("ul", { class: "history" }, page.items.map((h) => el("li", { "data-kind": h.kind }, when(h.time), ` ${text(h)}`)))
+      : el("p", { class: "sub" }, "None."));
+  }, fail(history));
+  get(`/api/commands?device=${q}&limit=10`).then((page) => {
+    const who = (w) => [w.token && `token ${w.token}`, w.client, w.transport].filter(Boolean).join(", ");
+    commands.replaceChildren(page.items.length
+      ? el("ul", { class: "commands" }, page.items.map((c) => el("li", { "data-cid": c.cid }, when(c.received),
+        ` ${Object.entries(c.desired || {}).map(([k, v]) => `${k} ${show(v)}`).join(", ")}: ${c.status}${c.error ? ` (${c.error.message})` : ""} — ${who(c.who)}`)))
+      : el("p", { class: "sub" }, "None."));
+  }, fail(commands));
+  get(`/api/devices/${q}/usage?days=30`).then((report) => usage.replaceChildren(chart(report)), fail(usage));
+}
+
+// Hours on per day as bars, lamp hours as a line, in plain SVG.
+function chart(report) {
+  const NS = "http://www.w3.org/2000/svg";
+  const svg = (tag, attrs) => {
+    const e = document.createElementNS(NS, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    return e;
+  };
+  const days = report.days;
+  const W = 300, H = 80, bw = W / days.length;
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H + 12}`, role: "img", class: "usage-chart",
+    "aria-label": `Hours on per day over ${days.length} days: ${report.total_hours_on} hours in all` });
+  days.forEach((d, i) => {
+    const h = Math.min(24, d.hours_on) / 24 * H;
+    const bar = svg("rect", { x: i * bw + 1, y: H - h, width: Math.max(1, bw - 2), height: h, class: "bar", "data-date": d.date });
+    const title = svg("title", {});
+    title.textContent = `${d.date}: ${d.hours_on} h on${d.lamp_hours === null ? "" : `, lamp ${d.lamp_hours} h`}`;
+    bar.append(title);
+    root.append(bar);
+  });
+  const lamps = days.map((d, i) => [i, d.lamp_hours]).filter(([, l]) => l !== null);
+  if (lamps.length) {
+    const lo = Math.min(...lamps.map(([, l]) => l)), hi = Math.max(...lamps.map(([, l]) => l));
+    const y = (l) => hi === lo ? H / 2 : H - (l - lo) / (hi - lo) * H;
+    root.append(svg("polyline", { class: "lamp", fill: "none", points: lamps.map(([i, l]) => `${i * bw + bw / 2},${y(l)}`).join(" ") }));
+  }
+  const caption = el("p", { class: "sub" }, `${report.total_hours_on} h on in ${days.length} days (UTC)` +
+    (lamps.length ? `; lamp hours ${lamps[0][1]} → ${lamps[lamps.length - 1][1]}` : ""));
+  return el("figure", {}, root, caption);
 }
 
 function log(id, text, cid, time) {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use patchbay_hub::config::HubConfig;
-use patchbay_hub::server::{bind, check_descriptors, serve, Hub};
+use patchbay_hub::server::{bind, check_descriptors, open_hub, serve};
 
 /// The patchbay hub: routes tagged messages between agents, controllers and
 /// operators, keeps the latest state of every device, and brokers commands.
@@ -25,6 +25,12 @@ struct Args {
     /// Allow listening on a non-loopback address with no tokens configured.
     #[arg(long)]
     insecure: bool,
+    /// Folder of the journal, overriding the config's `data_dir` [default: patchbay-data beside the config file, or in the working directory].
+    #[arg(long, conflicts_with = "memory_only")]
+    data_dir: Option<PathBuf>,
+    /// Keep nothing on disk: no journal, and retained values are lost at exit.
+    #[arg(long)]
+    memory_only: bool,
 }
 
 #[tokio::main]
@@ -55,6 +61,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config
         .check_exposure(args.insecure)
         .map_err(anyhow::Error::msg)?;
+    if args.memory_only {
+        config.data_dir = None;
+    } else if let Some(dir) = args.data_dir {
+        config.data_dir = Some(dir);
+    } else if config.data_dir.is_none() {
+        let beside = args
+            .config
+            .as_deref()
+            .and_then(|c| c.parent())
+            .filter(|p| !p.as_os_str().is_empty());
+        config.data_dir = Some(match beside {
+            Some(dir) => dir.join("patchbay-data"),
+            None => PathBuf::from("patchbay-data"),
+        });
+    }
+    // A journal that cannot be used stops the hub before it listens.
+    let hub = open_hub(config.clone())?;
+    if let Some(j) = hub.journal() {
+        tracing::info!(file = %j.path().display(), "journal open");
+    }
     check_descriptors(&config);
     let listener = bind(config.listen, config.listen_backlog)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -68,7 +94,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
     tracing::info!(%addr, %http_addr, auth = config.auth_required(), "hub started");
-    let hub = Hub::new(config);
     serve(hub, listener, Some(http), shutdown_signal()).await;
     tracing::info!("hub stopped");
     Ok(())

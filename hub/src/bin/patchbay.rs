@@ -33,6 +33,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::enum_variant_names)] // `command <cid>` is the word users type.
 enum Command {
     /// List devices with their location, driver, reachability, power and input.
     Devices {
@@ -99,6 +100,46 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
         /// Print each message as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a device's history from the hub's journal: state changes, reachability, events.
+    History {
+        /// Device id.
+        id: String,
+        /// Only since: Unix ms, or a span before now (`90s`, `15m`, `2h`, `7d`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only `state`, `online` or `event`.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Most rows.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        limit: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List commands from the hub's journal: who sent what, when, and how it ended.
+    Commands {
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+        /// Only since: Unix ms, or a span before now (`90s`, `15m`, `2h`, `7d`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Most rows.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        limit: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what became of one command, by correlation id (also after a timeout).
+    Command {
+        /// Correlation id.
+        cid: String,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -382,7 +423,7 @@ async fn set(
     let state: Value = match answer {
         Ok(reply) => reply.json()?,
         Err(e) if is_timeout(&e) => anyhow::bail!(
-            "{id}: no answer within {} s (cid {cid}); the outcome is unknown: the command may still be carried out. Follow the device with `patchbay watch 'dev/{id}/#'` or check it with `patchbay get {id}`",
+            "{id}: no answer within {} s (cid {cid}); the outcome is unknown: the command may still be carried out. Look it up later with `patchbay command {cid}`, or follow the device with `patchbay watch 'dev/{id}/#'`",
             timeout.as_secs_f64()
         ),
         Err(patchbay_client::Error::Hub(e)) => {
@@ -402,6 +443,153 @@ async fn set(
         print_state(&confirmed);
     }
     Ok(())
+}
+
+/// Asks the hub's journal (`hub/journal/<what>`), leaving out unset fields.
+async fn ask_journal(client: &Client, what: &str, mut q: Value) -> anyhow::Result<Value> {
+    if let Some(m) = q.as_object_mut() {
+        m.retain(|_, v| !v.is_null());
+    }
+    let opts = RequestOptions {
+        timeout: Some(Duration::from_secs(10)),
+        cid: None,
+    };
+    match client
+        .request_with(&format!("hub/journal/{what}"), &Body::from(q), opts)
+        .await
+    {
+        Ok(reply) => Ok(reply.json()?),
+        Err(patchbay_client::Error::Hub(e)) => anyhow::bail!("{}", e.message),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of a Unix time in milliseconds.
+fn when(ms: u64) -> String {
+    format!(
+        "{} {}",
+        patchbay_hub::journal::utc_date(ms),
+        &clock(ms)[..8]
+    )
+}
+
+fn print_history(id: &str, page: &Value) {
+    let items = page["items"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        println!("{id}: no history");
+    }
+    for h in items.iter().rev() {
+        let body = &h["body"];
+        let what = match h["kind"].as_str() {
+            Some("state") => body
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", plain(v)))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default(),
+            Some("online") => match (body["online"].as_bool(), body["reason"].as_str()) {
+                (Some(true), _) => "online".into(),
+                (_, Some(r)) => format!("offline: {r}"),
+                _ => "offline".into(),
+            },
+            _ => format!(
+                "{} {}",
+                body["level"].as_str().unwrap_or("event"),
+                body["message"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| body.to_string())
+            ),
+        };
+        let cid = h["cid"]
+            .as_str()
+            .map(|c| format!("  (cid {c})"))
+            .unwrap_or_default();
+        println!(
+            "{} UTC  {:<6} {what}{cid}",
+            when(h["time"].as_u64().unwrap_or(0)),
+            h["kind"].as_str().unwrap_or("")
+        );
+    }
+}
+
+fn who_text(c: &Value) -> String {
+    let w = &c["who"];
+    let mut out = w["token"]
+        .as_str()
+        .map(|t| format!("token {t}"))
+        .unwrap_or_default();
+    let client = w["client"].as_str().unwrap_or("");
+    if !out.is_empty() {
+        out.push_str(", ");
+    }
+    out.push_str(&format!(
+        "{client} via {} from {}",
+        w["transport"].as_str().unwrap_or(""),
+        w["peer"].as_str().unwrap_or("")
+    ));
+    out
+}
+
+fn outcome_text(c: &Value) -> String {
+    let status = c["status"].as_str().unwrap_or("");
+    let mut text = match status {
+        "failed" => format!(
+            "failed: {}: {}",
+            c["error"]["code"].as_str().unwrap_or(""),
+            c["error"]["message"].as_str().unwrap_or("")
+        ),
+        "unknown" => "outcome unknown (timed out, no answer yet)".into(),
+        other => other.to_owned(),
+    };
+    if let (true, Some(late), Some(ans)) = (
+        c["timed_out"].as_bool() == Some(true),
+        c["late"].as_u64(),
+        c["answered"].as_u64(),
+    ) {
+        text.push_str(&format!(
+            ", answered {:.1} s after the requester's timeout",
+            late.saturating_sub(ans) as f64 / 1000.0
+        ));
+    }
+    text
+}
+
+fn command_line(c: &Value) -> String {
+    format!(
+        "{} UTC  {} {}  {}  [{}]  cid {}",
+        when(c["received"].as_u64().unwrap_or(0)),
+        c["device"].as_str().unwrap_or(""),
+        c["desired"],
+        outcome_text(c),
+        who_text(c),
+        c["cid"].as_str().unwrap_or("")
+    )
+}
+
+fn print_command(c: &Value) {
+    println!("cid:      {}", c["cid"].as_str().unwrap_or(""));
+    println!("device:   {}", c["device"].as_str().unwrap_or(""));
+    println!("desired:  {}", c["desired"]);
+    println!("from:     {}", who_text(c));
+    println!(
+        "received: {} UTC",
+        when(c["received"].as_u64().unwrap_or(0))
+    );
+    println!("outcome:  {}", outcome_text(c));
+    if let Some(state) = c["state"].as_object() {
+        let fields: Vec<String> = state
+            .iter()
+            .map(|(k, v)| format!("{k}={}", plain(v)))
+            .collect();
+        println!("state:    {}", fields.join(" "));
+    }
+    if let Some(d) = c["error"]["detail"].as_str() {
+        println!("detail:   {d}");
+    }
 }
 
 /// Did the request end without an answer in time (the hub's or this client's deadline)?
@@ -511,6 +699,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             })
             .await?;
+        }
+        Command::History {
+            id,
+            since,
+            kind,
+            limit,
+            json,
+        } => {
+            let q = serde_json::json!({"device": id, "since": since, "kind": kind, "limit": limit});
+            let page = ask_journal(&client, "history", q).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&page)?);
+            } else {
+                print_history(&id, &page);
+            }
+        }
+        Command::Commands {
+            device,
+            since,
+            limit,
+            json,
+        } => {
+            let q = serde_json::json!({"device": device, "since": since, "limit": limit});
+            let page = ask_journal(&client, "commands", q).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&page)?);
+            } else {
+                let items = page["items"].as_array().cloned().unwrap_or_default();
+                if items.is_empty() {
+                    println!("no commands");
+                }
+                for c in items.iter().rev() {
+                    println!("{}", command_line(c));
+                }
+            }
+        }
+        Command::Command { cid, json } => {
+            let c = ask_journal(&client, "command", serde_json::json!({"cid": cid})).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                print_command(&c);
+            }
         }
         Command::Req {
             tag,

@@ -9,14 +9,19 @@ use super::error::ApiError;
 use super::AppState;
 use crate::config::Role;
 
-/// The caller's role, established from its token.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller(pub Role);
+/// The caller, established from its token.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The role its token grants (operator when the hub requires no tokens).
+    pub role: Role,
+    /// The token's name, when the hub requires tokens.
+    pub token: Option<String>,
+}
 
 impl Caller {
     /// Refuses roles that may not change devices.
-    pub fn require_operator(self) -> Result<(), ApiError> {
-        match self.0 {
+    pub fn require_operator(&self) -> Result<(), ApiError> {
+        match self.role {
             Role::Viewer => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -94,19 +99,57 @@ impl FromRequestParts<AppState> for Caller {
     ) -> Result<Self, Self::Rejection> {
         let cfg = state.hub.config();
         if !cfg.auth_required() {
-            return Ok(Caller(Role::Operator));
+            return Ok(Caller {
+                role: Role::Operator,
+                token: None,
+            });
         }
-        let token = token_from(parts).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this hub requires a token: send `Authorization: Bearer <token>`",
-            )
-        })?;
-        cfg.find_token(&token)
-            .map(|(_, t)| Caller(t.role))
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
+        let token = token_from(parts);
+        let found = token.as_deref().and_then(|t| cfg.find_token(t));
+        match found {
+            Some((i, t)) => Ok(Caller {
+                role: t.role,
+                token: Some(t.name.clone().unwrap_or_else(|| format!("tokens[{i}]"))),
+            }),
+            None => {
+                let why = match token {
+                    Some(_) => "unknown token",
+                    None => "this hub requires a token: send `Authorization: Bearer <token>`",
+                };
+                let peer = parts
+                    .extensions
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map(|c| c.0.to_string())
+                    .unwrap_or_default();
+                state.hub.audit_auth_failure(
+                    crate::journal::Who {
+                        client: client_name(&parts.headers),
+                        peer,
+                        transport: "http".into(),
+                        ..Default::default()
+                    },
+                    &format!("{why} ({} {})", parts.method, parts.uri.path()),
+                );
+                Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why))
+            }
+        }
     }
+}
+
+/// The name an HTTP client gives itself in `X-Client-Name` (the console
+/// sends `console`), else `http`.
+pub fn client_name(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get("x-client-name")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.chars()
+                .filter(|c| !c.is_control())
+                .take(64)
+                .collect::<String>()
+        })
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "http".into())
 }
 
 #[cfg(test)]

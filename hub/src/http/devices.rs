@@ -2,12 +2,13 @@
 //! hub's retained store (`dev/<id>/meta|state|online`), never a second copy.
 
 use std::borrow::Cow;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,12 +17,13 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::Caller;
+use super::auth::{client_name, Caller};
 use super::error::{ApiError, ErrorResponse};
 use super::AppState;
 use crate::devices::DeviceView;
+use crate::journal::Who;
 use crate::schema::{validate_settings, Setting};
-use crate::server::{DeviceRecord, Hub, Retained, DEVICE_PAGE};
+use crate::server::{DeviceRecord, Hub, Origin, Retained, DEVICE_PAGE};
 
 /// The correlation id header, accepted on requests and returned on responses.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
@@ -311,6 +313,7 @@ fn correlation_id(headers: &HeaderMap) -> String {
 pub async fn patch(
     State(st): State<AppState>,
     caller: Result<Caller, ApiError>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
     query: Result<Query<PatchQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -318,10 +321,28 @@ pub async fn patch(
 ) -> Response {
     let cid = correlation_id(&headers);
     let span = tracing::info_span!("command", device = %id, cid = %cid);
+    let origin = caller.as_ref().ok().map(|c| Origin {
+        who: Who {
+            token: c.token.clone(),
+            role: Some(c.role.as_str().to_owned()),
+            client: client_name(&headers),
+            peer: peer.to_string(),
+            transport: "http".into(),
+        },
+        received_ms: crate::server::now_ms(),
+    });
     let result = {
         let _enter = span.enter();
-        command(&st, caller, &id, query, &body, &cid)
+        command(&st, caller, &id, query, &body, &cid, origin.clone())
     };
+    if let (Err(e), Some(origin)) = (&result, origin) {
+        // Refused before it was sent: still an attempt the journal keeps.
+        if e.status != StatusCode::UNAUTHORIZED && valid_id(&id) {
+            let desired = String::from_utf8_lossy(&body);
+            st.hub
+                .journal_refused_command(&id, &desired, &cid, origin, e.detail.to_error_body());
+        }
+    }
     let result = match result {
         Ok(answer) => wait(answer, &id).await,
         Err(e) => Err(e),
@@ -357,6 +378,7 @@ fn command(
     query: Result<Query<PatchQuery>, QueryRejection>,
     body: &[u8],
     cid: &str,
+    origin: Option<Origin>,
 ) -> Result<(crate::server::Answer, Duration), ApiError> {
     caller?.require_operator()?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -396,7 +418,13 @@ fn command(
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let answer = st
         .hub
-        .request_internal(&format!("dev/{id}/set"), &raw, Some(timeout), Some(cid))
+        .request_internal(
+            &format!("dev/{id}/set"),
+            &raw,
+            Some(timeout),
+            Some(cid),
+            origin,
+        )
         .map_err(|e| match e.code {
             crate::protocol::ErrorCode::NoResponder => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

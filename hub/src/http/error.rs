@@ -51,6 +51,16 @@ pub struct ApiError {
     pub detail: Box<ErrorDetail>,
 }
 
+impl ErrorDetail {
+    /// The wire protocol's error body with the same code, message, detail and outcome.
+    pub fn to_error_body(&self) -> crate::protocol::ErrorBody {
+        let mut e = crate::protocol::ErrorBody::new(self.code.clone(), self.message.clone());
+        e.detail = self.detail.clone();
+        e.outcome = self.outcome.clone();
+        e
+    }
+}
+
 impl ApiError {
     /// An error with `status`, `code` and `message`.
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {

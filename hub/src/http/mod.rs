@@ -7,6 +7,7 @@ mod auth;
 mod devices;
 mod error;
 mod events;
+mod journal;
 mod ops;
 mod serve;
 mod ws;
@@ -67,6 +68,11 @@ pub fn router(hub: Arc<Hub>, shutdown: watch::Receiver<bool>) -> Router {
             "/api/devices/{id}",
             get(devices::show).patch(devices::patch),
         )
+        .route("/api/devices/{id}/history", get(journal::history))
+        .route("/api/devices/{id}/usage", get(journal::usage))
+        .route("/api/commands", get(journal::commands))
+        .route("/api/commands/{cid}", get(journal::command))
+        .route("/api/audit", get(journal::audit))
         .route("/api/agents", get(agents::list))
         .route("/api/openapi.json", get(ops::openapi))
         .route("/healthz", get(ops::healthz))

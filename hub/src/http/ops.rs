@@ -12,11 +12,28 @@ use utoipa::{OpenApi, ToSchema};
 use super::AppState;
 use crate::server::Metrics;
 
+/// The journal's health.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JournalHealth {
+    /// The database file.
+    pub file: String,
+    /// Why the journal is degraded (the writer is behind or cannot write), if it is.
+    pub degraded: Option<String>,
+    /// Records waiting for the writer.
+    pub queued: usize,
+    /// Records dropped since start because the writer was behind.
+    pub dropped: u64,
+    /// Size of the file and its write-ahead log, in bytes.
+    pub file_bytes: u64,
+}
+
 /// Health answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// Always `ok` while the hub serves.
+    /// `ok`, or `degraded` when the journal cannot keep up or cannot write (routing goes on).
     pub status: String,
+    /// The journal, when the hub keeps one.
+    pub journal: Option<JournalHealth>,
     /// Open connections.
     pub connections: usize,
     /// Retained tags.
@@ -28,8 +45,21 @@ pub struct Health {
 /// Is the hub up?
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
 pub async fn healthz(State(st): State<AppState>) -> Json<Health> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let journal = st.hub.journal().map(|j| {
+        let s = j.stats();
+        JournalHealth {
+            file: j.path().display().to_string(),
+            degraded: s.degraded(),
+            queued: s.queued.load(Relaxed),
+            dropped: s.dropped.load(Relaxed) + s.dropped_essential.load(Relaxed),
+            file_bytes: s.file_bytes.load(Relaxed),
+        }
+    });
+    let degraded = journal.as_ref().is_some_and(|j| j.degraded.is_some());
     Json(Health {
-        status: "ok".into(),
+        status: if degraded { "degraded" } else { "ok" }.into(),
+        journal,
         connections: st.hub.connection_count(),
         retained: st.hub.retained_count(),
         instance: st.hub.instance().to_owned(),
@@ -187,6 +217,67 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         "# HELP patchbay_lock_hold_running_max_seconds The most CPU time spent holding the hub lock at once (preemption excluded; publishes not measured).\n# TYPE patchbay_lock_hold_running_max_seconds gauge\npatchbay_lock_hold_running_max_seconds {}",
         Metrics::get(&m.lock_running_max_ns) as f64 / 1e9
     );
+    if let Some(j) = st.hub.journal() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = j.stats();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        metric(
+            "patchbay_journal_queued",
+            "gauge",
+            "Journal records waiting for the writer.",
+            &[("", s.queued.load(Relaxed) as u64)],
+        );
+        metric(
+            "patchbay_journal_written_total",
+            "counter",
+            "Journal records committed.",
+            &[("", s.written.load(Relaxed))],
+        );
+        metric(
+            "patchbay_journal_commits_total",
+            "counter",
+            "Journal transactions committed.",
+            &[("", s.commits.load(Relaxed))],
+        );
+        metric(
+            "patchbay_journal_dropped_total",
+            "counter",
+            "Journal records dropped because the writer was behind.",
+            &[
+                ("{kind=\"history\"}", s.dropped.load(Relaxed)),
+                ("{kind=\"command\"}", s.dropped_essential.load(Relaxed)),
+            ],
+        );
+        metric(
+            "patchbay_journal_write_errors_total",
+            "counter",
+            "Journal transactions that failed (full disk, I/O errors).",
+            &[("", s.write_errors.load(Relaxed))],
+        );
+        metric(
+            "patchbay_journal_committed_seq",
+            "gauge",
+            "The highest hub seq whose history is committed.",
+            &[("", s.committed_seq.load(Relaxed))],
+        );
+        metric(
+            "patchbay_journal_file_bytes",
+            "gauge",
+            "Size of the journal file and its write-ahead log.",
+            &[("", s.file_bytes.load(Relaxed))],
+        );
+        metric(
+            "patchbay_journal_degraded",
+            "gauge",
+            "1 while the journal cannot keep up or cannot write.",
+            &[("", u64::from(s.degraded().is_some()))],
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
@@ -201,6 +292,11 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         super::agents::list,
         super::events::stream,
         super::ws::upgrade,
+        super::journal::commands,
+        super::journal::command,
+        super::journal::history,
+        super::journal::usage,
+        super::journal::audit,
         healthz,
         metrics,
         openapi,
@@ -211,7 +307,17 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         super::agents::AgentInfo,
         super::error::ErrorResponse,
         super::error::ErrorDetail,
-        Health
+        super::journal::CommandPage,
+        super::journal::HistoryPage,
+        super::journal::AuditPage,
+        crate::journal::CommandEntry,
+        crate::journal::HistoryEntry,
+        crate::journal::AuditEntry,
+        crate::journal::UsageReport,
+        crate::journal::UsageDay,
+        crate::journal::Who,
+        Health,
+        JournalHealth
     )),
     modifiers(&BearerAuth)
 )]

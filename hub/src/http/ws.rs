@@ -37,7 +37,12 @@ async fn serve(
 ) {
     let (mut sink, mut stream) = socket.split();
     let outbox = Outbox::new(hub.config().outbound_queue_bytes);
-    let mut session = match Session::open(hub.clone(), peer, outbox.clone()) {
+    let mut session = match Session::open(
+        hub.clone(),
+        peer,
+        outbox.clone(),
+        crate::server::Transport::WebSocket,
+    ) {
         Ok(s) => s,
         Err(e) => {
             let frame = String::from_utf8_lossy(&e.code.frame(&e.message))

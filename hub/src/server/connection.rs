@@ -35,7 +35,12 @@ pub async fn serve_tcp(
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
     let outbox = Outbox::new(hub.config().outbound_queue_bytes);
-    let session = match Session::open(hub.clone(), peer, outbox.clone()) {
+    let session = match Session::open(
+        hub.clone(),
+        peer,
+        outbox.clone(),
+        crate::server::Transport::Tcp,
+    ) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%peer, code = %e.code, "refusing connection: {}", e.message);

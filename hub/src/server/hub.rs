@@ -29,6 +29,7 @@ use super::snapshot::SnapshotJob;
 use super::store::{Retained, Store};
 use super::ConnId;
 use crate::config::{HubConfig, Role};
+use crate::journal::{AuditRecord, CommandStart, Journal, Outcome, Record, Sink, StoredValue, Who};
 use crate::protocol::{
     encode_msg, encode_ok, encode_rep, encode_req, encode_request_err, ErrorBody, ErrorCode,
 };
@@ -66,8 +67,40 @@ pub struct Identity {
     pub principal: Arc<str>,
 }
 
+/// How a client reaches the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The wire protocol over TCP.
+    Tcp,
+    /// The wire protocol over WebSocket.
+    WebSocket,
+    /// The HTTP API (and its event streams).
+    Http,
+}
+
+impl Transport {
+    /// The lowercase name the journal records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::WebSocket => "websocket",
+            Transport::Http => "http",
+        }
+    }
+}
+
+/// Who sent a request from the HTTP side, and when it arrived, for the journal.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// Who.
+    pub who: Who,
+    /// When the HTTP request arrived (Unix ms).
+    pub received_ms: u64,
+}
+
 struct Conn {
     id: ConnId,
+    transport: Transport,
     outbox: Arc<Outbox>,
     ident: Identity,
     patterns: HashSet<Box<str>>,
@@ -98,7 +131,15 @@ struct Pending {
     cid: Option<Box<str>>,
     /// How long it was given.
     timeout: Duration,
+    /// The journal's id for it, when it is a device command.
+    command: Option<u64>,
 }
+
+/// How long an answer to a timed-out command is still taken into the journal.
+const LATE_WINDOW: Duration = Duration::from_secs(600);
+
+/// Most timed-out commands waiting for a late answer at once.
+const MAX_LATE: usize = 10_000;
 
 /// The answer to a request made with [`Hub::request_internal`].
 pub type Answer = tokio::sync::oneshot::Receiver<Result<Box<RawValue>, ErrorBody>>;
@@ -168,6 +209,12 @@ struct State {
     arena: bytes::BytesMut,
     /// Lock acquisitions, to time one in [`TIMING_SAMPLE`] on the hot path.
     acquisitions: u64,
+    /// Where records for the journal go, when the hub keeps one.
+    journal: Option<Sink>,
+    /// Timed-out commands whose late answer is still recorded: hub rid to (journal id, responder).
+    late: HashMap<u64, (u64, ConnId)>,
+    /// The same, oldest first, with when each stops waiting.
+    late_order: std::collections::VecDeque<(Instant, u64)>,
 }
 
 /// Size of each arena block that non-retained frames are carved from.
@@ -262,6 +309,25 @@ impl Drop for Held<'_> {
             }
         }
     }
+}
+
+impl Conn {
+    /// Who this connection is, for the journal.
+    fn who(&self) -> Who {
+        Who {
+            token: token_name(&self.ident.principal),
+            role: self.ident.role.map(|r| r.as_str().to_owned()),
+            client: self.ident.name.to_string(),
+            peer: self.peer.to_string(),
+            transport: self.transport.as_str().to_owned(),
+        }
+    }
+}
+
+/// The token's name in a principal (`token `ops`` or `token tokens[2]`).
+fn token_name(principal: &str) -> Option<String> {
+    let name = principal.strip_prefix("token ")?;
+    Some(name.trim_matches('`').to_owned())
 }
 
 impl State {
@@ -371,6 +437,14 @@ impl State {
             if body.get() == "null" {
                 let old = self.store.remove(tag);
                 self.count_device_change(tag, old.as_ref(), None);
+                if let (Some(j), Some(old)) = (&self.journal, old) {
+                    j.record(Record::Retained {
+                        tag: key.clone(),
+                        new: None,
+                        old: Some(old),
+                        seq,
+                    });
+                }
             } else {
                 let value = Retained {
                     tag: key.clone(),
@@ -383,9 +457,28 @@ impl State {
                 if tag.starts_with("dev/") {
                     self.count_device_change(tag, old.as_ref(), Some(&value));
                 }
+                if let Some(j) = &self.journal {
+                    j.record(Record::Retained {
+                        tag: key.clone(),
+                        new: Some(value),
+                        old,
+                        seq,
+                    });
+                }
             }
             Some(key)
         } else {
+            if let Some(j) = &self.journal {
+                if tag.starts_with("dev/") && tag.ends_with("/event") {
+                    j.record(Record::Event(Retained {
+                        tag: Arc::from(tag),
+                        seq,
+                        frame: frame.clone(),
+                        time_ms: now_ms(),
+                        body: body_start..body_start + body.get().len(),
+                    }));
+                }
+            }
             None
         };
         let mut targets = std::mem::take(&mut self.scratch);
@@ -405,7 +498,14 @@ impl State {
         seq
     }
 
-    fn fail_request(&mut self, metrics: &Metrics, p: Pending, code: ErrorCode, message: &str) {
+    fn fail_request(
+        &mut self,
+        metrics: &Metrics,
+        hub_rid: u64,
+        p: Pending,
+        code: ErrorCode,
+        message: &str,
+    ) {
         let counter = match code {
             ErrorCode::Timeout => &metrics.requests_timeout,
             ErrorCode::Unavailable => &metrics.requests_unavailable,
@@ -413,7 +513,49 @@ impl State {
         };
         Metrics::inc(counter);
         let error = ErrorBody::new(code.as_str(), message);
+        if let (Some(j), Some(id)) = (&self.journal, p.command) {
+            let outcome = if code == ErrorCode::Timeout {
+                Outcome::TimedOut
+            } else {
+                Outcome::Failed(error.clone())
+            };
+            j.record(Record::CommandEnd {
+                id,
+                time_ms: now_ms(),
+                outcome,
+            });
+            if code == ErrorCode::Timeout {
+                self.await_late(hub_rid, id, p.responder);
+            }
+        }
         self.answer(p.requester, Err(error));
+    }
+
+    /// Keeps a timed-out command's rid, so its late answer reaches the journal.
+    fn await_late(&mut self, hub_rid: u64, id: u64, responder: ConnId) {
+        let now = Instant::now();
+        while let Some(&(until, rid)) = self.late_order.front() {
+            if until > now && self.late.len() < MAX_LATE {
+                break;
+            }
+            self.late_order.pop_front();
+            self.late.remove(&rid);
+        }
+        self.late.insert(hub_rid, (id, responder));
+        self.late_order.push_back((now + LATE_WINDOW, hub_rid));
+    }
+
+    /// Records an audit row, when the hub keeps a journal.
+    fn audit(&self, kind: &'static str, who: Who, subject: String, detail: String) {
+        if let Some(j) = &self.journal {
+            j.record(Record::Audit(Box::new(AuditRecord {
+                time_ms: now_ms(),
+                kind,
+                who,
+                subject,
+                detail,
+            })));
+        }
     }
 
     /// Sends a request's outcome to whoever waits for it.
@@ -464,6 +606,8 @@ pub struct Hub {
     principals: Vec<Arc<str>>,
     /// This hub process's id, new at every start.
     instance: String,
+    /// The journal on disk, when the hub keeps one.
+    journal: Option<Arc<Journal>>,
 }
 
 impl Hub {
@@ -483,7 +627,92 @@ impl Hub {
             metrics: Metrics::default(),
             principals,
             instance: new_instance_id(),
+            journal: None,
         })
+    }
+
+    /// A hub that keeps `journal`, starting from the retained values it
+    /// read back. Those are routed again with new seqs; each device's
+    /// `online` becomes unknown (`"online": null`, with the reason and the
+    /// last value kept as `last`) until its agent reconnects and says.
+    pub fn with_journal(
+        config: HubConfig,
+        journal: Arc<Journal>,
+        restored: Vec<StoredValue>,
+    ) -> Arc<Self> {
+        let principals = (0..config.tokens.len())
+            .map(|i| token_principal(&config, i))
+            .collect();
+        let mut state = State {
+            claims: Claims::from_config(&config),
+            ..State::default()
+        };
+        let metrics = Metrics::default();
+        let since = now_ms();
+        for v in &restored {
+            let unknown;
+            let body = match crate::devices::split_tag(&v.tag) {
+                Some((_, "online")) => {
+                    let last: serde_json::Value = serde_json::from_str(&v.body).unwrap_or_default();
+                    unknown = serde_json::json!({
+                        "online": null,
+                        "reason": "the hub restarted; this is the last known state, not yet confirmed by the device's agent",
+                        "since": since,
+                        "last": last,
+                    })
+                    .to_string();
+                    &unknown
+                }
+                _ => &v.body,
+            };
+            let Ok(raw) = RawValue::from_string(body.clone()) else {
+                tracing::warn!(tag = %v.tag, "the journal holds a value that is not JSON; left out");
+                continue;
+            };
+            state.route(&metrics, None, &v.from, &v.tag, &raw, true, None);
+            if let Some(r) = state.store.get(&v.tag).cloned() {
+                // Keep the publish time it had, not the restart's.
+                let mut r = r;
+                r.time_ms = v.time_ms;
+                state.store.set(r);
+            }
+        }
+        if !restored.is_empty() {
+            tracing::info!(values = restored.len(), file = %journal.path().display(), "retained values restored from the journal");
+        }
+        state.journal = Some(journal.sink().clone());
+        let hub = Arc::new(Hub {
+            state: Mutex::new(state),
+            config: Arc::new(config),
+            timers: Notify::new(),
+            metrics,
+            principals,
+            instance: journal.instance().to_owned(),
+            journal: Some(journal),
+        });
+        hub.audit_hub("hub_started", format!("instance {}", hub.instance));
+        hub
+    }
+
+    /// The journal, when the hub keeps one.
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.journal.as_ref()
+    }
+
+    /// Records the hub's own start or stop in the audit trail.
+    pub fn audit_hub(&self, kind: &'static str, detail: String) {
+        let who = Who {
+            client: "hub".into(),
+            transport: "internal".into(),
+            ..Who::default()
+        };
+        self.lock("audit").audit(kind, who, String::new(), detail);
+    }
+
+    /// Records a failed authentication (a bad or missing token).
+    pub fn audit_auth_failure(&self, who: Who, detail: &str) {
+        self.lock("audit")
+            .audit("auth_failed", who, String::new(), detail.to_owned());
     }
 
     /// This hub process's id (16 hex digits, new at every start): clients
@@ -544,7 +773,12 @@ impl Hub {
     /// `max_connections`; past `max_unauthenticated` the oldest waiting
     /// connection is closed to make room, so idle sockets cannot keep
     /// real clients out.
-    pub fn connect(&self, peer: SocketAddr, outbox: Arc<Outbox>) -> Result<ConnId, OpError> {
+    pub fn connect(
+        &self,
+        peer: SocketAddr,
+        outbox: Arc<Outbox>,
+        transport: Transport,
+    ) -> Result<ConnId, OpError> {
         let mut st = self.lock("connect");
         let auth = self.config.auth_required();
         if !auth && st.live >= self.config.max_connections {
@@ -561,7 +795,7 @@ impl Hub {
                 }
             }
         }
-        let id = Self::add_conn(&mut st, peer, outbox);
+        let id = Self::add_conn(&mut st, peer, outbox, transport);
         if auth {
             let key = st.next_unauth;
             st.next_unauth += 1;
@@ -588,7 +822,7 @@ impl Hub {
         if st.live >= self.config.max_connections {
             return Err(self.refuse_at_limit());
         }
-        let id = Self::add_conn(&mut st, peer, outbox);
+        let id = Self::add_conn(&mut st, peer, outbox, Transport::Http);
         if let Some(c) = st.conn_mut(id) {
             c.ident = ident;
         }
@@ -608,7 +842,12 @@ impl Hub {
         )
     }
 
-    fn add_conn(st: &mut State, peer: SocketAddr, outbox: Arc<Outbox>) -> ConnId {
+    fn add_conn(
+        st: &mut State,
+        peer: SocketAddr,
+        outbox: Arc<Outbox>,
+        transport: Transport,
+    ) -> ConnId {
         st.generation = st.generation.wrapping_add(1);
         let index = match st.free.pop() {
             Some(i) => i,
@@ -621,6 +860,7 @@ impl Hub {
         let name: Arc<str> = Arc::from(format!("conn-{index}-{}", st.generation));
         st.conns[index as usize] = Some(Conn {
             id,
+            transport,
             outbox,
             ident: Identity {
                 name: name.clone(),
@@ -813,36 +1053,52 @@ impl Hub {
         };
         if let Some(allowed) = &c.ident.may_claim {
             if !allowed.iter().any(|a| is_under(prefix, a)) {
-                return Err(OpError::new(
+                let e = OpError::new(
                     ErrorCode::Forbidden,
                     format!(
                         "this token may not claim `{prefix}`; it may claim: {}",
                         allowed.join(", ")
                     ),
-                ));
+                );
+                st.audit(
+                    "claim_refused",
+                    c.who(),
+                    prefix.to_owned(),
+                    e.message.clone(),
+                );
+                return Err(e);
             }
         }
         let principal = c.ident.principal.clone();
-        match st.claims.claim(prefix, conn, &principal, Instant::now()) {
+        let who = c.who();
+        let result = match st.claims.claim(prefix, conn, &principal, Instant::now()) {
             Ok(true) => {
                 if let Some(c) = st.conn_mut(conn) {
                     c.claims.push(prefix.to_owned());
                 }
-                Ok(())
+                st.audit("claim", who, prefix.to_owned(), "claimed".into());
+                return Ok(());
             }
-            Ok(false) => Ok(()),
-            Err(Conflict::Claimed(other)) => Err(OpError::new(
+            Ok(false) => return Ok(()),
+            Err(Conflict::Claimed(other)) => OpError::new(
                 ErrorCode::Owned,
                 format!(
                     "`{prefix}` overlaps a claim held by `{}`",
                     st.name_of(other)
                 ),
-            )),
-            Err(Conflict::Reserved(p)) => Err(OpError::new(
+            ),
+            Err(Conflict::Reserved(p)) => OpError::new(
                 ErrorCode::Owned,
                 format!("`{prefix}` overlaps a prefix reserved for {p}"),
-            )),
-        }
+            ),
+        };
+        st.audit(
+            "claim_refused",
+            who,
+            prefix.to_owned(),
+            result.message.clone(),
+        );
+        Err(result)
     }
 
     /// Sends a request to the owner of `tag`, else to one subscriber of it.
@@ -856,22 +1112,58 @@ impl Hub {
         cid: Option<&str>,
     ) -> Result<(), OpError> {
         let requester = Requester::Conn(conn, rid.to_owned());
-        self.send_request(Some(conn), requester, tag, body, timeout, cid)
+        self.send_request(Some(conn), requester, tag, body, timeout, cid, None)
     }
 
-    /// Sends a request on the hub's own behalf (the HTTP side); the answer arrives on the returned channel.
+    /// Sends a request on the hub's own behalf (the HTTP side, for `origin`);
+    /// the answer arrives on the returned channel.
     pub fn request_internal(
         &self,
         tag: &str,
         body: &RawValue,
         timeout: Option<Duration>,
         cid: Option<&str>,
+        origin: Option<Origin>,
     ) -> Result<Answer, OpError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send_request(None, Requester::Internal(tx), tag, body, timeout, cid)?;
+        self.send_request(
+            None,
+            Requester::Internal(tx),
+            tag,
+            body,
+            timeout,
+            cid,
+            origin,
+        )?;
         Ok(rx)
     }
 
+    /// Records a device command the HTTP side refused before sending it
+    /// (unknown device, invalid value, offline), so the journal has every attempt.
+    pub fn journal_refused_command(
+        &self,
+        device: &str,
+        desired: &str,
+        cid: &str,
+        origin: Origin,
+        error: ErrorBody,
+    ) {
+        let Some(j) = &self.journal else { return };
+        let sink = j.sink();
+        sink.record(Record::CommandStart(Box::new(CommandStart {
+            id: sink.next_command_id(),
+            cid: cid.to_owned(),
+            device: device.to_owned(),
+            desired: desired.to_owned(),
+            who: origin.who,
+            received_ms: origin.received_ms,
+            forwarded_ms: None,
+            agent: None,
+            refused: Some(error),
+        })));
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn send_request(
         &self,
         conn: Option<ConnId>,
@@ -880,18 +1172,57 @@ impl Hub {
         body: &RawValue,
         timeout: Option<Duration>,
         cid: Option<&str>,
+        origin: Option<Origin>,
     ) -> Result<(), OpError> {
         let mut st = self.lock_sampled("send_request");
+        // A device command goes into the journal, with who sent it.
+        let mut command = match (&st.journal, crate::devices::split_tag(tag)) {
+            (Some(j), Some((device, "set"))) => {
+                let id = j.next_command_id();
+                let (who, received_ms) = match (conn.and_then(|c| st.conn(c)), origin) {
+                    (Some(c), _) => (c.who(), now_ms()),
+                    (None, Some(o)) => (o.who, o.received_ms),
+                    (None, None) => (
+                        Who {
+                            client: "http".into(),
+                            transport: "http".into(),
+                            ..Who::default()
+                        },
+                        now_ms(),
+                    ),
+                };
+                Some(CommandStart {
+                    id,
+                    cid: cid.map_or_else(|| format!("cmd-{id}"), str::to_owned),
+                    device: device.to_owned(),
+                    desired: body.get().to_owned(),
+                    who,
+                    received_ms,
+                    forwarded_ms: None,
+                    agent: None,
+                    refused: None,
+                })
+            }
+            _ => None,
+        };
+        let refuse = |st: &mut State, command: Option<CommandStart>, e: OpError| {
+            if let (Some(j), Some(mut c)) = (&st.journal, command) {
+                c.refused = Some(ErrorBody::new(e.code.as_str(), e.message.clone()));
+                j.record(Record::CommandStart(Box::new(c)));
+            }
+            Err(e)
+        };
         let from: Arc<str> = match conn {
             Some(c) => match st.conn(c) {
                 Some(c) if c.pending_requests >= self.config.max_pending_requests => {
-                    return Err(OpError::new(
+                    let e = OpError::new(
                         ErrorCode::TooManyRequests,
                         format!(
                             "this connection already waits for {} answers, its limit (`max_pending_requests`)",
                             c.pending_requests
                         ),
-                    ));
+                    );
+                    return refuse(&mut st, command, e);
                 }
                 Some(c) => c.ident.name.clone(),
                 None => return Ok(()),
@@ -902,10 +1233,11 @@ impl Hub {
             Owner::Conn(owner) => Some(owner).filter(|o| Some(*o) != conn),
             Owner::Reserved(p) => {
                 Metrics::inc(&self.metrics.requests_no_responder);
-                return Err(OpError::new(
+                let e = OpError::new(
                     ErrorCode::NoResponder,
                     format!("`{tag}` belongs to {p}, which is not connected"),
-                ));
+                );
+                return refuse(&mut st, command, e);
             }
             Owner::Nobody => {
                 let mut candidates = std::mem::take(&mut st.scratch);
@@ -927,10 +1259,11 @@ impl Hub {
         };
         let Some(responder) = responder else {
             Metrics::inc(&self.metrics.requests_no_responder);
-            return Err(OpError::new(
+            let e = OpError::new(
                 ErrorCode::NoResponder,
                 format!("nobody owns or subscribes to `{tag}`"),
-            ));
+            );
+            return refuse(&mut st, command, e);
         };
         if let Some(c) = conn.and_then(|c| st.conn_mut(c)) {
             c.pending_requests += 1;
@@ -942,25 +1275,75 @@ impl Hub {
             .min(Duration::from_millis(self.config.max_request_timeout_ms));
         let deadline = Instant::now() + timeout;
         let earliest = st.deadlines.first().is_none_or(|(d, _)| deadline < *d);
+        let cid: Option<Box<str>> = match &command {
+            Some(c) => Some(c.cid.as_str().into()),
+            None => cid.map(Box::from),
+        };
+        let command_id = command.as_ref().map(|c| c.id);
+        if let Some(mut c) = command.take() {
+            c.forwarded_ms = Some(now_ms());
+            c.agent = Some(st.name_of(responder));
+            if let Some(j) = &st.journal {
+                j.record(Record::CommandStart(Box::new(c)));
+            }
+        }
+        let mut buf = Vec::with_capacity(tag.len() + body.get().len() + 96);
+        encode_req(&mut buf, tag, body, hub_rid, &from, cid.as_deref());
         st.pending.insert(
             hub_rid,
             Pending {
                 requester,
                 responder,
                 deadline,
-                cid: cid.map(Box::from),
+                cid,
                 timeout,
+                command: command_id,
             },
         );
         st.deadlines.insert((deadline, hub_rid));
-        let mut buf = Vec::with_capacity(tag.len() + body.get().len() + 96);
-        encode_req(&mut buf, tag, body, hub_rid, &from, cid);
         st.deliver_control(&self.metrics, responder, Bytes::from(buf));
         drop(st);
         if earliest {
             self.timers.notify_one();
         }
         Ok(())
+    }
+
+    /// Takes a request the hub answers itself (a journal question): counts
+    /// it toward the connection's pending requests, like any other.
+    pub fn begin_own_answer(&self, conn: ConnId) -> Result<(), OpError> {
+        let mut st = self.lock("begin_own_answer");
+        let Some(c) = st.conn_mut(conn) else {
+            return Err(OpError::new(
+                ErrorCode::Unavailable,
+                "connection is closing",
+            ));
+        };
+        if c.pending_requests >= self.config.max_pending_requests {
+            return Err(OpError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "this connection already waits for {} answers, its limit (`max_pending_requests`)",
+                    c.pending_requests
+                ),
+            ));
+        }
+        c.pending_requests += 1;
+        Ok(())
+    }
+
+    /// Sends the answer to a request taken with [`Hub::begin_own_answer`].
+    pub fn own_answer(
+        &self,
+        conn: ConnId,
+        rid: Box<RawValue>,
+        result: Result<Box<RawValue>, ErrorBody>,
+    ) {
+        let mut st = self.lock("own_answer");
+        st.answer(
+            Requester::Conn(conn, rid),
+            result.as_deref().map_err(Clone::clone),
+        );
     }
 
     /// Delivers a responder's reply (or error) to the requester.
@@ -973,6 +1356,21 @@ impl Hub {
         let mut st = self.lock_sampled("reply");
         match st.pending.get(&hub_rid) {
             Some(p) if p.responder == conn => {}
+            _ if st.late.get(&hub_rid).is_some_and(|l| l.1 == conn) => {
+                // Too late for the requester, not for the journal.
+                if let (Some((id, _)), Some(j)) = (st.late.remove(&hub_rid), &st.journal) {
+                    let outcome = match &result {
+                        Ok(body) => Outcome::Confirmed(body.get().to_owned()),
+                        Err(e) => Outcome::Failed(e.clone()),
+                    };
+                    j.record(Record::CommandLate {
+                        id,
+                        time_ms: now_ms(),
+                        outcome,
+                    });
+                }
+                return Ok(());
+            }
             _ => {
                 return Err(OpError::new(
                     ErrorCode::UnknownRequest,
@@ -988,6 +1386,17 @@ impl Hub {
             Ok(_) => &self.metrics.requests_ok,
             Err(_) => &self.metrics.requests_error,
         });
+        if let (Some(j), Some(id)) = (&st.journal, p.command) {
+            let outcome = match &result {
+                Ok(body) => Outcome::Confirmed(body.get().to_owned()),
+                Err(e) => Outcome::Failed(e.clone()),
+            };
+            j.record(Record::CommandEnd {
+                id,
+                time_ms: now_ms(),
+                outcome,
+            });
+        }
         st.answer(p.requester, result);
         Ok(())
     }
@@ -1010,7 +1419,7 @@ impl Hub {
                     st.name_of(p.responder),
                     p.timeout.as_millis()
                 );
-                st.fail_request(&self.metrics, p, ErrorCode::Timeout, &why);
+                st.fail_request(&self.metrics, rid, p, ErrorCode::Timeout, &why);
             }
         }
         None
@@ -1061,15 +1470,24 @@ impl Hub {
             if let Some(p) = st.pending.remove(&rid) {
                 st.deadlines.remove(&(p.deadline, rid));
                 let why = format!("`{}` disconnected before replying", c.ident.name);
-                st.fail_request(&self.metrics, p, ErrorCode::Unavailable, &why);
+                st.fail_request(&self.metrics, rid, p, ErrorCode::Unavailable, &why);
             }
         }
         let now = Instant::now();
         let grace = Duration::from_millis(self.config.claim_grace_ms);
         let since = now_ms();
+        let who = (!c.claims.is_empty() && st.journal.is_some()).then(|| c.who());
         for prefix in &c.claims {
             st.claims
                 .release(prefix, conn, &c.ident.principal, now, grace);
+            if let Some(who) = &who {
+                st.audit(
+                    "release",
+                    who.clone(),
+                    prefix.clone(),
+                    "the connection closed".into(),
+                );
+            }
             let will = serde_json::json!({
                 "online": false,
                 "reason": format!("agent `{}` disconnected", c.ident.name),
@@ -1180,7 +1598,7 @@ impl Hub {
 
 /// 64 random bits as hex, from the standard library's per-process hash keys
 /// mixed with the time and the process id.
-fn new_instance_id() -> String {
+pub fn new_instance_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(

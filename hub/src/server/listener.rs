@@ -68,6 +68,10 @@ pub async fn serve(
         }
     }
     timer.abort();
+    if let Some(j) = hub.journal() {
+        hub.audit_hub("hub_stopped", "shut down".into());
+        j.close();
+    }
 }
 
 /// A hub serving in the background, for embedding (the demo, tests).
@@ -137,14 +141,37 @@ pub fn check_descriptors(config: &HubConfig) {
     }
 }
 
+/// Why an embedded hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] std::io::Error),
+    /// The journal could not be opened.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+}
+
+/// The hub for `config`: with its journal (and the retained values it kept)
+/// when `data_dir` is set.
+pub fn open_hub(config: HubConfig) -> Result<Arc<Hub>, crate::journal::JournalError> {
+    match config.journal() {
+        Some(jc) => {
+            let (journal, restored) = crate::journal::Journal::open(&jc)?;
+            Ok(Hub::with_journal(config, journal, restored))
+        }
+        None => Ok(Hub::new(config)),
+    }
+}
+
 /// Binds `config.listen` and `config.http_listen` and serves in a background task.
-pub async fn start(config: HubConfig) -> std::io::Result<RunningHub> {
+pub async fn start(config: HubConfig) -> Result<RunningHub, StartError> {
     check_descriptors(&config);
     let listener = bind(config.listen, config.listen_backlog)?;
     let addr = listener.local_addr()?;
     let http = bind(config.http_listen, config.listen_backlog)?;
     let http_addr = http.local_addr()?;
-    let hub = Hub::new(config);
+    let hub = open_hub(config)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(serve(hub.clone(), listener, Some(http), async {
         let _ = stopped.await;

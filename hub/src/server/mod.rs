@@ -17,9 +17,10 @@ pub type ConnId = u64;
 
 pub use connection::{serve_tcp, LineBuffer};
 pub use hub::{
-    now_ms, Answer, ConnInfo, DeviceCounts, DeviceRecord, Hub, Identity, OpError, DEVICE_PAGE,
+    new_instance_id, now_ms, Answer, ConnInfo, DeviceCounts, DeviceRecord, Hub, Identity, OpError,
+    Origin, Transport, DEVICE_PAGE,
 };
-pub use listener::{bind, check_descriptors, serve, start, RunningHub};
+pub use listener::{bind, check_descriptors, open_hub, serve, start, RunningHub, StartError};
 pub use metrics::{Metrics, LOCK_BUCKETS_US};
 pub use outbox::{Drain, Outbox, Push};
 pub use session::{Flow, Session};

@@ -12,14 +12,15 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use super::hub::{Hub, Identity, OpError};
+use super::hub::{Hub, Identity, OpError, Transport};
 use super::metrics::Metrics;
 use super::outbox::{Outbox, Push};
 use super::ConnId;
 use crate::config::Role;
+use crate::journal::Who;
 use crate::protocol::{
     encode_err, encode_ok, encode_ping, encode_pong, encode_welcome, parse_client_frame,
-    ClientFrame, ErrorCode,
+    ClientFrame, ErrorBody, ErrorCode,
 };
 use crate::tag::{validate_pattern, validate_tag, TagError};
 
@@ -38,6 +39,8 @@ pub struct Session {
     conn: ConnId,
     outbox: Arc<Outbox>,
     role: Option<Role>,
+    peer: SocketAddr,
+    transport: Transport,
     greeted: bool,
     bad_in_row: u32,
     opened: Instant,
@@ -60,13 +63,20 @@ fn tag_error(e: TagError) -> OpError {
 
 impl Session {
     /// Registers a new connection with the hub.
-    pub fn open(hub: Arc<Hub>, peer: SocketAddr, outbox: Arc<Outbox>) -> Result<Self, OpError> {
-        let conn = hub.connect(peer, outbox.clone())?;
+    pub fn open(
+        hub: Arc<Hub>,
+        peer: SocketAddr,
+        outbox: Arc<Outbox>,
+        transport: Transport,
+    ) -> Result<Self, OpError> {
+        let conn = hub.connect(peer, outbox.clone(), transport)?;
         let role = (!hub.config().auth_required()).then_some(Role::Agent);
         let now = Instant::now();
         Ok(Session {
             hub,
             conn,
+            peer,
+            transport,
             outbox,
             role,
             greeted: false,
@@ -317,9 +327,12 @@ impl Session {
                 let sent = self
                     .require(role, WRITERS, "send requests")
                     .and_then(|()| validate_tag(&tag).map_err(tag_error))
-                    .and_then(|()| {
-                        self.hub
-                            .request(self.conn, &tag, body, rid, timeout, cid.as_deref())
+                    .and_then(|()| match tag.strip_prefix(crate::journal::api::PREFIX) {
+                        Some(what) => self.ask_journal(what, body, rid),
+                        None => {
+                            self.hub
+                                .request(self.conn, &tag, body, rid, timeout, cid.as_deref())
+                        }
                     });
                 match sent {
                     Ok(()) => self.ok(id, None),
@@ -342,6 +355,36 @@ impl Session {
             }
             ClientFrame::Pong => {}
         }
+        Ok(())
+    }
+
+    /// Answers a question for the journal (`hub/journal/...`) on a task of its own.
+    fn ask_journal(&self, what: &str, body: &RawValue, rid: &RawValue) -> Result<(), OpError> {
+        use crate::journal::api::{Question, QuestionError};
+        let Some(journal) = self.hub.journal().cloned() else {
+            return Err(OpError::new(
+                ErrorCode::NoResponder,
+                "this hub keeps no journal (it runs with --memory-only or without data_dir)",
+            ));
+        };
+        let question = Question::from_wire(what, body.get()).map_err(|e| match e {
+            QuestionError::NotFound(m) => OpError::new(ErrorCode::NoResponder, m),
+            other => OpError::new(ErrorCode::BadFrame, other.to_string()),
+        })?;
+        self.hub.begin_own_answer(self.conn)?;
+        let hub = self.hub.clone();
+        let conn = self.conn;
+        let rid = rid.to_owned();
+        tokio::spawn(async move {
+            let result = match question.answer(&journal).await {
+                Ok(json) => RawValue::from_string(json)
+                    .map_err(|e| ErrorBody::new("internal", e.to_string())),
+                Err(QuestionError::NotFound(m)) => Err(ErrorBody::new("not_found", m)),
+                Err(QuestionError::Invalid(m)) => Err(ErrorBody::new("invalid_value", m)),
+                Err(QuestionError::Journal(e)) => Err(ErrorBody::new("internal", e.to_string())),
+            };
+            hub.own_answer(conn, rid, result);
+        });
         Ok(())
     }
 
@@ -407,7 +450,16 @@ impl Session {
                     } else {
                         "this hub requires a token in `hello`"
                     };
-                    tracing::warn!(conn = self.conn, "authentication failed: {why}");
+                    tracing::warn!(conn = self.conn, peer = %self.peer, "authentication failed: {why}");
+                    hub.audit_auth_failure(
+                        Who {
+                            client: name.to_string(),
+                            peer: self.peer.to_string(),
+                            transport: self.transport.as_str().to_owned(),
+                            ..Who::default()
+                        },
+                        why,
+                    );
                     return self.close_with(ErrorCode::Unauthorized, why);
                 }
             }
