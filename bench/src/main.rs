@@ -3,6 +3,7 @@
 //! and writes a JSON report.
 
 mod cases;
+mod journal;
 mod libs;
 mod resources;
 mod servers;
@@ -42,6 +43,10 @@ struct Args {
     /// `--quick`, a small campus. Its report goes to `bench/results/venue.json`.
     #[arg(long)]
     venue: bool,
+    /// Run the journal scenario instead (its cost, sustained state changes and
+    /// commands, queries on a large file). Its report goes to `bench/results/journal.json`.
+    #[arg(long, conflicts_with = "venue")]
+    journal: bool,
 }
 
 /// Appends `report` as one line to the history beside `json`.
@@ -55,6 +60,48 @@ fn append_history(json: &std::path::Path, report: &Value) -> anyhow::Result<()> 
         writeln!(history, "{}", serde_json::to_string(report)?)?;
     }
     Ok(())
+}
+
+/// Writes a scenario's report to `bench/results/<name>.json` (or `--json`) and its history.
+fn write_report(args: &Args, name: &str, report: &Value) -> anyhow::Result<()> {
+    let path = if args.json == std::path::Path::new("bench/results/latest.json") {
+        PathBuf::from(format!("bench/results/{name}.json"))
+    } else {
+        args.json.clone()
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(report)? + "\n")?;
+    if !args.quick {
+        append_history(&path, report)?;
+    }
+    eprintln!("report written to {}", path.display());
+    Ok(())
+}
+
+async fn run_journal(args: &Args) -> anyhow::Result<()> {
+    let p = if args.quick {
+        journal::JournalParams::quick()
+    } else {
+        journal::JournalParams::full()
+    };
+    eprintln!("journal: {p:?}");
+    let results = journal::run(p, if args.quick { 1 } else { args.repeat }).await?;
+    let checks = journal::targets(&results, &p);
+    println!("{}", serde_json::to_string_pretty(&results)?);
+    println!("targets:");
+    for (label, ok) in &checks {
+        println!("  [{}] {label}", if *ok { "pass" } else { "FAIL" });
+    }
+    let report = json!({
+        "scenario": "journal",
+        "time_unix_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64,
+        "machine": machine(),
+        "results": results,
+        "targets": checks.iter().map(|(l, ok)| json!({"target": l, "passed": ok})).collect::<Vec<_>>(),
+    });
+    write_report(args, "journal", &report)
 }
 
 async fn run_venue(args: &Args) -> anyhow::Result<()> {
@@ -82,20 +129,7 @@ async fn run_venue(args: &Args) -> anyhow::Result<()> {
         "results": results,
         "targets": checks.iter().map(|(l, ok)| json!({"target": l, "passed": ok})).collect::<Vec<_>>(),
     });
-    let path = if args.json == std::path::Path::new("bench/results/latest.json") {
-        PathBuf::from("bench/results/venue.json")
-    } else {
-        args.json.clone()
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
-    if !args.quick {
-        append_history(&path, &report)?;
-    }
-    eprintln!("report written to {}", path.display());
-    Ok(())
+    write_report(args, "venue", &report)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -214,6 +248,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.venue {
         return run_venue(&args).await;
+    }
+    if args.journal {
+        return run_journal(&args).await;
     }
     let p = if args.quick {
         Params {

@@ -20,6 +20,9 @@ pub struct Server {
     pub http: Option<String>,
     child: Child,
     _dir: Option<PathBuf>,
+    /// The hub's journal folder, removed when the server stops unless kept.
+    pub data: Option<PathBuf>,
+    keep_dir: bool,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -51,8 +54,44 @@ impl Server {
         Self::start_with(sys, None).await
     }
 
-    /// Starts `sys`; for the hub, with `hub_config` as its TOML configuration.
+    /// Starts `sys`; for the hub, with `hub_config` as its TOML configuration
+    /// and its journal on (as users run it), in a temporary folder.
     pub async fn start_with(sys: System, hub_config: Option<&str>) -> anyhow::Result<Server> {
+        Self::start_full(sys, hub_config, true).await
+    }
+
+    /// Starts the hub with its journal on or off (`--memory-only`).
+    pub async fn start_hub(hub_config: Option<&str>, journal: bool) -> anyhow::Result<Server> {
+        Self::start_full(System::Patchbay, hub_config, journal).await
+    }
+
+    /// Starts the hub on an existing journal folder.
+    pub async fn start_hub_on(data: &std::path::Path) -> anyhow::Result<Server> {
+        let mut s = Self::start_inner(System::Patchbay, None, Some(data)).await?;
+        s.keep_dir = true;
+        Ok(s)
+    }
+
+    async fn start_full(
+        sys: System,
+        hub_config: Option<&str>,
+        journal: bool,
+    ) -> anyhow::Result<Server> {
+        let data = (sys == System::Patchbay && journal).then(|| {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::env::temp_dir().join(format!("patchbay-bench-data-{}-{n}", std::process::id()))
+        });
+        let mut s = Self::start_inner(sys, hub_config, data.as_deref()).await?;
+        s.data = data;
+        Ok(s)
+    }
+
+    async fn start_inner(
+        sys: System,
+        hub_config: Option<&str>,
+        data: Option<&std::path::Path>,
+    ) -> anyhow::Result<Server> {
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let mut http = None;
@@ -63,6 +102,10 @@ impl Server {
                 let mut c = Command::new(hub_binary()?);
                 c.args(["--listen", &addr, "--http-listen", &h])
                     .env("RUST_LOG", "error");
+                match data {
+                    Some(d) => c.arg("--data-dir").arg(d),
+                    None => c.arg("--memory-only"),
+                };
                 if let Some(cfg) = hub_config {
                     let d = std::env::temp_dir()
                         .join(format!("patchbay-bench-hub-{}-{port}", std::process::id()));
@@ -128,6 +171,8 @@ impl Server {
             http,
             child,
             _dir: dir,
+            data: None,
+            keep_dir: false,
         })
     }
 
@@ -165,6 +210,9 @@ impl Server {
     /// Stops the server.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
+        if let (Some(d), false) = (&self.data, self.keep_dir) {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 

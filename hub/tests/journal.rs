@@ -687,3 +687,63 @@ async fn an_unusable_journal_stops_the_hub_at_start_naming_the_file() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn rows_older_than_history_days_are_pruned() {
+    let dir = data_dir("prune");
+    let hub = hub_with(HubConfig {
+        history_days: 1,
+        ..config(&dir)
+    })
+    .await;
+    let (a, _r) = agent(&hub, None, &["p1"]).await;
+    drop(a);
+    hub.stop().await;
+    // Rows from two days ago and from an hour ago, as an older run left them.
+    let now = patchbay_hub::server::now_ms() as i64;
+    {
+        let db = rusqlite::Connection::open(dir.join("patchbay.db")).unwrap();
+        for (cid, age) in [("old", 2 * 86_400_000), ("recent", 3_600_000)] {
+            db.execute(
+                "INSERT INTO commands (cid, device, desired, client, peer, transport, received, status) VALUES (?1, 'p1', '{}', 'x', 'y', 'tcp', ?2, 'confirmed')",
+                rusqlite::params![cid, now - age],
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO history (device, time, instance, seq, kind, body) VALUES ('p1', ?1, 'i', 1, 'event', ?2)",
+                rusqlite::params![now - age, format!("{{\"message\":\"{cid}\"}}")],
+            )
+            .unwrap();
+        }
+    }
+    let hub = hub_with(HubConfig {
+        history_days: 1,
+        ..config(&dir)
+    })
+    .await;
+    let (_, old) = get(&hub, "/api/commands/old", None).await;
+    assert_eq!(old["error"]["code"], "not_found", "{old}");
+    let (_, recent) = get(&hub, "/api/commands/recent", None).await;
+    assert_eq!(recent["status"], "confirmed", "{recent}");
+    let (_, events) = get(&hub, "/api/devices/p1/history?kind=event", None).await;
+    let messages: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["body"]["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages, ["recent"]);
+    let metrics = http()
+        .get(url(&hub, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("patchbay_journal_file_bytes "),
+        "the file size is reported"
+    );
+    hub.stop().await;
+}

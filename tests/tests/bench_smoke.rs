@@ -90,3 +90,44 @@ async fn venue_smoke_run() {
     assert_eq!(r["patch_failed"], 0, "{r}");
     let _ = std::fs::remove_file(json);
 }
+
+#[tokio::test]
+async fn journal_smoke_run() {
+    let json = std::env::temp_dir().join(format!(
+        "patchbay-bench-journal-smoke-{}.json",
+        std::process::id()
+    ));
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        Command::new(bin("patchbay-bench"))
+            .args(["--journal", "--quick", "--json"])
+            .arg(&json)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("journal benchmark smoke run hung")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let r = &report["results"];
+    // Nothing lost, every case ran; no timing is asserted.
+    assert_eq!(r["state_changes"]["lost"], 0, "{r}");
+    assert_eq!(r["state_changes"]["dropped"], 0, "{r}");
+    assert_eq!(r["commands"]["lost"], 0, "{r}");
+    assert_eq!(r["commands"]["rows"], r["commands"]["sent"], "{r}");
+    assert_eq!(
+        r["commands"]["confirmed_rows"], r["commands"]["sent"],
+        "{r}"
+    );
+    assert!(r["overhead"]["one_to_one_on"]
+        .as_f64()
+        .is_some_and(|v| v > 0.0));
+    assert!(r["query"]["p50_ms"].as_f64().is_some_and(|v| v > 0.0));
+    let _ = std::fs::remove_file(json);
+}
