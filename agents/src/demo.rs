@@ -123,6 +123,25 @@ async fn serve_controls(requests: Requests, controls: SimControls) {
     }
 }
 
+/// The demo's groups: its projectors, and everything.
+fn demo_groups() -> std::collections::BTreeMap<String, patchbay_hub::automation::groups::GroupSpec>
+{
+    use patchbay_hub::automation::groups::GroupSpec;
+    let projectors = GroupSpec {
+        ids: ["proj-1", "proj-2", "proj-3"].map(String::from).to_vec(),
+        ..GroupSpec::default()
+    };
+    let all = GroupSpec {
+        pattern: Some("dev/+".into()),
+        ..GroupSpec::default()
+    };
+    [
+        ("projectors".to_owned(), projectors),
+        ("all".to_owned(), all),
+    ]
+    .into()
+}
+
 /// Removes a folder when dropped.
 struct RemoveOnDrop(std::path::PathBuf);
 
@@ -141,6 +160,7 @@ pub async fn run(opts: DemoOptions, shutdown: watch::Receiver<bool>) -> anyhow::
         listen: opts.hub_listen,
         http_listen: opts.http_listen,
         data_dir: Some(data),
+        groups: demo_groups(),
         ..HubConfig::default()
     };
     config

@@ -20,6 +20,8 @@ pub enum Role {
     Operator,
     /// Subscribe only.
     Viewer,
+    /// Everything an operator may, plus changing definitions (groups).
+    Admin,
 }
 
 impl Role {
@@ -29,6 +31,7 @@ impl Role {
             Role::Agent => "agent",
             Role::Operator => "operator",
             Role::Viewer => "viewer",
+            Role::Admin => "admin",
         }
     }
 }
@@ -118,6 +121,10 @@ pub struct HubConfig {
     pub journal_queue: usize,
     /// Largest the journal file may grow, in bytes (0: no limit); past it writes fail as on a full disk.
     pub journal_max_bytes: u64,
+    /// Groups of devices by name (`[groups.<name>]`), read-only through the API.
+    pub groups: std::collections::BTreeMap<String, crate::automation::groups::GroupSpec>,
+    /// Most members a group or room command talks to at once.
+    pub group_concurrency: usize,
 }
 
 impl Default for HubConfig {
@@ -153,6 +160,8 @@ impl Default for HubConfig {
             journal_flush_ms: 200,
             journal_queue: 262_144,
             journal_max_bytes: 0,
+            groups: Default::default(),
+            group_concurrency: 32,
         }
     }
 }
@@ -234,6 +243,7 @@ impl HubConfig {
             ("history_days", u64::from(self.history_days)),
             ("journal_flush_ms", self.journal_flush_ms),
             ("journal_queue", self.journal_queue as u64),
+            ("group_concurrency", self.group_concurrency as u64),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("`{field}` must be greater than 0"));
@@ -243,6 +253,14 @@ impl HubConfig {
                 "`idle_timeout_ms` ({}) must be greater than `ping_interval_ms` ({})",
                 self.idle_timeout_ms, self.ping_interval_ms
             ));
+        }
+        for (name, spec) in &self.groups {
+            if !crate::automation::groups::valid_name(name) {
+                return Err(format!(
+                    "groups.{name}: a group name is 1 to 64 letters, digits, `-`, `_` or `.`"
+                ));
+            }
+            spec.check().map_err(|e| format!("groups.{name}: {e}"))?;
         }
         for (i, t) in self.tokens.iter().enumerate() {
             if t.token.len() < 8 {

@@ -747,3 +747,145 @@ async fn rows_older_than_history_days_are_pruned() {
     );
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn a_flood_of_bad_tokens_cannot_fill_the_audit_trail() {
+    let dir = data_dir("auth-flood");
+    let hub = hub_with(HubConfig {
+        tokens: tokens(),
+        ..config(&dir)
+    })
+    .await;
+    let long = "a".repeat(60_000);
+    for _ in 0..100 {
+        let res = http()
+            .get(url(&hub, &format!("/api/devices/{long}/history")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    }
+    // A failure in a later second brings the count of those left out.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let res = http().get(url(&hub, "/api/devices")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let (_, page) = get(
+        &hub,
+        "/api/audit?kind=auth_failed&limit=1000",
+        Some("operator-secret"),
+    )
+    .await;
+    let items = page["items"].as_array().unwrap();
+    let mut per_second = std::collections::BTreeMap::new();
+    for i in items.iter().filter(|i| i["who"]["transport"] == "http") {
+        *per_second
+            .entry(i["time"].as_u64().unwrap() / 1000)
+            .or_insert(0) += 1;
+    }
+    assert!(
+        per_second.values().all(|&n| n <= 20),
+        "at most 20 rows a second: {per_second:?}"
+    );
+    assert!(
+        items
+            .iter()
+            .all(|i| i["detail"].as_str().unwrap().len() <= 520),
+        "details are cut"
+    );
+    let left_out: u64 = items
+        .iter()
+        .filter_map(|i| i["detail"].as_str()?.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    let one_by_one = items
+        .iter()
+        .filter(|i| i["who"]["transport"] == "http")
+        .count() as u64;
+    assert_eq!(
+        left_out + one_by_one,
+        101,
+        "every failure is counted: {page}"
+    );
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_command_whose_agent_leaves_has_an_unknown_outcome() {
+    let dir = data_dir("agent-leaves");
+    let hub = hub_with(config(&dir)).await;
+    let (a, requests) = agent(&hub, None, &["p1"]).await;
+    let patch = tokio::spawn({
+        let u = url(&hub, "/api/devices/p1");
+        async move {
+            http()
+                .patch(u)
+                .header("x-correlation-id", "gone-1")
+                .json(&json!({"power": "on"}))
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    let first = next_request(&requests).await;
+    drop((a, requests, first));
+    let res = patch.await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let (_, c) = get(&hub, "/api/commands/gone-1", None).await;
+    assert_eq!(c["status"], "unknown", "it may have been carried out: {c}");
+    assert_eq!(c["error"]["code"], "unavailable");
+
+    // Request numbers never repeat across hub instances, so an answer to a
+    // request from before a restart cannot match a new one.
+    let (a, requests) = agent(&hub, None, &["p2"]).await;
+    let ctl = ClientBuilder::new(hub.addr.to_string())
+        .connect()
+        .await
+        .unwrap();
+    let opts = RequestOptions {
+        timeout: Some(Duration::from_millis(100)),
+        cid: None,
+    };
+    let _ = ctl
+        .request_with(
+            "dev/p2/set",
+            &Body::from(json!({"power": "on"})),
+            opts.clone(),
+        )
+        .await;
+    let before = next_request(&requests).await.rid();
+    drop((a, requests, ctl));
+    hub.stop().await;
+    let hub = hub_with(config(&dir)).await;
+    let (_a, requests) = agent(&hub, None, &["p2"]).await;
+    let ctl = ClientBuilder::new(hub.addr.to_string())
+        .connect()
+        .await
+        .unwrap();
+    let _ = ctl
+        .request_with("dev/p2/set", &Body::from(json!({"power": "on"})), opts)
+        .await;
+    let after = next_request(&requests).await.rid();
+    assert!(after > before, "{after} after {before}");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn times_past_the_largest_are_refused() {
+    let dir = data_dir("big-times");
+    let hub = hub_with(config(&dir)).await;
+    for path in [
+        "/api/commands?since=9223372036854775808",
+        "/api/commands?until=18446744073709551615",
+        "/api/audit?since=18446744073709551615",
+    ] {
+        let (status, body) = get(&hub, path, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("largest time"),
+            "{body}"
+        );
+    }
+    hub.stop().await;
+}

@@ -10,6 +10,13 @@ use patchbay_client::{Body, Client, ClientBuilder, Message, PublishOptions, Requ
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+/// Prints a line of text from the hub, control characters written out.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", safe(&format!($($arg)*)))
+    };
+}
+
 /// Talk to a patchbay hub: list and control devices, publish, subscribe, send requests.
 #[derive(Parser)]
 #[command(name = "patchbay", version)]
@@ -49,13 +56,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Change settings and print the state the device confirms, e.g. `set proj-1 power=on input=hdmi1`.
+    /// Change settings and print the state the device confirms, e.g. `set proj-1 power=on input=hdmi1`;
+    /// with `--group NAME` or `--room NAME`, on every member, e.g. `set --room "Lecture Hall 2" power=on`.
     Set {
-        /// Device id.
-        id: String,
+        /// Device id (none with --group or --room).
+        id: Option<String>,
         /// Settings as key=value.
-        #[arg(required = true)]
         settings: Vec<String>,
+        /// Every member of this group.
+        #[arg(long, conflicts_with = "room")]
+        group: Option<String>,
+        /// Every device in this room (their `location`).
+        #[arg(long)]
+        room: Option<String>,
         /// How long to wait for the device (warm-up can take a minute), in milliseconds.
         #[arg(long, default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
         timeout_ms: u64,
@@ -445,6 +458,100 @@ async fn set(
     Ok(())
 }
 
+/// Sends settings to every member of a group or room and prints each outcome.
+async fn set_many(
+    client: &Client,
+    group: Option<String>,
+    room: Option<String>,
+    words: &[String],
+    timeout_ms: u64,
+    cid: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    if words.is_empty() {
+        anyhow::bail!("give at least one setting as key=value (e.g. power=off)");
+    }
+    let mut settings = serde_json::Map::new();
+    for w in words {
+        let (k, v) = w
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("`{w}` is not key=value (e.g. power=on)"))?;
+        settings.insert(k.to_owned(), Value::String(v.to_owned()));
+    }
+    let what = match (&group, &room) {
+        (Some(g), _) => format!("group {g}"),
+        (_, Some(r)) => format!("room {r}"),
+        _ => unreachable!("checked by the caller"),
+    };
+    let cid = cid.unwrap_or_else(|| {
+        format!(
+            "cli-{}-{}",
+            std::process::id(),
+            patchbay_hub::server::now_ms()
+        )
+    });
+    eprintln!("{what}: setting {} (cid {cid})", words.join(" "));
+    let body = serde_json::json!({"group": group, "room": room, "settings": settings, "timeout_ms": timeout_ms, "cid": cid});
+    let mut body = body;
+    if let Some(m) = body.as_object_mut() {
+        m.retain(|_, v| !v.is_null());
+    }
+    let opts = RequestOptions {
+        timeout: Some(Duration::from_millis(timeout_ms) + Duration::from_secs(5)),
+        cid: Some(&cid),
+    };
+    let outcome: Value = match client
+        .request_with("hub/venue/set", &Body::from(body), opts)
+        .await
+    {
+        Ok(reply) => reply.json()?,
+        Err(patchbay_client::Error::Hub(e)) => anyhow::bail!("{what}: {}", e.message),
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        for m in outcome["members"].as_array().into_iter().flatten() {
+            let id = m["id"].as_str().unwrap_or("");
+            match m["outcome"].as_str() {
+                Some("confirmed") => {
+                    let state = m["state"].as_object().map(|s| {
+                        s.iter()
+                            .filter(|(k, _)| settings.contains_key(*k))
+                            .map(|(k, v)| format!("{k}={}", plain(v)))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    });
+                    say!("{id}: confirmed {}", state.unwrap_or_default());
+                }
+                Some("skipped") => say!(
+                    "{id}: skipped (no setting {})",
+                    m["skipped"]
+                        .as_array()
+                        .map(|s| s.iter().map(plain).collect::<Vec<_>>().join(", "))
+                        .unwrap_or_default()
+                ),
+                _ => say!(
+                    "{id}: failed: {}: {}",
+                    m["error"]["code"].as_str().unwrap_or(""),
+                    m["error"]["message"].as_str().unwrap_or("")
+                ),
+            }
+        }
+        say!(
+            "{what}: {} ({} confirmed, {} failed, {} skipped; cid {cid})",
+            outcome["status"].as_str().unwrap_or(""),
+            outcome["confirmed"],
+            outcome["failed"],
+            outcome["skipped"]
+        );
+    }
+    if outcome["failed"].as_u64().unwrap_or(0) > 0 {
+        anyhow::bail!("{what}: {} of the members failed", outcome["failed"]);
+    }
+    Ok(())
+}
+
 /// Asks the hub's journal (`hub/journal/<what>`), leaving out unset fields.
 async fn ask_journal(client: &Client, what: &str, mut q: Value) -> anyhow::Result<Value> {
     if let Some(m) = q.as_object_mut() {
@@ -476,7 +583,7 @@ fn when(ms: u64) -> String {
 fn print_history(id: &str, page: &Value) {
     let items = page["items"].as_array().cloned().unwrap_or_default();
     if items.is_empty() {
-        println!("{id}: no history");
+        say!("{id}: no history");
     }
     for h in items.iter().rev() {
         let body = &h["body"];
@@ -508,7 +615,7 @@ fn print_history(id: &str, page: &Value) {
             .as_str()
             .map(|c| format!("  (cid {c})"))
             .unwrap_or_default();
-        println!(
+        say!(
             "{} UTC  {:<6} {what}{cid}",
             when(h["time"].as_u64().unwrap_or(0)),
             h["kind"].as_str().unwrap_or("")
@@ -571,24 +678,24 @@ fn command_line(c: &Value) -> String {
 }
 
 fn print_command(c: &Value) {
-    println!("cid:      {}", c["cid"].as_str().unwrap_or(""));
-    println!("device:   {}", c["device"].as_str().unwrap_or(""));
-    println!("desired:  {}", c["desired"]);
-    println!("from:     {}", who_text(c));
-    println!(
+    say!("cid:      {}", c["cid"].as_str().unwrap_or(""));
+    say!("device:   {}", c["device"].as_str().unwrap_or(""));
+    say!("desired:  {}", c["desired"]);
+    say!("from:     {}", who_text(c));
+    say!(
         "received: {} UTC",
         when(c["received"].as_u64().unwrap_or(0))
     );
-    println!("outcome:  {}", outcome_text(c));
+    say!("outcome:  {}", outcome_text(c));
     if let Some(state) = c["state"].as_object() {
         let fields: Vec<String> = state
             .iter()
             .map(|(k, v)| format!("{k}={}", plain(v)))
             .collect();
-        println!("state:    {}", fields.join(" "));
+        say!("state:    {}", fields.join(" "));
     }
     if let Some(d) = c["error"]["detail"].as_str() {
-        println!("detail:   {d}");
+        say!("detail:   {d}");
     }
 }
 
@@ -600,9 +707,24 @@ fn is_timeout(e: &patchbay_client::Error) -> bool {
 /// A JSON value as people write it: strings without quotes.
 fn plain(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => safe(s),
         other => other.to_string(),
     }
+}
+
+/// Text from the hub as it may be shown on a terminal: control characters
+/// (escape sequences, line breaks) written out, so nobody can forge lines.
+fn safe(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let shown: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            shown
+        })
+        .collect()
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -634,11 +756,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Set {
             id,
-            settings,
+            mut settings,
+            group,
+            room,
             timeout_ms,
             cid,
             json,
         } => {
+            if group.is_some() || room.is_some() {
+                // Without a device, the first word is a setting too.
+                settings.splice(0..0, id);
+                return set_many(&client, group, room, &settings, timeout_ms, cid, json).await;
+            }
+            let Some(id) = id else {
+                anyhow::bail!("give a device id, or --group NAME or --room NAME");
+            };
+            if settings.is_empty() {
+                anyhow::bail!("give at least one setting as key=value (e.g. power=on)");
+            }
             let device = load_device(&client, &id).await?;
             let cid = cid.unwrap_or_else(|| {
                 format!(
@@ -731,7 +866,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("no commands");
                 }
                 for c in items.iter().rev() {
-                    println!("{}", command_line(c));
+                    say!("{}", command_line(c));
                 }
             }
         }

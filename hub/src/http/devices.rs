@@ -281,7 +281,7 @@ pub async fn show(
 }
 
 /// The request's correlation id if it is usable, else a new one.
-fn correlation_id(headers: &HeaderMap) -> String {
+pub(super) fn correlation_id(headers: &HeaderMap) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     headers
         .get(CORRELATION_HEADER)

@@ -7,6 +7,7 @@ mod auth;
 mod devices;
 mod error;
 mod events;
+mod groups;
 mod journal;
 mod ops;
 mod serve;
@@ -47,7 +48,13 @@ fn cors(origins: &[String]) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(allow)
-        .allow_methods([Method::GET, Method::PATCH, Method::OPTIONS])
+        .allow_methods([
+            Method::GET,
+            Method::PATCH,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
         .allow_headers([
             axum::http::header::AUTHORIZATION,
             axum::http::header::CONTENT_TYPE,
@@ -73,6 +80,19 @@ pub fn router(hub: Arc<Hub>, shutdown: watch::Receiver<bool>) -> Router {
         .route("/api/commands", get(journal::commands))
         .route("/api/commands/{cid}", get(journal::command))
         .route("/api/audit", get(journal::audit))
+        .route("/api/rooms", get(groups::rooms))
+        .route(
+            "/api/rooms/{name}",
+            axum::routing::patch(groups::patch_room),
+        )
+        .route("/api/groups", get(groups::list))
+        .route(
+            "/api/groups/{name}",
+            get(groups::show)
+                .put(groups::put)
+                .delete(groups::delete)
+                .patch(groups::patch),
+        )
         .route("/api/agents", get(agents::list))
         .route("/api/openapi.json", get(ops::openapi))
         .route("/healthz", get(ops::healthz))

@@ -32,12 +32,20 @@ pub enum TimeArg {
 impl TimeArg {
     /// The time in Unix ms, relative to `now`.
     pub fn resolve(&self, name: &str, now: u64) -> Result<u64, String> {
+        // The file keeps times as signed 64-bit numbers.
+        let in_range = |ms: u64| {
+            if ms > i64::MAX as u64 {
+                Err(format!("`{name}` is past the largest time, {}", i64::MAX))
+            } else {
+                Ok(ms)
+            }
+        };
         let text = match self {
-            TimeArg::Ms(ms) => return Ok(*ms),
+            TimeArg::Ms(ms) => return in_range(*ms),
             TimeArg::Text(t) => t.trim(),
         };
         if let Ok(ms) = text.parse::<u64>() {
-            return Ok(ms);
+            return in_range(ms);
         }
         let bad = || {
             format!("`{name}` must be Unix milliseconds or a span before now such as 90s, 15m, 2h or 7d; got `{text}`")
@@ -198,6 +206,9 @@ pub const AUDIT_KINDS: &[&str] = &[
     "release",
     "hub_started",
     "hub_stopped",
+    "group_defined",
+    "group_deleted",
+    "group_run",
 ];
 
 impl Question {

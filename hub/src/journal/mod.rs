@@ -105,6 +105,8 @@ pub enum Outcome {
     Failed(ErrorBody),
     /// No answer within the requester's timeout: the outcome is unknown.
     TimedOut,
+    /// No answer because the agent went away first: the outcome is unknown.
+    Unknown(ErrorBody),
 }
 
 /// A command as it arrives at the hub.
@@ -329,9 +331,14 @@ impl Journal {
         })?;
         let path = cfg.dir.join(FILE_NAME);
         let name = path.display().to_string();
+        // One line, whatever SQLite says.
         let open_err = |e: rusqlite::Error| JournalError::Open {
             path: name.clone(),
-            message: e.to_string(),
+            message: e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
         };
         let conn = schema::open_writer(&path, cfg.max_bytes).map_err(open_err)?;
         let next = schema::next_command_id(&conn).map_err(open_err)?;

@@ -193,6 +193,11 @@ fn outcome_columns(o: &Outcome) -> (&'static str, Option<&str>, Option<String>) 
             Some(serde_json::to_string(e).unwrap_or_default()),
         ),
         Outcome::TimedOut => ("unknown", None, None),
+        Outcome::Unknown(e) => (
+            "unknown",
+            None,
+            Some(serde_json::to_string(e).unwrap_or_default()),
+        ),
     }
 }
 

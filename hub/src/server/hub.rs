@@ -111,6 +111,8 @@ struct Conn {
     unauth: Option<u64>,
     /// Requests this connection sent that wait for an answer.
     pending_requests: usize,
+    /// Of those, the ones the hub answers itself (journal questions, group commands).
+    own_pending: usize,
     /// Counted toward `max_connections`.
     counted: bool,
 }
@@ -137,6 +139,15 @@ struct Pending {
 
 /// How long an answer to a timed-out command is still taken into the journal.
 const LATE_WINDOW: Duration = Duration::from_secs(600);
+
+/// Most requests one connection may have waiting for the hub's own answer.
+const MAX_OWN_PENDING: usize = 4;
+
+/// Longest audit subject or detail kept, in bytes.
+const MAX_AUDIT_DETAIL: usize = 512;
+
+/// Failed authentications audited per second; more are counted into one row.
+const AUTH_AUDIT_PER_SECOND: u32 = 20;
 
 /// Most timed-out commands waiting for a late answer at once.
 const MAX_LATE: usize = 10_000;
@@ -215,6 +226,8 @@ struct State {
     late: HashMap<u64, (u64, ConnId)>,
     /// The same, oldest first, with when each stops waiting.
     late_order: std::collections::VecDeque<(Instant, u64)>,
+    /// Failed authentications audited: (the second, rows written in it, rows left out).
+    auth_audit: (u64, u32, u64),
 }
 
 /// Size of each arena block that non-retained frames are carved from.
@@ -514,10 +527,11 @@ impl State {
         Metrics::inc(counter);
         let error = ErrorBody::new(code.as_str(), message);
         if let (Some(j), Some(id)) = (&self.journal, p.command) {
-            let outcome = if code == ErrorCode::Timeout {
-                Outcome::TimedOut
-            } else {
-                Outcome::Failed(error.clone())
+            // A responder that left may have carried it out: unknown, like a timeout.
+            let outcome = match code {
+                ErrorCode::Timeout => Outcome::TimedOut,
+                ErrorCode::Unavailable => Outcome::Unknown(error.clone()),
+                _ => Outcome::Failed(error.clone()),
             };
             j.record(Record::CommandEnd {
                 id,
@@ -546,8 +560,18 @@ impl State {
     }
 
     /// Records an audit row, when the hub keeps a journal.
-    fn audit(&self, kind: &'static str, who: Who, subject: String, detail: String) {
+    fn audit(&self, kind: &'static str, who: Who, mut subject: String, mut detail: String) {
         if let Some(j) = &self.journal {
+            for text in [&mut subject, &mut detail] {
+                if text.len() > MAX_AUDIT_DETAIL {
+                    let mut cut = MAX_AUDIT_DETAIL;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    text.truncate(cut);
+                    text.push('…');
+                }
+            }
             j.record(Record::Audit(Box::new(AuditRecord {
                 time_ms: now_ms(),
                 kind,
@@ -618,6 +642,7 @@ impl Hub {
             .collect();
         let state = State {
             claims: Claims::from_config(&config),
+            next_rid: first_rid(),
             ..State::default()
         };
         Arc::new(Hub {
@@ -645,6 +670,7 @@ impl Hub {
             .collect();
         let mut state = State {
             claims: Claims::from_config(&config),
+            next_rid: first_rid(),
             ..State::default()
         };
         let metrics = Metrics::default();
@@ -709,10 +735,41 @@ impl Hub {
         self.lock("audit").audit(kind, who, String::new(), detail);
     }
 
-    /// Records a failed authentication (a bad or missing token).
+    /// Records an audit row (a definition changed, a group command ran).
+    pub fn audit(&self, kind: &'static str, who: Who, subject: String, detail: String) {
+        self.lock("audit").audit(kind, who, subject, detail);
+    }
+
+    /// Records a failed authentication (a bad or missing token). Past
+    /// [`AUTH_AUDIT_PER_SECOND`] a second, failures are counted and recorded
+    /// as one row when a later one arrives in a new second, so a flood of
+    /// bad tokens cannot fill the disk.
     pub fn audit_auth_failure(&self, who: Who, detail: &str) {
-        self.lock("audit")
-            .audit("auth_failed", who, String::new(), detail.to_owned());
+        let mut st = self.lock("audit");
+        let second = now_ms() / 1000;
+        if st.auth_audit.0 != second {
+            let suppressed = st.auth_audit.2;
+            st.auth_audit = (second, 0, 0);
+            if suppressed > 0 {
+                let hub = Who {
+                    client: "hub".into(),
+                    transport: "internal".into(),
+                    ..Who::default()
+                };
+                st.audit(
+                    "auth_failed",
+                    hub,
+                    String::new(),
+                    format!("{suppressed} more failed authentications in an earlier second, not recorded one by one"),
+                );
+            }
+        }
+        if st.auth_audit.1 < AUTH_AUDIT_PER_SECOND {
+            st.auth_audit.1 += 1;
+            st.audit("auth_failed", who, String::new(), detail.to_owned());
+        } else {
+            st.auth_audit.2 += 1;
+        }
     }
 
     /// This hub process's id (16 hex digits, new at every start): clients
@@ -874,6 +931,7 @@ impl Hub {
             since_ms: now_ms(),
             unauth: None,
             pending_requests: 0,
+            own_pending: 0,
             counted: false,
         });
         id
@@ -895,6 +953,11 @@ impl Hub {
             c.ident = ident;
         }
         Ok(())
+    }
+
+    /// Who a connection is, as the journal records it.
+    pub fn who(&self, conn: ConnId) -> Option<Who> {
+        self.lock("who").conn(conn).map(Conn::who)
     }
 
     /// The identity of a connection.
@@ -1328,22 +1391,41 @@ impl Hub {
                 ),
             ));
         }
+        if c.own_pending >= MAX_OWN_PENDING {
+            return Err(OpError::new(
+                ErrorCode::TooManyRequests,
+                format!("this connection already waits for {MAX_OWN_PENDING} answers from the hub itself (journal questions, group commands); wait for them first"),
+            ));
+        }
         c.pending_requests += 1;
+        c.own_pending += 1;
         Ok(())
     }
 
     /// Sends the answer to a request taken with [`Hub::begin_own_answer`].
+    /// It is encoded before the lock is taken and counts against the
+    /// connection's outbound bound, like any frame the hub sends.
     pub fn own_answer(
         &self,
         conn: ConnId,
         rid: Box<RawValue>,
         result: Result<Box<RawValue>, ErrorBody>,
     ) {
+        let mut buf = Vec::with_capacity(64 + result.as_ref().map_or(0, |b| b.get().len()));
+        match &result {
+            Ok(body) => encode_rep(&mut buf, &rid, body),
+            Err(e) => encode_request_err(&mut buf, &rid, e),
+        }
+        let frame = Bytes::from(buf);
         let mut st = self.lock("own_answer");
-        st.answer(
-            Requester::Conn(conn, rid),
-            result.as_deref().map_err(Clone::clone),
-        );
+        let Some(c) = st.conn_mut(conn) else { return };
+        c.pending_requests -= 1;
+        c.own_pending -= 1;
+        let st = &*st;
+        if let Some(c) = st.conn(conn) {
+            let pushed = c.outbox.push_control(frame);
+            st.after_push(&self.metrics, c, pushed);
+        }
     }
 
     /// Delivers a responder's reply (or error) to the requester.
@@ -1531,6 +1613,22 @@ impl Hub {
         self.lock("retained").store.get(tag).cloned()
     }
 
+    /// The segments directly below `prefix`, each with its children's retained values.
+    pub fn retained_children(&self, prefix: &str) -> Vec<(String, Vec<(String, Retained)>)> {
+        let st = self.lock("retained_children");
+        st.store
+            .children_after(prefix, None, usize::MAX)
+            .into_iter()
+            .map(|(k, parts)| {
+                let parts = parts
+                    .into_iter()
+                    .map(|(p, r)| (p.to_owned(), r.clone()))
+                    .collect();
+                (k.to_owned(), parts)
+            })
+            .collect()
+    }
+
     /// One device's retained values, by three direct lookups.
     pub fn device(&self, id: &str) -> DeviceRecord {
         let st = self.lock("device");
@@ -1594,6 +1692,14 @@ impl Hub {
         let c = st.conn(conn)?;
         Some((c.outbox.queued_entries(), c.outbox.queued_bytes()))
     }
+}
+
+/// The first request number of this hub instance: a thousand per
+/// millisecond since the epoch, so an agent's answer to a request from a
+/// previous instance (it answers after reconnecting) cannot match a new
+/// request by number; it stays below 2^53, exact in every JSON reader.
+fn first_rid() -> u64 {
+    now_ms().saturating_mul(1000)
 }
 
 /// 64 random bits as hex, from the standard library's per-process hash keys

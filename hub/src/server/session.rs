@@ -283,7 +283,7 @@ impl Session {
         id: Option<&RawValue>,
         frame: ClientFrame<'_>,
     ) -> Result<(), OpError> {
-        const WRITERS: &[Role] = &[Role::Agent, Role::Operator];
+        const WRITERS: &[Role] = &[Role::Agent, Role::Operator, Role::Admin];
         match frame {
             ClientFrame::Hello { .. } => unreachable!("handled before dispatch"),
             ClientFrame::Sub { tags, snapshot } => {
@@ -329,6 +329,9 @@ impl Session {
                     .and_then(|()| validate_tag(&tag).map_err(tag_error))
                     .and_then(|()| match tag.strip_prefix(crate::journal::api::PREFIX) {
                         Some(what) => self.ask_journal(what, body, rid),
+                        None if tag == crate::automation::VENUE_SET => {
+                            self.venue_command(body, rid)
+                        }
                         None => {
                             self.hub
                                 .request(self.conn, &tag, body, rid, timeout, cid.as_deref())
@@ -355,6 +358,27 @@ impl Session {
             }
             ClientFrame::Pong => {}
         }
+        Ok(())
+    }
+
+    /// Runs a group or room command (`hub/venue/set`) on a task of its own.
+    fn venue_command(&self, body: &RawValue, rid: &RawValue) -> Result<(), OpError> {
+        use crate::automation::{check_command, run_command, VenueCommand};
+        let c: VenueCommand = serde_json::from_str(body.get())
+            .map_err(|e| OpError::new(ErrorCode::BadFrame, format!("`hub/venue/set`: {e}")))?;
+        let (spec, subject) =
+            check_command(&self.hub, &c).map_err(|m| OpError::new(ErrorCode::NoResponder, m))?;
+        self.hub.begin_own_answer(self.conn)?;
+        let hub = self.hub.clone();
+        let conn = self.conn;
+        let rid = rid.to_owned();
+        tokio::spawn(async move {
+            let outcome = run_command(hub.clone(), conn, c, spec, subject).await;
+            let json = serde_json::to_string(&outcome).unwrap_or_else(|_| "null".into());
+            let result =
+                RawValue::from_string(json).map_err(|e| ErrorBody::new("internal", e.to_string()));
+            hub.own_answer(conn, rid, result);
+        });
         Ok(())
     }
 

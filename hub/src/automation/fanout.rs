@@ -1,0 +1,215 @@
+//! One command to many devices: each member gets the settings it has,
+//! concurrently up to a limit, and the answer says what became of each.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::devices::DeviceView;
+use crate::schema::{validate_settings, Setting};
+use crate::server::{Hub, Origin};
+
+/// What became of one member.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct MemberOutcome {
+    /// Device id.
+    pub id: String,
+    /// `confirmed`, `failed`, or `skipped` (it has none of the settings).
+    pub outcome: String,
+    /// The state the device confirmed.
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<Value>,
+    /// Why it failed: `code`, `message`, and `detail`/`outcome` when known.
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+    /// Settings this member does not have, left out of its command.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
+    /// The member's correlation id (`<cid>/<id>`), to look it up in the journal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
+}
+
+/// The answer to a command for a group or room.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct GroupOutcome {
+    /// `all` (every member that has the settings confirmed), `some`, or `none`.
+    pub status: String,
+    /// Members that confirmed.
+    pub confirmed: usize,
+    /// Members that failed.
+    pub failed: usize,
+    /// Members skipped (none of the settings).
+    pub skipped: usize,
+    /// Each member, by id.
+    pub members: Vec<MemberOutcome>,
+    /// The command's correlation id.
+    pub cid: String,
+}
+
+fn failed(id: &str, code: &str, message: String, cid: Option<String>) -> MemberOutcome {
+    MemberOutcome {
+        id: id.to_owned(),
+        outcome: "failed".into(),
+        state: None,
+        error: Some(serde_json::json!({"code": code, "message": message})),
+        skipped: Vec::new(),
+        cid,
+    }
+}
+
+/// A value as typed words give it (`on`, `42`), made the type this member's
+/// setting takes; anything else is left for validation to judge.
+fn coerce(settings: &[Setting], name: &str, v: Value) -> Value {
+    let Some(text) = v.as_str() else { return v };
+    let kind = settings
+        .iter()
+        .find(|s| s.name == name)
+        .and_then(|s| serde_json::to_value(s).ok())
+        .and_then(|s| s.get("type").and_then(Value::as_str).map(str::to_owned));
+    match (kind.as_deref(), text) {
+        (Some("bool"), "true" | "on" | "yes" | "1") => Value::Bool(true),
+        (Some("bool"), "false" | "off" | "no" | "0") => Value::Bool(false),
+        (Some("int"), t) => t.parse::<i64>().map(Value::from).unwrap_or(v),
+        _ => v,
+    }
+}
+
+/// Sends `desired` to one member and waits for its answer.
+async fn one(
+    hub: Arc<Hub>,
+    d: DeviceView,
+    desired: Map<String, Value>,
+    timeout: Duration,
+    cid: String,
+    origin: Option<Origin>,
+) -> MemberOutcome {
+    let settings: Vec<Setting> = d
+        .meta
+        .as_ref()
+        .and_then(|m| m.get("settings"))
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .unwrap_or_default();
+    let has = |k: &str| settings.iter().any(|s| s.name == k && s.writable);
+    let (mine, skipped): (Map<String, Value>, Vec<String>) = {
+        let mut mine = Map::new();
+        let mut skipped = Vec::new();
+        for (k, v) in desired {
+            if has(&k) {
+                let v = coerce(&settings, &k, v);
+                mine.insert(k, v);
+            } else {
+                skipped.push(k);
+            }
+        }
+        (mine, skipped)
+    };
+    if mine.is_empty() {
+        return MemberOutcome {
+            id: d.id,
+            outcome: "skipped".into(),
+            state: None,
+            error: None,
+            skipped,
+            cid: None,
+        };
+    }
+    let mine = Value::Object(mine);
+    let cid = format!("{cid}/{}", d.id);
+    let mut out = if !d.is_online() {
+        failed(
+            &d.id,
+            "offline",
+            format!(
+                "device `{}` is offline: {}",
+                d.id,
+                d.reason().unwrap_or("no reason given")
+            ),
+            None,
+        )
+    } else if let Err(e) = validate_settings(&settings, &mine) {
+        failed(&d.id, "invalid_value", e.to_string(), None)
+    } else {
+        let raw = serde_json::value::RawValue::from_string(mine.to_string())
+            .expect("a JSON value serializes to JSON");
+        let tag = format!("dev/{}/set", d.id);
+        match hub.request_internal(&tag, &raw, Some(timeout), Some(&cid), origin) {
+            Err(e) => failed(&d.id, e.code.as_str(), e.message, Some(cid)),
+            Ok(answer) => match answer.await {
+                Ok(Ok(state)) => MemberOutcome {
+                    id: d.id.clone(),
+                    outcome: "confirmed".into(),
+                    state: serde_json::from_str(state.get()).ok(),
+                    error: None,
+                    skipped: Vec::new(),
+                    cid: Some(cid),
+                },
+                Ok(Err(e)) => MemberOutcome {
+                    error: serde_json::to_value(&e).ok(),
+                    ..failed(&d.id, "", String::new(), Some(cid))
+                },
+                Err(_) => failed(
+                    &d.id,
+                    "unavailable",
+                    "the hub is shutting down".into(),
+                    Some(cid),
+                ),
+            },
+        }
+    };
+    out.skipped = skipped;
+    out
+}
+
+/// Sends `desired` to every member, at most `concurrency` at once.
+pub async fn run(
+    hub: Arc<Hub>,
+    members: Vec<DeviceView>,
+    desired: Map<String, Value>,
+    timeout: Duration,
+    cid: String,
+    origin: Option<Origin>,
+    concurrency: usize,
+) -> GroupOutcome {
+    let limit = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for d in members {
+        let (hub, desired, cid, origin, limit) = (
+            hub.clone(),
+            desired.clone(),
+            cid.clone(),
+            origin.clone(),
+            limit.clone(),
+        );
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            one(hub, d, desired, timeout, cid, origin).await
+        });
+    }
+    let mut members = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(m) = r {
+            members.push(m);
+        }
+    }
+    members.sort_by(|a, b| a.id.cmp(&b.id));
+    let count = |o: &str| members.iter().filter(|m| m.outcome == o).count();
+    let (confirmed, failed, skipped) = (count("confirmed"), count("failed"), count("skipped"));
+    let status = match (confirmed, failed) {
+        (c, 0) if c > 0 => "all",
+        (c, _) if c > 0 => "some",
+        _ => "none",
+    };
+    GroupOutcome {
+        status: status.into(),
+        confirmed,
+        failed,
+        skipped,
+        members,
+        cid,
+    }
+}

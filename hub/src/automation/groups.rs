@@ -1,0 +1,288 @@
+//! Rooms and groups: which devices a command for many goes to.
+//!
+//! A room is every device whose description names that `location`. A group
+//! is a named selector over device descriptions: explicit ids, a location, a
+//! driver, a model, or a tag pattern over `dev/<id>`; a device belongs when
+//! it matches every criterion the group gives. Groups come from the hub
+//! config (`[groups.<name>]`, read-only) or the API (kept as retained values
+//! under `hub/groups/<name>/spec`, so they survive a restart with the journal).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::devices::DeviceView;
+use crate::server::Hub;
+
+/// Where groups defined through the API are kept.
+pub const GROUPS_PREFIX: &str = "hub/groups";
+
+/// A group's selector.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    /// Exactly these devices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<String>,
+    /// Devices in this room (their `location`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Devices driven by this driver (`pjlink`, `escvp21`, `line`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Devices of this model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Devices whose `dev/<id>` matches this tag pattern (`+` one segment, `#` the rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+}
+
+/// Is `name` usable for a group (and in a tag)?
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl GroupSpec {
+    /// Refuses a selector that selects nothing in particular or cannot be read.
+    pub fn check(&self) -> Result<(), String> {
+        if self.ids.is_empty()
+            && self.location.is_none()
+            && self.driver.is_none()
+            && self.model.is_none()
+            && self.pattern.is_none()
+        {
+            return Err(
+                "a group needs at least one of `ids`, `location`, `driver`, `model` or `pattern`"
+                    .into(),
+            );
+        }
+        for id in &self.ids {
+            crate::tag::validate_tag(&format!("dev/{id}"))
+                .map_err(|e| format!("`ids`: `{id}` is not a device id: {e}"))?;
+        }
+        if let Some(p) = &self.pattern {
+            crate::tag::validate_pattern(p).map_err(|e| format!("`pattern`: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Does the device belong?
+    pub fn matches(&self, d: &DeviceView) -> bool {
+        (self.ids.is_empty() || self.ids.contains(&d.id))
+            && self
+                .location
+                .as_deref()
+                .is_none_or(|l| d.meta_str("location") == l)
+            && self
+                .driver
+                .as_deref()
+                .is_none_or(|v| d.meta_str("driver") == v)
+            && self
+                .model
+                .as_deref()
+                .is_none_or(|v| d.meta_str("model") == v)
+            && self
+                .pattern
+                .as_deref()
+                .is_none_or(|p| crate::tag::matches(p, &format!("dev/{}", d.id)))
+    }
+}
+
+/// Where a group was defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// The hub config (read-only through the API).
+    Config,
+    /// The API.
+    Api,
+}
+
+/// A group as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct GroupInfo {
+    /// Its name.
+    pub name: String,
+    /// Where it was defined.
+    pub origin: Origin,
+    /// Its selector.
+    pub spec: GroupSpec,
+    /// The devices it selects now.
+    pub members: Vec<String>,
+}
+
+/// Every device the hub has a description of, as views.
+pub fn all_devices(hub: &Hub) -> Vec<DeviceView> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = hub.devices_page(after.as_deref());
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        let full = page.len() == crate::server::DEVICE_PAGE;
+        for rec in page {
+            let parse = |r: &Option<crate::server::Retained>| {
+                r.as_ref()
+                    .map(|r| serde_json::from_str(r.body()).unwrap_or(Value::Null))
+            };
+            if rec.meta.is_none() {
+                continue;
+            }
+            out.push(DeviceView {
+                id: rec.id.clone(),
+                meta: parse(&rec.meta),
+                state: parse(&rec.state),
+                online: parse(&rec.online),
+            });
+        }
+        if !full {
+            break;
+        }
+    }
+    out
+}
+
+/// The groups defined through the API.
+pub fn api_groups(hub: &Hub) -> BTreeMap<String, GroupSpec> {
+    hub.retained_children(GROUPS_PREFIX)
+        .into_iter()
+        .filter_map(|(name, parts)| {
+            let spec = parts.iter().find(|(p, _)| p == "spec")?;
+            Some((name, serde_json::from_str(spec.1.body()).ok()?))
+        })
+        .collect()
+}
+
+/// A group by name, config first.
+pub fn find(hub: &Hub, name: &str) -> Option<(Origin, GroupSpec)> {
+    if let Some(spec) = hub.config().groups.get(name) {
+        return Some((Origin::Config, spec.clone()));
+    }
+    let r = hub.retained(&format!("{GROUPS_PREFIX}/{name}/spec"))?;
+    serde_json::from_str(r.body())
+        .ok()
+        .map(|s| (Origin::Api, s))
+}
+
+/// Every group with its members.
+pub fn list(hub: &Hub) -> Vec<GroupInfo> {
+    let devices = all_devices(hub);
+    let mut all: Vec<(String, Origin, GroupSpec)> = hub
+        .config()
+        .groups
+        .iter()
+        .map(|(n, s)| (n.clone(), Origin::Config, s.clone()))
+        .collect();
+    for (n, s) in api_groups(hub) {
+        if !hub.config().groups.contains_key(&n) {
+            all.push((n, Origin::Api, s));
+        }
+    }
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all.into_iter()
+        .map(|(name, origin, spec)| {
+            let members = devices
+                .iter()
+                .filter(|d| spec.matches(d))
+                .map(|d| d.id.clone())
+                .collect();
+            GroupInfo {
+                name,
+                origin,
+                spec,
+                members,
+            }
+        })
+        .collect()
+}
+
+/// A room: its name and its devices.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RoomInfo {
+    /// The `location` its devices share.
+    pub name: String,
+    /// Its devices.
+    pub devices: Vec<String>,
+    /// How many of them are online.
+    pub online: usize,
+}
+
+/// Every room, by name.
+pub fn rooms(hub: &Hub) -> Vec<RoomInfo> {
+    let mut rooms: BTreeMap<String, RoomInfo> = BTreeMap::new();
+    for d in all_devices(hub) {
+        let name = d.meta_str("location");
+        if name.is_empty() {
+            continue;
+        }
+        let r = rooms.entry(name.to_owned()).or_insert_with(|| RoomInfo {
+            name: name.to_owned(),
+            devices: Vec::new(),
+            online: 0,
+        });
+        r.devices.push(d.id.clone());
+        r.online += usize::from(d.is_online());
+    }
+    rooms.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn view(id: &str, location: &str, driver: &str) -> DeviceView {
+        DeviceView {
+            id: id.into(),
+            meta: Some(json!({"location": location, "driver": driver, "model": "X1"})),
+            state: None,
+            online: None,
+        }
+    }
+
+    #[test]
+    fn a_member_matches_every_criterion() {
+        let spec = GroupSpec {
+            location: Some("Hall 2".into()),
+            driver: Some("pjlink".into()),
+            ..GroupSpec::default()
+        };
+        assert!(spec.matches(&view("p1", "Hall 2", "pjlink")));
+        assert!(!spec.matches(&view("p2", "Hall 2", "escvp21")));
+        assert!(!spec.matches(&view("p3", "Hall 1", "pjlink")));
+        let ids = GroupSpec {
+            ids: vec!["p1".into()],
+            ..GroupSpec::default()
+        };
+        assert!(ids.matches(&view("p1", "", "")) && !ids.matches(&view("p2", "", "")));
+        let pattern = GroupSpec {
+            pattern: Some("dev/+".into()),
+            ..GroupSpec::default()
+        };
+        assert!(pattern.matches(&view("p9", "", "")));
+    }
+
+    #[test]
+    fn empty_or_unreadable_selectors_are_refused() {
+        assert!(GroupSpec::default()
+            .check()
+            .unwrap_err()
+            .contains("at least one"));
+        let bad = GroupSpec {
+            pattern: Some("dev/#/x".into()),
+            ..GroupSpec::default()
+        };
+        assert!(bad.check().unwrap_err().contains("pattern"));
+        let bad = GroupSpec {
+            ids: vec!["a/b+".into()],
+            ..GroupSpec::default()
+        };
+        assert!(bad.check().unwrap_err().contains("a/b+"));
+        assert!(valid_name("all-projectors") && !valid_name("a/b") && !valid_name(""));
+    }
+}

@@ -1,0 +1,111 @@
+//! Venue operations: rooms (every device with the same `location`), groups
+//! (named selectors), and one command for all their members at once.
+//!
+//! Group commands go through the hub's own request path, each member's as
+//! its own device command, so the journal records every one with the
+//! operator who sent the group command.
+
+pub mod fanout;
+pub mod groups;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::server::{now_ms, ConnId, Hub, Origin};
+
+/// The tag a wire client sends a group or room command to.
+pub const VENUE_SET: &str = "hub/venue/set";
+
+/// The body of a `req` to [`VENUE_SET`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VenueCommand {
+    /// A group's name (or `room`).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// A room's name (or `group`).
+    #[serde(default)]
+    pub room: Option<String>,
+    /// The desired settings.
+    pub settings: Map<String, Value>,
+    /// How long each member may take, in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// The correlation id (each member's command gets `<cid>/<id>`).
+    #[serde(default)]
+    pub cid: Option<String>,
+}
+
+/// Checks a wire group or room command; returns the selector and what it names.
+pub fn check_command(hub: &Hub, c: &VenueCommand) -> Result<(groups::GroupSpec, String), String> {
+    if c.settings.is_empty() {
+        return Err("`settings` must name at least one setting".into());
+    }
+    match (&c.group, &c.room) {
+        (Some(g), None) => groups::find(hub, g)
+            .map(|(_, s)| (s, format!("group {g}")))
+            .ok_or_else(|| format!("no group `{g}`")),
+        (None, Some(r)) if groups::rooms(hub).iter().any(|x| &x.name == r) => Ok((
+            groups::GroupSpec {
+                location: Some(r.clone()),
+                ..groups::GroupSpec::default()
+            },
+            format!("room {r}"),
+        )),
+        (None, Some(r)) => Err(format!("no room `{r}`")),
+        _ => Err("give either `group` or `room`".into()),
+    }
+}
+
+/// Runs a checked wire command for `conn`.
+pub async fn run_command(
+    hub: Arc<Hub>,
+    conn: ConnId,
+    c: VenueCommand,
+    spec: groups::GroupSpec,
+    subject: String,
+) -> fanout::GroupOutcome {
+    let who = hub.who(conn).unwrap_or_default();
+    let cid = c
+        .cid
+        .clone()
+        .unwrap_or_else(|| format!("venue-{:x}-{conn:x}", now_ms()));
+    let members = groups::all_devices(&hub)
+        .into_iter()
+        .filter(|d| spec.matches(d))
+        .collect();
+    let max = hub.config().max_request_timeout_ms;
+    let timeout = Duration::from_millis(c.timeout_ms.unwrap_or(max).clamp(1, max));
+    let origin = Origin {
+        who: who.clone(),
+        received_ms: now_ms(),
+    };
+    let concurrency = hub.config().group_concurrency;
+    let outcome = fanout::run(
+        hub.clone(),
+        members,
+        c.settings.clone(),
+        timeout,
+        cid.clone(),
+        Some(origin),
+        concurrency,
+    )
+    .await;
+    hub.audit(
+        "group_run",
+        who,
+        subject,
+        format!(
+            "{} (cid {cid}): {}; {} confirmed, {} failed, {} skipped",
+            Value::Object(c.settings),
+            outcome.status,
+            outcome.confirmed,
+            outcome.failed,
+            outcome.skipped
+        ),
+    );
+    outcome
+}

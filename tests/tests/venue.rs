@@ -1,0 +1,285 @@
+//! Rooms and groups against the demo's simulated devices: one command for
+//! many, with one device failing and one without the setting; groups defined
+//! through the API; the CLI's `set --group` and `set --room`.
+
+use std::time::Duration;
+
+use patchbay_client::{Body, ClientBuilder, RequestOptions};
+use patchbay_tests::{cli, Proc, WAIT};
+use serde_json::{json, Value};
+
+async fn demo() -> (Proc, String, String) {
+    let mut demo = Proc::start(
+        "patchbay-agent",
+        &[
+            "demo",
+            "--hub-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
+    let console = demo.next_line_last_word().await;
+    let hub = demo.next_line_last_word().await;
+    (demo, console.trim_end_matches('/').to_owned(), hub)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(WAIT * 3)
+        .build()
+        .unwrap()
+}
+
+async fn get(url: &str) -> Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits until every demo device is described and online.
+async fn all_online(http: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let list = get(&format!("{http}/api/devices")).await;
+        let online = list
+            .as_array()
+            .map(|d| d.iter().filter(|d| d["online"] == true).count())
+            .unwrap_or(0);
+        if online == 4 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "demo devices not online: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn unplug_proj_3(hub: &str, http: &str) {
+    let c = ClientBuilder::new(hub)
+        .name("test")
+        .connect()
+        .await
+        .unwrap();
+    let opts = RequestOptions {
+        timeout: Some(WAIT),
+        cid: None,
+    };
+    c.request_with("sim/proj-3/control", &Body::from(json!("unplug")), opts)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while get(&format!("{http}/api/devices/proj-3")).await["online"]["online"] != false {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "proj-3 never went offline"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_group_command_reports_each_member_and_the_whole() {
+    let (_demo, http, hub) = demo().await;
+    all_online(&http).await;
+
+    let rooms = get(&format!("{http}/api/rooms")).await;
+    let names: Vec<&str> = rooms
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Auditorium", "Boardroom", "Classroom 2", "Lobby"]);
+    let groups = get(&format!("{http}/api/groups")).await;
+    let projectors = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "projectors")
+        .unwrap();
+    assert_eq!(projectors["origin"], "config");
+    assert_eq!(projectors["members"], json!(["proj-1", "proj-2", "proj-3"]));
+
+    unplug_proj_3(&hub, &http).await;
+    let res = client()
+        .patch(format!("{http}/api/groups/all"))
+        .header("x-correlation-id", "all-on")
+        .json(&json!({"power": "on"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let out: Value = res.json().await.unwrap();
+    assert_eq!(out["status"], "some", "{out}");
+    assert_eq!(out["confirmed"], 3, "{out}");
+    assert_eq!(out["failed"], 1, "{out}");
+    let members = out["members"].as_array().unwrap();
+    let p3 = members.iter().find(|m| m["id"] == "proj-3").unwrap();
+    assert_eq!(p3["outcome"], "failed");
+    assert_eq!(p3["error"]["code"], "offline");
+    assert!(
+        p3["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("serial port"),
+        "the device's reason: {p3}"
+    );
+    let p1 = members.iter().find(|m| m["id"] == "proj-1").unwrap();
+    assert_eq!(p1["outcome"], "confirmed");
+    assert!(
+        ["on", "warming"].contains(&p1["state"]["power"].as_str().unwrap()),
+        "{p1}"
+    );
+    assert_eq!(p1["cid"], "all-on/proj-1");
+
+    // A member without the setting is skipped, not failed.
+    let res = client()
+        .patch(format!("{http}/api/rooms/Lobby"))
+        .json(&json!({"video_mute": true}))
+        .send()
+        .await
+        .unwrap();
+    let out: Value = res.json().await.unwrap();
+    assert_eq!(out["skipped"], 1, "{out}");
+    assert_eq!(out["failed"], 0, "{out}");
+    assert_eq!(out["members"][0]["outcome"], "skipped");
+    assert_eq!(out["members"][0]["skipped"], json!(["video_mute"]));
+
+    // Each member's command is in the journal under the group's cid.
+    let c = get(&format!("{http}/api/commands/all-on%2Fproj-1")).await;
+    assert_eq!(c["status"], "confirmed", "{c}");
+    let audit = get(&format!("{http}/api/audit?kind=group_run")).await;
+    let run = &audit["items"][1];
+    assert_eq!(run["subject"], "group all", "{audit}");
+    assert!(
+        run["detail"]
+            .as_str()
+            .unwrap()
+            .contains("3 confirmed, 1 failed"),
+        "{run}"
+    );
+
+    // Unknown names and bad bodies.
+    let res = client()
+        .patch(format!("{http}/api/groups/nope"))
+        .json(&json!({"power": "on"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = client()
+        .patch(format!("{http}/api/rooms/Attic"))
+        .json(&json!({"power": "on"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = client()
+        .patch(format!("{http}/api/groups/all"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}
+
+#[tokio::test]
+async fn groups_defined_through_the_api_select_and_survive_checks() {
+    let (_demo, http, _hub) = demo().await;
+    all_online(&http).await;
+    let put = |name: &str, body: Value| {
+        let url = format!("{http}/api/groups/{name}");
+        async move { client().put(url).json(&body).send().await.unwrap() }
+    };
+    let res = put("front", json!({"ids": ["proj-1", "display-1"]})).await;
+    assert_eq!(res.status(), 200);
+    let g: Value = res.json().await.unwrap();
+    assert_eq!(g["members"], json!(["display-1", "proj-1"]));
+    assert_eq!(g["origin"], "api");
+    let res = put(
+        "pjlink",
+        json!({"driver": "pjlink", "location": "Boardroom"}),
+    )
+    .await;
+    let g: Value = res.json().await.unwrap();
+    assert_eq!(g["members"], json!(["proj-2"]));
+
+    // Refused, with what is wrong.
+    let res = put("projectors", json!({"ids": ["proj-1"]})).await;
+    assert_eq!(res.status(), 409, "a config group is read-only");
+    let res = put("empty", json!({})).await;
+    assert_eq!(res.status(), 400);
+    let e: Value = res.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at least one"),
+        "{e}"
+    );
+    let res = put("bad", json!({"pattern": "dev/#/x"})).await;
+    assert_eq!(res.status(), 400);
+    let res = put("bad", json!({"room": "Lobby"})).await;
+    assert_eq!(res.status(), 400, "unknown field");
+    let res = put("bad%2Fname", json!({"ids": ["proj-1"]})).await;
+    assert_eq!(res.status(), 400);
+
+    let res = client()
+        .delete(format!("{http}/api/groups/front"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let res = client()
+        .get(format!("{http}/api/groups/front"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = client()
+        .delete(format!("{http}/api/groups/projectors"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    let audit = get(&format!("{http}/api/audit?kind=group_defined")).await;
+    assert_eq!(audit["items"].as_array().unwrap().len(), 2, "{audit}");
+}
+
+#[tokio::test]
+async fn the_cli_sets_a_group_and_a_room() {
+    let (_demo, http, hub) = demo().await;
+    all_online(&http).await;
+    let (ok, out, err) = cli(&hub, &["set", "--room", "Lobby", "mute=on"]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("display-1: confirmed mute=true"), "{out}");
+    assert!(
+        out.contains("room Lobby: all (1 confirmed, 0 failed, 0 skipped"),
+        "{out}"
+    );
+
+    unplug_proj_3(&hub, &http).await;
+    let (ok, out, err) = cli(&hub, &["set", "--group", "projectors", "power=on"]).await;
+    assert!(!ok, "a failed member fails the command");
+    assert!(out.contains("proj-3: failed: offline"), "{out}");
+    assert!(
+        out.contains("group projectors: some (2 confirmed, 1 failed"),
+        "{out}"
+    );
+    assert!(err.contains("1 of the members failed"), "{err}");
+    let (ok, _, err) = cli(&hub, &["set", "--group", "nope", "power=on"]).await;
+    assert!(!ok);
+    assert!(err.contains("no group `nope`"), "{err}");
+    let (ok, _, err) = cli(&hub, &["set", "--room", "Lobby"]).await;
+    assert!(!ok);
+    assert!(err.contains("at least one setting"), "{err}");
+}
