@@ -319,6 +319,40 @@ async fn console_lists_controls_and_reports_devices() {
     .await
     .unwrap();
 
+    // A room's "All on" reaches every device in it, and says what became of each.
+    c.execute(
+        "document.querySelector(\"section[data-location='Lobby'] [data-room-power='on']\").click();",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let lobby = text_until(
+        &c,
+        "section[data-location='Lobby'] .room-outcome",
+        "the Lobby's outcome",
+        |t| t.starts_with("Done") || t.starts_with("Partly") || t.starts_with("Not"),
+    )
+    .await;
+    assert_eq!(lobby, "Done: 1 confirmed, 0 failed, 0 skipped", "{lobby}");
+    // The unplugged projector's room: the failure, with the device's reason.
+    c.execute(
+        "document.querySelector(\"section[data-location='Classroom 2'] [data-room-power='on']\").click();",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let classroom = text_until(
+        &c,
+        "section[data-location='Classroom 2'] .room-outcome",
+        "the classroom's outcome",
+        |t| t.starts_with("Not done"),
+    )
+    .await;
+    assert!(
+        classroom.contains("proj-3") && classroom.contains("serial port"),
+        "{classroom}"
+    );
+
     // Details shows the device's memory from the hub's journal: the
     // command sent above with who sent it, the history, and the usage chart.
     c.execute(

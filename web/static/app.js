@@ -190,7 +190,13 @@ function section(location) {
   let s = document.querySelector(`section.location[data-location="${CSS.escape(key)}"]`);
   if (!s) {
     const heading = el("h2", { id: `loc-${key.replace(/\W+/g, "-")}` }, key);
-    s = el("section", { class: "location", "data-location": key, "aria-labelledby": heading.id }, heading, el("div", { class: "grid" }));
+    // A real room (not "Unassigned") gets one switch for all its devices.
+    const actions = location ? el("div", { class: "room-actions", role: "group", "aria-label": `All devices in ${key}` },
+      el("button", { type: "button", class: "ghost", "data-room-power": "on", onclick: () => roomCommand(key, { power: "on" }) }, "All on"),
+      el("button", { type: "button", class: "ghost", "data-room-power": "off", onclick: () => roomCommand(key, { power: "off" }) }, "All off"),
+      el("span", { class: "room-outcome sub", role: "status", "aria-live": "polite" })) : null;
+    const head = el("div", { class: "room-head" }, heading, actions);
+    s = el("section", { class: "location", "data-location": key, "aria-labelledby": heading.id }, head, el("div", { class: "grid" }));
     const all = [...document.querySelectorAll("section.location")];
     const after = all.find((o) => o.dataset.location.localeCompare(key) > 0);
     $("#locations").insertBefore(s, after || null);
@@ -445,6 +451,40 @@ const FRIENDLY = {
   forbidden: "Your token may not change devices",
   device_error: "The device reported a failure",
 };
+
+// One command for every device in a room; the answer says what became of each.
+async function roomCommand(room, desired) {
+  const s = section(room);
+  const out = $(".room-outcome", s);
+  const buttons = [...s.querySelectorAll("[data-room-power]")];
+  const what = Object.entries(desired).map(([k, v]) => `${k} ${show(v)}`).join(", ");
+  const cid = `console-${Math.random().toString(36).slice(2, 10)}`;
+  buttons.forEach((b) => { b.disabled = true; });
+  out.textContent = `Sending ${what} to every device…`;
+  log(room, `room command: ${what}`, cid, Date.now());
+  try {
+    const res = await fetch(`/api/rooms/${encodeURIComponent(room)}`, {
+      method: "PATCH",
+      headers: headers({ "Content-Type": "application/json", "X-Correlation-Id": cid, "X-Client-Name": "console" }),
+      body: JSON.stringify(desired),
+    });
+    const body = await res.json();
+    if (!res.ok) {
+      out.textContent = `Not sent: ${body.error ? body.error.message : res.statusText}`;
+      return;
+    }
+    const failed = body.members.filter((m) => m.outcome === "failed")
+      .map((m) => `${m.id} (${m.error ? m.error.message : "failed"})`);
+    const words = { all: "Done", some: "Partly done", none: "Not done" };
+    out.textContent = `${words[body.status] || body.status}: ${body.confirmed} confirmed, ${body.failed} failed, ${body.skipped} skipped` +
+      (failed.length ? `. Failed: ${failed.join("; ")}` : "");
+    log(room, `room ${what}: ${body.status}`, cid, Date.now());
+  } catch (e) {
+    out.textContent = `Not sent: ${e.message}`;
+  } finally {
+    buttons.forEach((b) => { b.disabled = false; });
+  }
+}
 
 async function command(id, desired) {
   const d = device(id);
