@@ -123,6 +123,38 @@ async fn serve_controls(requests: Requests, controls: SimControls) {
     }
 }
 
+/// The demo's scenes, as they would be written in a hub config.
+const DEMO_SCENES: &str = r#"
+[presentation]
+label = "Auditorium presentation"
+[[presentation.steps]]
+device = "proj-1"
+set = { power = "on" }
+[[presentation.steps]]
+device = "proj-1"
+wait = { power = "on" }
+timeout_ms = 60000
+[[presentation.steps]]
+device = "proj-1"
+set = { input = "hdmi2", mute = false }
+
+[classroom]
+label = "Classroom 2 lesson"
+[[classroom.steps]]
+device = "proj-3"
+set = { power = "on" }
+[[classroom.steps]]
+device = "proj-3"
+set = { input = "hdmi1" }
+
+[all-off]
+label = "Everything off"
+on_error = "continue"
+[[all-off.steps]]
+group = "all"
+set = { power = "off" }
+"#;
+
 /// The demo's groups: its projectors, and everything.
 fn demo_groups() -> std::collections::BTreeMap<String, patchbay_hub::automation::groups::GroupSpec>
 {
@@ -161,6 +193,7 @@ pub async fn run(opts: DemoOptions, shutdown: watch::Receiver<bool>) -> anyhow::
         http_listen: opts.http_listen,
         data_dir: Some(data),
         groups: demo_groups(),
+        scenes: toml::from_str(DEMO_SCENES)?,
         ..HubConfig::default()
     };
     config

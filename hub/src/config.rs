@@ -125,6 +125,8 @@ pub struct HubConfig {
     pub groups: std::collections::BTreeMap<String, crate::automation::groups::GroupSpec>,
     /// Most members a group or room command talks to at once.
     pub group_concurrency: usize,
+    /// Scenes by name (`[scenes.<name>]` with `[[scenes.<name>.steps]]`).
+    pub scenes: std::collections::BTreeMap<String, crate::automation::scenes::Scene>,
 }
 
 impl Default for HubConfig {
@@ -162,6 +164,7 @@ impl Default for HubConfig {
             journal_max_bytes: 0,
             groups: Default::default(),
             group_concurrency: 32,
+            scenes: Default::default(),
         }
     }
 }
@@ -261,6 +264,17 @@ impl HubConfig {
                 ));
             }
             spec.check().map_err(|e| format!("groups.{name}: {e}"))?;
+        }
+        let known_group = |g: &str| self.groups.contains_key(g);
+        for (name, scene) in &self.scenes {
+            if !crate::automation::groups::valid_name(name) {
+                return Err(format!(
+                    "scenes.{name}: a scene name is 1 to 64 letters, digits, `-`, `_` or `.`"
+                ));
+            }
+            scene
+                .check(&known_group)
+                .map_err(|e| format!("scenes.{name}: {e}"))?;
         }
         for (i, t) in self.tokens.iter().enumerate() {
             if t.token.len() < 8 {

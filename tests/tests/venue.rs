@@ -283,3 +283,161 @@ async fn the_cli_sets_a_group_and_a_room() {
     assert!(!ok);
     assert!(err.contains("at least one setting"), "{err}");
 }
+
+async fn run_until_done(http: &str, id: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    loop {
+        let run = get(&format!("{http}/api/scene-runs/{id}")).await;
+        if run["status"] != "running" {
+            return run;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never ended: {run}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_scene_waits_through_warm_up_and_reports_each_step() {
+    let (_demo, http, hub) = demo().await;
+    all_online(&http).await;
+    let scenes = get(&format!("{http}/api/scenes")).await;
+    assert!(scenes
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"] == "presentation"));
+
+    let res = client()
+        .post(format!("{http}/api/scenes/presentation/run"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let started: Value = res.json().await.unwrap();
+    let id = started["run"].as_u64().unwrap();
+    assert_eq!(started["tag"], format!("hub/scene-runs/{id}"));
+    // One run at a time.
+    let res = client()
+        .post(format!("{http}/api/scenes/presentation/run"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    let e: Value = res.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already running"),
+        "{e}"
+    );
+
+    let run = run_until_done(&http, id).await;
+    assert_eq!(run["status"], "done", "{run}");
+    let steps = run["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3);
+    assert!(steps.iter().all(|s| s["status"] == "done"), "{run}");
+    assert_eq!(steps[1]["what"], "wait until proj-1 power=on");
+    // The wait lasted through the projector's warm-up (4 s in the demo).
+    let waited = steps[1]["finished"].as_u64().unwrap() - steps[0]["started"].as_u64().unwrap();
+    assert!(waited >= 3000, "{waited} ms");
+    let proj = get(&format!("{http}/api/devices/proj-1")).await;
+    assert_eq!(proj["state"]["input"], "hdmi2");
+    assert_eq!(proj["state"]["power"], "on");
+    // Each step's command is in the journal under the run.
+    let c = get(&format!("{http}/api/commands/scene-{id}-3%2Fproj-1")).await;
+    assert_eq!(c["status"], "confirmed", "{c}");
+
+    // A failing first step stops the scene; the rest is skipped, with why.
+    unplug_proj_3(&hub, &http).await;
+    let res = client()
+        .post(format!("{http}/api/scenes/classroom/run"))
+        .send()
+        .await
+        .unwrap();
+    let id = res.json::<Value>().await.unwrap()["run"].as_u64().unwrap();
+    let run = run_until_done(&http, id).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["steps"][0]["status"], "failed");
+    assert!(
+        run["steps"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("serial port"),
+        "{run}"
+    );
+    assert_eq!(run["steps"][1]["status"], "skipped");
+
+    let res = client()
+        .post(format!("{http}/api/scenes/nope/run"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = client()
+        .get(format!("{http}/api/scene-runs/12"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = client()
+        .get(format!("{http}/api/scene-runs/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}
+
+#[tokio::test]
+async fn the_cli_runs_a_scene_and_shows_its_progress() {
+    let (_demo, http, hub) = demo().await;
+    all_online(&http).await;
+    let (ok, out, err) = cli(&hub, &["scene", "run", "presentation"]).await;
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("step 1/3 set proj-1 power=on: running"),
+        "{out}"
+    );
+    assert!(
+        out.contains("step 2/3 wait until proj-1 power=on: done"),
+        "{out}"
+    );
+    assert!(
+        out.trim_end().ends_with("scene presentation: done"),
+        "{out}"
+    );
+    let (ok, _, err) = cli(&hub, &["scene", "run", "nope"]).await;
+    assert!(!ok);
+    assert!(err.contains("no scene `nope`"), "{err}");
+}
+
+#[tokio::test]
+async fn a_config_with_a_wrong_scene_is_refused_at_start() {
+    let config = patchbay_tests::temp_file(
+        "bad-scene.toml",
+        "[groups.front]\nids = [\"p1\"]\n\n[scenes.evening]\n[[scenes.evening.steps]]\ndelay_ms = 10\n[[scenes.evening.steps]]\ngroup = \"back\"\nset = { power = \"off\" }\n",
+    );
+    let out = tokio::process::Command::new(patchbay_tests::bin("patchbay-hub"))
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--memory-only",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad-scene.toml"), "{err}");
+    assert!(
+        err.contains("scenes.evening: step 2 (set group back power=off): no group `back`"),
+        "{err}"
+    );
+}

@@ -7,6 +7,7 @@
 
 pub mod fanout;
 pub mod groups;
+pub mod scenes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::server::{now_ms, ConnId, Hub, Origin};
+
+/// The tag a wire client sends `{"scene": NAME}` to, to run a scene.
+pub const SCENE_RUN: &str = "hub/scenes/run";
 
 /// The tag a wire client sends a group or room command to.
 pub const VENUE_SET: &str = "hub/venue/set";

@@ -156,6 +156,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a scene from the hub's config and show its progress live: `scene run presentation`.
+    Scene {
+        /// `run`.
+        #[arg(value_parser = ["run"])]
+        action: String,
+        /// Scene name.
+        name: String,
+        /// Print each progress update as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send a request to the owner of TAG and print the reply.
     Req {
         /// Concrete tag, e.g. `dev/proj-1/set`.
@@ -552,6 +563,74 @@ async fn set_many(
     Ok(())
 }
 
+/// Starts a scene and prints each step as it starts and ends, until the run ends.
+async fn run_scene(client: &Client, name: &str, json: bool) -> anyhow::Result<()> {
+    let opts = RequestOptions {
+        timeout: Some(Duration::from_secs(10)),
+        cid: None,
+    };
+    let started: Value = match client
+        .request_with(
+            "hub/scenes/run",
+            &Body::from(serde_json::json!({"scene": name})),
+            opts,
+        )
+        .await
+    {
+        Ok(reply) => reply.json()?,
+        Err(patchbay_client::Error::Hub(e)) => anyhow::bail!("scene {name}: {}", e.message),
+        Err(e) => return Err(e.into()),
+    };
+    let tag = started["tag"]
+        .as_str()
+        .context("no run tag in the answer")?
+        .to_owned();
+    eprintln!("scene {name}: run {}", started["run"]);
+    let mut sub = client.subscribe_with_snapshot([tag]).await?;
+    let mut shown: Vec<String> = Vec::new();
+    loop {
+        let m = tokio::select! {
+            m = sub.next() => m.context("the hub closed the connection")?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let run: Value = serde_json::from_str(m.body_str())?;
+        if json {
+            println!("{}", run);
+        }
+        let steps = run["steps"].as_array().cloned().unwrap_or_default();
+        shown.resize(steps.len(), String::new());
+        for (i, s) in steps.iter().enumerate() {
+            let status = s["status"].as_str().unwrap_or("").to_owned();
+            if status == shown[i] || status == "pending" {
+                continue;
+            }
+            if !json {
+                let detail = s["detail"]
+                    .as_str()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default();
+                say!(
+                    "step {}/{} {}: {status}{detail}",
+                    i + 1,
+                    steps.len(),
+                    s["what"].as_str().unwrap_or("")
+                );
+            }
+            shown[i] = status;
+        }
+        match run["status"].as_str() {
+            Some("running") => {}
+            Some("done") => {
+                if !json {
+                    say!("scene {name}: done");
+                }
+                return Ok(());
+            }
+            other => anyhow::bail!("scene {name}: {}", other.unwrap_or("ended")),
+        }
+    }
+}
+
 /// Asks the hub's journal (`hub/journal/<what>`), leaving out unset fields.
 async fn ask_journal(client: &Client, what: &str, mut q: Value) -> anyhow::Result<Value> {
     if let Some(m) = q.as_object_mut() {
@@ -878,6 +957,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_command(&c);
             }
         }
+        Command::Scene {
+            action: _,
+            name,
+            json,
+        } => run_scene(&client, &name, json).await?,
         Command::Req {
             tag,
             body,

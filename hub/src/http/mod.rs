@@ -10,6 +10,7 @@ mod events;
 mod groups;
 mod journal;
 mod ops;
+mod scenes;
 mod serve;
 mod ws;
 
@@ -50,6 +51,7 @@ fn cors(origins: &[String]) -> CorsLayer {
         .allow_origin(allow)
         .allow_methods([
             Method::GET,
+            Method::POST,
             Method::PATCH,
             Method::PUT,
             Method::DELETE,
@@ -93,6 +95,9 @@ pub fn router(hub: Arc<Hub>, shutdown: watch::Receiver<bool>) -> Router {
                 .delete(groups::delete)
                 .patch(groups::patch),
         )
+        .route("/api/scenes", get(scenes::list))
+        .route("/api/scenes/{name}/run", axum::routing::post(scenes::run))
+        .route("/api/scene-runs/{id}", get(scenes::show))
         .route("/api/agents", get(agents::list))
         .route("/api/openapi.json", get(ops::openapi))
         .route("/healthz", get(ops::healthz))

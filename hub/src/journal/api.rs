@@ -209,6 +209,7 @@ pub const AUDIT_KINDS: &[&str] = &[
     "group_defined",
     "group_deleted",
     "group_run",
+    "scene_run",
 ];
 
 impl Question {

@@ -632,6 +632,8 @@ pub struct Hub {
     instance: String,
     /// The journal on disk, when the hub keeps one.
     journal: Option<Arc<Journal>>,
+    /// Scene runs under way.
+    scenes: crate::automation::scenes::Runner,
 }
 
 impl Hub {
@@ -653,6 +655,7 @@ impl Hub {
             principals,
             instance: new_instance_id(),
             journal: None,
+            scenes: crate::automation::scenes::Runner::new(),
         })
     }
 
@@ -715,9 +718,15 @@ impl Hub {
             principals,
             instance: journal.instance().to_owned(),
             journal: Some(journal),
+            scenes: crate::automation::scenes::Runner::new(),
         });
         hub.audit_hub("hub_started", format!("instance {}", hub.instance));
         hub
+    }
+
+    /// Scene runs.
+    pub fn scenes(&self) -> &crate::automation::scenes::Runner {
+        &self.scenes
     }
 
     /// The journal, when the hub keeps one.

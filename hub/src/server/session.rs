@@ -332,6 +332,7 @@ impl Session {
                         None if tag == crate::automation::VENUE_SET => {
                             self.venue_command(body, rid)
                         }
+                        None if tag == crate::automation::SCENE_RUN => self.run_scene(body, rid),
                         None => {
                             self.hub
                                 .request(self.conn, &tag, body, rid, timeout, cid.as_deref())
@@ -358,6 +359,32 @@ impl Session {
             }
             ClientFrame::Pong => {}
         }
+        Ok(())
+    }
+
+    /// Starts a scene (`hub/scenes/run`); answers with the run's id at once,
+    /// or `not_found` / `busy` (already running).
+    fn run_scene(&self, body: &RawValue, rid: &RawValue) -> Result<(), OpError> {
+        use crate::automation::scenes::{RunError, RUNS_PREFIX};
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RunScene {
+            scene: String,
+        }
+        let q: RunScene = serde_json::from_str(body.get())
+            .map_err(|e| OpError::new(ErrorCode::BadFrame, format!("`hub/scenes/run`: {e}")))?;
+        self.hub.begin_own_answer(self.conn)?;
+        let who = self.hub.who(self.conn).unwrap_or_default();
+        let result = match self.hub.scenes().start(&self.hub, &q.scene, who) {
+            Ok(run) => {
+                let answer = serde_json::json!({"run": run, "tag": format!("{RUNS_PREFIX}/{run}")});
+                RawValue::from_string(answer.to_string())
+                    .map_err(|e| ErrorBody::new("internal", e.to_string()))
+            }
+            Err(e @ RunError::Unknown(_)) => Err(ErrorBody::new("not_found", e.to_string())),
+            Err(e @ RunError::Running(..)) => Err(ErrorBody::new("busy", e.to_string())),
+        };
+        self.hub.own_answer(self.conn, rid.to_owned(), result);
         Ok(())
     }
 

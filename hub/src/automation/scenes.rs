@@ -1,0 +1,575 @@
+//! Scenes: named, ordered steps (settings on a device, group or room; wait
+//! for a device to reach a state; a delay; steps in parallel), run on
+//! request. A run's progress is a retained message, `hub/scene-runs/<id>`,
+//! rewritten at every step, so anyone can follow it live or read it later.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::fanout;
+use super::groups::{self, GroupSpec};
+use crate::journal::Who;
+use crate::server::{now_ms, Hub, Origin};
+
+/// Where runs are published.
+pub const RUNS_PREFIX: &str = "hub/scene-runs";
+
+/// Runs kept as retained values; older ones are deleted.
+const RUNS_KEPT: usize = 200;
+
+/// How often a `wait` step looks at the device.
+const WAIT_POLL: Duration = Duration::from_millis(100);
+
+/// What a failed step does to the rest of the scene.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Stop: the remaining steps are skipped.
+    #[default]
+    Stop,
+    /// Go on with the next step.
+    Continue,
+}
+
+/// One step. Exactly one of `set`, `wait`, `delay_ms` or `parallel`; `set`
+/// names one of `device`, `group` or `room`, `wait` a `device`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// The device a `set` or `wait` is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// The group a `set` is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The room a `set` is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    /// Settings to send, e.g. `{power = "on"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub set: Option<Map<String, Value>>,
+    /// State to wait for, e.g. `{power = "on"}` (every field must match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub wait: Option<Map<String, Value>>,
+    /// How long a `set` or `wait` may take, in milliseconds (default 120000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// A pause, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// Steps run at the same time; the step fails if any of them does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<Vec<Step>>,
+    /// What this step's failure does (default: the scene's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_error: Option<OnError>,
+}
+
+/// A scene.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scene {
+    /// A name for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// What a failed step does (default `stop`).
+    #[serde(default)]
+    pub on_error: OnError,
+    /// May two runs overlap? (default no: a second gets 409)
+    #[serde(default)]
+    pub allow_concurrent: bool,
+    /// The steps, in order.
+    pub steps: Vec<Step>,
+}
+
+const DEFAULT_TIMEOUT_MS: u64 = 120_000;
+
+impl Step {
+    /// What the step does, in words.
+    pub fn describe(&self) -> String {
+        let target = match (&self.device, &self.group, &self.room) {
+            (Some(d), _, _) => d.clone(),
+            (_, Some(g), _) => format!("group {g}"),
+            (_, _, Some(r)) => format!("room {r}"),
+            _ => String::new(),
+        };
+        let fields = |m: &Map<String, Value>| {
+            m.iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => format!("{k}={s}"),
+                    v => format!("{k}={v}"),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        if let Some(s) = &self.set {
+            format!("set {target} {}", fields(s))
+        } else if let Some(w) = &self.wait {
+            format!("wait until {target} {}", fields(w))
+        } else if let Some(ms) = self.delay_ms {
+            format!("wait {ms} ms")
+        } else if let Some(p) = &self.parallel {
+            format!(
+                "at once: {}",
+                p.iter().map(Step::describe).collect::<Vec<_>>().join("; ")
+            )
+        } else {
+            String::new()
+        }
+    }
+
+    /// Refuses a step that does not say one thing clearly; `groups` are the known groups.
+    pub fn check(&self, groups: &dyn Fn(&str) -> bool) -> Result<(), String> {
+        let actions = [
+            self.set.is_some(),
+            self.wait.is_some(),
+            self.delay_ms.is_some(),
+            self.parallel.is_some(),
+        ];
+        if actions.iter().filter(|a| **a).count() != 1 {
+            return Err(
+                "a step does exactly one of `set`, `wait`, `delay_ms` or `parallel`".into(),
+            );
+        }
+        let targets = [&self.device, &self.group, &self.room]
+            .iter()
+            .filter(|t| t.is_some())
+            .count();
+        if let Some(s) = &self.set {
+            if targets != 1 {
+                return Err("a `set` step names one of `device`, `group` or `room`".into());
+            }
+            if s.is_empty() {
+                return Err("`set` names no setting".into());
+            }
+        }
+        if let Some(w) = &self.wait {
+            if self.device.is_none() || targets != 1 {
+                return Err("a `wait` step names a `device`".into());
+            }
+            if w.is_empty() {
+                return Err("`wait` names no state field".into());
+            }
+        }
+        if (self.delay_ms.is_some() || self.parallel.is_some()) && targets != 0 {
+            return Err("a `delay_ms` or `parallel` step names no device, group or room".into());
+        }
+        if let Some(d) = &self.device {
+            crate::tag::validate_tag(&format!("dev/{d}"))
+                .map_err(|e| format!("`device`: `{d}` is not a device id: {e}"))?;
+        }
+        if let Some(g) = &self.group {
+            if !groups(g) {
+                return Err(format!("no group `{g}`"));
+            }
+        }
+        if self.timeout_ms == Some(0) {
+            return Err("`timeout_ms` must be greater than 0".into());
+        }
+        if let Some(p) = &self.parallel {
+            if p.is_empty() {
+                return Err("`parallel` lists no steps".into());
+            }
+            for (i, s) in p.iter().enumerate() {
+                s.check(groups).map_err(|e| format!("parallel[{i}]: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Scene {
+    /// Refuses a scene with no steps or a step that is wrong, naming the step.
+    pub fn check(&self, groups: &dyn Fn(&str) -> bool) -> Result<(), String> {
+        if self.steps.is_empty() {
+            return Err("a scene needs at least one step".into());
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            s.check(groups)
+                .map_err(|e| format!("step {} ({}): {e}", i + 1, s.describe()))?;
+        }
+        Ok(())
+    }
+}
+
+/// One step of a run, as it is published.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct StepProgress {
+    /// The step, in words.
+    pub what: String,
+    /// `pending`, `running`, `done`, `failed` or `skipped`.
+    pub status: String,
+    /// When it started (Unix ms).
+    pub started: Option<u64>,
+    /// When it ended (Unix ms).
+    pub finished: Option<u64>,
+    /// What happened, in words (for a failure: why).
+    pub detail: Option<String>,
+}
+
+/// A run of a scene, as it is published at `hub/scene-runs/<id>`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Run {
+    /// The run's id.
+    pub id: u64,
+    /// The scene.
+    pub scene: String,
+    /// `running`, `done`, or `failed` (a step failed; see the steps).
+    pub status: String,
+    /// Who started it.
+    pub who: Who,
+    /// When it started (Unix ms).
+    pub started: u64,
+    /// When it ended (Unix ms).
+    pub finished: Option<u64>,
+    /// Each step.
+    pub steps: Vec<StepProgress>,
+}
+
+/// Why a run did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No such scene.
+    #[error("no scene `{0}`")]
+    Unknown(String),
+    /// It is already running and does not allow a second run.
+    #[error("scene `{0}` is already running (run {1}); it does not allow two runs at once")]
+    Running(String, u64),
+}
+
+/// Starts runs and keeps track of the ones under way.
+#[derive(Default)]
+pub struct Runner {
+    next: AtomicU64,
+    running: Mutex<BTreeMap<String, HashSet<u64>>>,
+    kept: Mutex<std::collections::VecDeque<u64>>,
+}
+
+impl Runner {
+    /// A runner whose run ids start after any a previous hub instance used.
+    pub fn new() -> Self {
+        Runner {
+            next: AtomicU64::new(now_ms()),
+            ..Runner::default()
+        }
+    }
+
+    /// Starts scene `name` for `who`; returns the run's id at once.
+    pub fn start(&self, hub: &Arc<Hub>, name: &str, who: Who) -> Result<u64, RunError> {
+        let scene = hub
+            .config()
+            .scenes
+            .get(name)
+            .cloned()
+            .ok_or_else(|| RunError::Unknown(name.to_owned()))?;
+        let id = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            let runs = running.entry(name.to_owned()).or_default();
+            if let (false, Some(other)) = (scene.allow_concurrent, runs.iter().next()) {
+                return Err(RunError::Running(name.to_owned(), *other));
+            }
+            let id = self.next.fetch_add(1, Ordering::Relaxed);
+            runs.insert(id);
+            id
+        };
+        let run = Run {
+            id,
+            scene: name.to_owned(),
+            status: "running".into(),
+            who: who.clone(),
+            started: now_ms(),
+            finished: None,
+            steps: scene
+                .steps
+                .iter()
+                .map(|s| StepProgress {
+                    what: s.describe(),
+                    status: "pending".into(),
+                    started: None,
+                    finished: None,
+                    detail: None,
+                })
+                .collect(),
+        };
+        publish(hub, &run);
+        hub.audit(
+            "scene_run",
+            who,
+            format!("scene {name}"),
+            format!("run {id} started"),
+        );
+        let hub = hub.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let run = execute(&hub, scene, run).await;
+            let runner = hub.scenes();
+            runner
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(name.clone())
+                .or_default()
+                .remove(&run.id);
+            runner.keep(&hub, run.id);
+            tracing::info!(scene = %name, run = run.id, status = %run.status, "scene run ended");
+        });
+        Ok(id)
+    }
+
+    /// Keeps the newest runs retained and deletes the oldest.
+    fn keep(&self, hub: &Hub, id: u64) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.push_back(id);
+        while kept.len() > RUNS_KEPT {
+            if let Some(old) = kept.pop_front() {
+                hub.publish_as_hub(
+                    &format!("{RUNS_PREFIX}/{old}"),
+                    serde_json::value::RawValue::NULL,
+                    true,
+                );
+            }
+        }
+    }
+}
+
+fn publish(hub: &Hub, run: &Run) {
+    let text = serde_json::to_string(run).expect("a run serializes");
+    let raw = serde_json::value::RawValue::from_string(text).expect("valid JSON");
+    hub.publish_as_hub(&format!("{RUNS_PREFIX}/{}", run.id), &raw, true);
+}
+
+/// Runs the steps in order, publishing progress; returns the final run.
+async fn execute(hub: &Arc<Hub>, scene: Scene, mut run: Run) -> Run {
+    let origin = Origin {
+        who: run.who.clone(),
+        received_ms: now_ms(),
+    };
+    let mut stopped = false;
+    for (i, step) in scene.steps.iter().enumerate() {
+        if stopped {
+            run.steps[i].status = "skipped".into();
+            run.steps[i].detail = Some("an earlier step failed".into());
+            continue;
+        }
+        run.steps[i].status = "running".into();
+        run.steps[i].started = Some(now_ms());
+        publish(hub, &run);
+        let cid = format!("scene-{}-{}", run.id, i + 1);
+        let result = step_result(hub, step, &cid, &origin).await;
+        let p = &mut run.steps[i];
+        p.finished = Some(now_ms());
+        match result {
+            Ok(detail) => {
+                p.status = "done".into();
+                p.detail = detail;
+            }
+            Err(why) => {
+                p.status = "failed".into();
+                p.detail = Some(why);
+                run.status = "failed".into();
+                stopped = step.on_error.unwrap_or(scene.on_error) == OnError::Stop;
+            }
+        }
+        publish(hub, &run);
+    }
+    if run.status == "running" {
+        run.status = "done".into();
+    }
+    run.finished = Some(now_ms());
+    publish(hub, &run);
+    run
+}
+
+/// Runs one step; `Ok` carries what happened, `Err` why it failed.
+fn step_result<'a>(
+    hub: &'a Arc<Hub>,
+    step: &'a Step,
+    cid: &'a str,
+    origin: &'a Origin,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<String>, String>> + Send + 'a>>
+{
+    Box::pin(async move {
+        let timeout = Duration::from_millis(step.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
+        if let Some(ms) = step.delay_ms {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            return Ok(None);
+        }
+        if let Some(parallel) = &step.parallel {
+            let runs = parallel.iter().enumerate().map(|(i, s)| async move {
+                let cid = format!("{cid}.{}", i + 1);
+                step_result(hub, s, &cid, origin)
+                    .await
+                    .map_err(|e| format!("{}: {e}", s.describe()))
+            });
+            let results = futures_util::future::join_all(runs).await;
+            let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+            return if failures.is_empty() {
+                Ok(None)
+            } else {
+                Err(failures.join("; "))
+            };
+        }
+        if let Some(want) = &step.wait {
+            let id = step.device.as_deref().unwrap_or_default();
+            return wait_for(hub, id, want, timeout).await;
+        }
+        let settings = step.set.clone().unwrap_or_default();
+        let spec = match (&step.device, &step.group, &step.room) {
+            (Some(d), _, _) => GroupSpec {
+                ids: vec![d.clone()],
+                ..GroupSpec::default()
+            },
+            (_, Some(g), _) => groups::find(hub, g)
+                .map(|(_, s)| s)
+                .ok_or_else(|| format!("no group `{g}`"))?,
+            (_, _, Some(r)) => GroupSpec {
+                location: Some(r.clone()),
+                ..GroupSpec::default()
+            },
+            _ => return Err("the step names no device, group or room".into()),
+        };
+        let members: Vec<_> = groups::all_devices(hub)
+            .into_iter()
+            .filter(|d| spec.matches(d))
+            .collect();
+        if members.is_empty() {
+            return Err("no device matches".into());
+        }
+        let out = fanout::run(
+            hub.clone(),
+            members,
+            settings,
+            timeout,
+            cid.to_owned(),
+            Some(origin.clone()),
+            hub.config().group_concurrency,
+        )
+        .await;
+        let failed: Vec<String> = out
+            .members
+            .iter()
+            .filter(|m| m.outcome == "failed")
+            .map(|m| {
+                let why = m
+                    .error
+                    .as_ref()
+                    .and_then(|e| e.get("message"))
+                    .and_then(Value::as_str);
+                format!("{}: {}", m.id, why.unwrap_or("failed"))
+            })
+            .collect();
+        if out.confirmed == 0 && failed.is_empty() {
+            return Err("no device has these settings".into());
+        }
+        if failed.is_empty() {
+            Ok(Some(format!("{} confirmed", out.confirmed)))
+        } else {
+            Err(failed.join("; "))
+        }
+    })
+}
+
+/// Waits until every field of `want` is in the device's state.
+async fn wait_for(
+    hub: &Hub,
+    id: &str,
+    want: &Map<String, Value>,
+    timeout: Duration,
+) -> Result<Option<String>, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let rec = hub.device(id);
+        let parse = |r: &Option<crate::server::Retained>| {
+            r.as_ref()
+                .and_then(|r| serde_json::from_str::<Value>(r.body()).ok())
+        };
+        if rec.meta.is_none() {
+            return Err(format!("no device `{id}`"));
+        }
+        let online = parse(&rec.online);
+        if online.as_ref().and_then(|o| o.get("online")) == Some(&Value::Bool(false)) {
+            let why = online
+                .as_ref()
+                .and_then(|o| o.get("reason"))
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given")
+                .to_owned();
+            return Err(format!("device `{id}` is offline: {why}"));
+        }
+        let state = parse(&rec.state).unwrap_or(Value::Null);
+        if want.iter().all(|(k, v)| state.get(k) == Some(v)) {
+            return Ok(None);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let now: Vec<String> = want
+                .keys()
+                .map(|k| {
+                    format!(
+                        "{k}={}",
+                        state.get(k).map_or("unknown".into(), |v| v.to_string())
+                    )
+                })
+                .collect();
+            return Err(format!(
+                "`{id}` did not reach the state within {} ms (it is {})",
+                timeout.as_millis(),
+                now.join(" ")
+            ));
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(toml_text: &str) -> Step {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn steps_say_one_thing() {
+        let known = |g: &str| g == "projectors";
+        assert!(step("device = 'p1'\nset = { power = 'on' }")
+            .check(&known)
+            .is_ok());
+        assert!(step("group = 'projectors'\nset = { power = 'off' }")
+            .check(&known)
+            .is_ok());
+        assert!(
+            step("device = 'p1'\nwait = { power = 'on' }\ntimeout_ms = 60000")
+                .check(&known)
+                .is_ok()
+        );
+        assert!(step("delay_ms = 500").check(&known).is_ok());
+        let err = |t: &str| step(t).check(&known).unwrap_err();
+        assert!(err("group = 'nope'\nset = { power = 'off' }").contains("no group `nope`"));
+        assert!(err("device = 'p1'\nset = { power = 'on' }\ndelay_ms = 5").contains("exactly one"));
+        assert!(err("room = 'Hall'\nwait = { power = 'on' }").contains("names a `device`"));
+        assert!(err("set = { power = 'on' }").contains("names one of"));
+        assert!(
+            err("parallel = [{ group = 'nope', set = { power = 'on' } }]")
+                .contains("parallel[0]: no group")
+        );
+        let scene = Scene {
+            steps: vec![
+                step("delay_ms = 1"),
+                step("group = 'x'\nset = { power = 'on' }"),
+            ],
+            ..Scene::default()
+        };
+        let e = scene.check(&known).unwrap_err();
+        assert!(
+            e.starts_with("step 2 (set group x power=on): no group `x`"),
+            "{e}"
+        );
+    }
+}
