@@ -155,6 +155,20 @@ group = "all"
 set = { power = "off" }
 "#;
 
+/// The demo's alert rules (`lamp-error on` through a simulator's control raises one).
+const DEMO_ALERTS: &str = r#"
+[lamp-hours]
+label = "Lamp due for replacement"
+field = "lamp_hours"
+above = 2000
+[device-errors]
+label = "Projector reports an error"
+errors = ["fan", "lamp", "temperature", "cover", "filter", "other"]
+[offline]
+label = "Device offline"
+offline_minutes = 2
+"#;
+
 /// The demo's groups: its projectors, and everything.
 fn demo_groups() -> std::collections::BTreeMap<String, patchbay_hub::automation::groups::GroupSpec>
 {
@@ -194,6 +208,7 @@ pub async fn run(opts: DemoOptions, shutdown: watch::Receiver<bool>) -> anyhow::
         data_dir: Some(data),
         groups: demo_groups(),
         scenes: toml::from_str(DEMO_SCENES)?,
+        alerts: toml::from_str(DEMO_ALERTS)?,
         ..HubConfig::default()
     };
     config

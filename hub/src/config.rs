@@ -127,6 +127,8 @@ pub struct HubConfig {
     pub group_concurrency: usize,
     /// Scenes by name (`[scenes.<name>]` with `[[scenes.<name>.steps]]`).
     pub scenes: std::collections::BTreeMap<String, crate::automation::scenes::Scene>,
+    /// Alert rules by name (`[alerts.<name>]`).
+    pub alerts: std::collections::BTreeMap<String, crate::automation::alerts::Rule>,
 }
 
 impl Default for HubConfig {
@@ -165,6 +167,7 @@ impl Default for HubConfig {
             groups: Default::default(),
             group_concurrency: 32,
             scenes: Default::default(),
+            alerts: Default::default(),
         }
     }
 }
@@ -275,6 +278,15 @@ impl HubConfig {
             scene
                 .check(&known_group)
                 .map_err(|e| format!("scenes.{name}: {e}"))?;
+        }
+        for (name, rule) in &self.alerts {
+            if !crate::automation::groups::valid_name(name) {
+                return Err(format!(
+                    "alerts.{name}: a rule name is 1 to 64 letters, digits, `-`, `_` or `.`"
+                ));
+            }
+            rule.check(&known_group)
+                .map_err(|e| format!("alerts.{name}: {e}"))?;
         }
         for (i, t) in self.tokens.iter().enumerate() {
             if t.token.len() < 8 {

@@ -353,6 +353,60 @@ async fn console_lists_controls_and_reports_devices() {
         "{classroom}"
     );
 
+    // A projector reports a lamp error: an alert opens in the Alerts panel,
+    // an operator acknowledges it, and it closes when the error clears.
+    let control = |cmd: &'static str| {
+        let ctl = &ctl;
+        async move {
+            let opts = RequestOptions {
+                timeout: Some(WAIT),
+                cid: None,
+            };
+            ctl.request_with("sim/proj-1/control", &Body::from(json!(cmd)), opts)
+                .await
+                .unwrap();
+        }
+    };
+    control("lamp-error on").await;
+    let alert = text_until(
+        &c,
+        "#alerts li[data-alert='device-errors/proj-1']",
+        "the lamp alert",
+        |t| t.contains("lamp"),
+    )
+    .await;
+    assert!(alert.contains("Acknowledge"), "{alert}");
+    c.execute(
+        "document.querySelector(\"#alerts li[data-alert='device-errors/proj-1'] button\").click();",
+        vec![],
+    )
+    .await
+    .unwrap();
+    text_until(
+        &c,
+        "#alerts li[data-alert='device-errors/proj-1']",
+        "the acknowledgement",
+        |t| t.contains("acknowledged by console"),
+    )
+    .await;
+    control("lamp-error off").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while c
+        .execute(
+            "return document.querySelector('#alerts-panel').hidden",
+            vec![],
+        )
+        .await
+        .unwrap()
+        != json!(true)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the alert never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Details shows the device's memory from the hub's journal: the
     // command sent above with who sent it, the history, and the usage chart.
     c.execute(

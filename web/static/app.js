@@ -6,7 +6,9 @@
 // tick redraws those cards. The initial snapshot is drawn once, at its end.
 "use strict";
 
-const TAGS = "dev/+/meta,dev/+/state,dev/+/online,dev/+/event";
+const TAGS = "dev/+/meta,dev/+/state,dev/+/online,dev/+/event,alert/+/+";
+// Open alerts by their tag (`alert/<rule>/<device>`).
+const alerts = new Map();
 const devices = new Map(); // id -> {meta, state, online, events: [], busy, outcome, search}
 const cards = new Map(); // id -> card element
 const dirty = new Set(); // ids to redraw on the next tick
@@ -113,13 +115,51 @@ function forgetEverything() {
   devices.clear();
   cards.clear();
   dirty.clear();
+  alerts.clear();
+  renderAlerts();
   $("#locations").replaceChildren();
+}
+
+// The open alerts, newest first, each with Acknowledge until someone has.
+function renderAlerts() {
+  const list = $("#alerts");
+  const items = [...alerts.values()].sort((a, b) => b.since - a.since);
+  $("#alerts-panel").hidden = items.length === 0;
+  list.replaceChildren(...items.map((a) => {
+    const at = new Date(a.since);
+    const ack = a.state === "acknowledged"
+      ? el("span", { class: "sub" }, `acknowledged by ${a.acknowledged_by || "someone"}`)
+      : el("button", { type: "button", class: "ghost", onclick: () => acknowledge(a) }, "Acknowledge");
+    return el("li", { class: `alert ${a.state}`, "data-alert": `${a.rule}/${a.device}` },
+      el("time", { datetime: at.toISOString() }, at.toLocaleString()),
+      el("strong", {}, a.device), el("span", {}, `${a.rule}: ${a.message}`), ack);
+  }));
+}
+
+async function acknowledge(a) {
+  const res = await fetch(`/api/alerts/${encodeURIComponent(a.rule)}/${encodeURIComponent(a.device)}/ack`, {
+    method: "POST",
+    headers: headers({ "X-Client-Name": "console" }),
+  });
+  if (!res.ok) {
+    const body = await res.json().catch(() => ({}));
+    log(a.device, `acknowledge failed: ${body.error ? body.error.message : res.statusText}`, null, Date.now());
+  }
 }
 
 const searchText = (m) => [m.id, m.name, m.location, m.model, m.manufacturer, m.driver].map((f) => String(f || "")).join("\n").toLowerCase();
 
 function onMessage(m) {
   const parts = m.tag.split("/");
+  if (parts[0] === "alert") {
+    if (m.body === null) alerts.delete(m.tag);
+    else {
+      if (!loading && !alerts.has(m.tag)) log(m.body.device, `alert: ${m.body.message}`, null, m.time);
+      alerts.set(m.tag, m.body);
+    }
+    renderAlerts();
+    return;
+  }
   if (parts.length !== 3 || parts[0] !== "dev") return;
   const [, id, kind] = parts;
   const d = device(id);

@@ -5,6 +5,7 @@
 //! its own device command, so the journal records every one with the
 //! operator who sent the group command.
 
+pub mod alerts;
 pub mod fanout;
 pub mod groups;
 pub mod scenes;

@@ -3,6 +3,7 @@
 //! metrics, and the operator console.
 
 mod agents;
+mod alerts;
 mod auth;
 mod devices;
 mod error;
@@ -98,6 +99,11 @@ pub fn router(hub: Arc<Hub>, shutdown: watch::Receiver<bool>) -> Router {
         .route("/api/scenes", get(scenes::list))
         .route("/api/scenes/{name}/run", axum::routing::post(scenes::run))
         .route("/api/scene-runs/{id}", get(scenes::show))
+        .route("/api/alerts", get(alerts::list))
+        .route(
+            "/api/alerts/{rule}/{device}/ack",
+            axum::routing::post(alerts::acknowledge),
+        )
         .route("/api/agents", get(agents::list))
         .route("/api/openapi.json", get(ops::openapi))
         .route("/healthz", get(ops::healthz))

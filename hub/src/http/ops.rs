@@ -307,6 +307,8 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         super::scenes::list,
         super::scenes::run,
         super::scenes::show,
+        super::alerts::list,
+        super::alerts::acknowledge,
         healthz,
         metrics,
         openapi,
@@ -338,6 +340,8 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         crate::automation::scenes::Run,
         crate::automation::scenes::StepProgress,
         super::scenes::SceneInfo,
+        crate::automation::alerts::Alert,
+        crate::automation::alerts::Rule,
         super::scenes::RunStarted,
         Health,
         JournalHealth

@@ -210,6 +210,9 @@ pub const AUDIT_KINDS: &[&str] = &[
     "group_deleted",
     "group_run",
     "scene_run",
+    "alert_opened",
+    "alert_acknowledged",
+    "alert_closed",
 ];
 
 impl Question {

@@ -30,6 +30,7 @@ pub async fn serve(
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let timer = tokio::spawn(hub.clone().run_request_timer());
+    let alerts = tokio::spawn(crate::automation::alerts::run(hub.clone(), stop_rx.clone()));
     let http = http.map(|l| tokio::spawn(crate::http::serve(hub.clone(), l, stop_rx.clone())));
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
@@ -68,6 +69,7 @@ pub async fn serve(
         }
     }
     timer.abort();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, alerts).await;
     if let Some(j) = hub.journal() {
         hub.audit_hub("hub_stopped", "shut down".into());
         j.close();
