@@ -209,6 +209,9 @@ pub async fn run(opts: DemoOptions, shutdown: watch::Receiver<bool>) -> anyhow::
         groups: demo_groups(),
         scenes: toml::from_str(DEMO_SCENES)?,
         alerts: toml::from_str(DEMO_ALERTS)?,
+        schedules: toml::from_str(
+            "[night]\nlabel = \"All off at night\"\ncron = \"0 23 * * *\"\ntimezone = \"UTC\"\nscene = \"all-off\"\n",
+        )?,
         ..HubConfig::default()
     };
     config

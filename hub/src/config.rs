@@ -129,6 +129,8 @@ pub struct HubConfig {
     pub scenes: std::collections::BTreeMap<String, crate::automation::scenes::Scene>,
     /// Alert rules by name (`[alerts.<name>]`).
     pub alerts: std::collections::BTreeMap<String, crate::automation::alerts::Rule>,
+    /// Schedules by name (`[schedules.<name>]`).
+    pub schedules: std::collections::BTreeMap<String, crate::automation::schedules::Schedule>,
 }
 
 impl Default for HubConfig {
@@ -168,6 +170,7 @@ impl Default for HubConfig {
             group_concurrency: 32,
             scenes: Default::default(),
             alerts: Default::default(),
+            schedules: Default::default(),
         }
     }
 }
@@ -278,6 +281,17 @@ impl HubConfig {
             scene
                 .check(&known_group)
                 .map_err(|e| format!("scenes.{name}: {e}"))?;
+        }
+        let known_scene = |s: &str| self.scenes.contains_key(s);
+        for (name, schedule) in &self.schedules {
+            if !crate::automation::groups::valid_name(name) {
+                return Err(format!(
+                    "schedules.{name}: a schedule name is 1 to 64 letters, digits, `-`, `_` or `.`"
+                ));
+            }
+            schedule
+                .check(&known_scene, &known_group)
+                .map_err(|e| format!("schedules.{name}: {e}"))?;
         }
         for (name, rule) in &self.alerts {
             if !crate::automation::groups::valid_name(name) {

@@ -9,6 +9,7 @@ pub mod alerts;
 pub mod fanout;
 pub mod groups;
 pub mod scenes;
+pub mod schedules;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -99,6 +99,7 @@ pub fn router(hub: Arc<Hub>, shutdown: watch::Receiver<bool>) -> Router {
         .route("/api/scenes", get(scenes::list))
         .route("/api/scenes/{name}/run", axum::routing::post(scenes::run))
         .route("/api/scene-runs/{id}", get(scenes::show))
+        .route("/api/schedules", get(scenes::schedules))
         .route("/api/alerts", get(alerts::list))
         .route(
             "/api/alerts/{rule}/{device}/ack",

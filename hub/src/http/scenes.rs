@@ -121,3 +121,53 @@ pub async fn show(
     )
         .into_response())
 }
+
+/// A schedule with its next runs and what it did.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ScheduleInfo {
+    /// Its name.
+    pub name: String,
+    /// Its definition.
+    pub schedule: crate::automation::schedules::Schedule,
+    /// What it does, in words.
+    pub action: String,
+    /// The next three run times (RFC 3339, UTC).
+    pub next: Vec<String>,
+    /// The same, in Unix ms.
+    pub next_ms: Vec<u64>,
+    /// Its last run and the runs it missed, when the scheduler has looked at it.
+    pub state: Option<crate::automation::schedules::ScheduleState>,
+}
+
+/// Every schedule from the config, with its next run times, its last run and
+/// the runs it missed (after downtime they are reported, never run late).
+#[utoipa::path(get, path = "/api/schedules", tag = "venue",
+    responses((status = 200, body = Vec<ScheduleInfo>), (status = 401, body = ErrorResponse)))]
+pub async fn schedules(State(st): State<AppState>, _caller: Caller) -> Json<Vec<ScheduleInfo>> {
+    use crate::automation::schedules::{parse_cron, parse_zone, state_of, upcoming};
+    let now = chrono::Utc::now();
+    Json(
+        st.hub
+            .config()
+            .schedules
+            .iter()
+            .map(|(name, s)| {
+                let next = match (parse_cron(&s.cron), parse_zone(&s.timezone)) {
+                    (Ok(c), Ok(z)) => upcoming(&c, z, now, 3),
+                    _ => Vec::new(),
+                };
+                ScheduleInfo {
+                    name: name.clone(),
+                    schedule: s.clone(),
+                    action: s.action(),
+                    next: next.iter().map(|t| t.to_rfc3339()).collect(),
+                    next_ms: next
+                        .iter()
+                        .map(|t| t.timestamp_millis().max(0) as u64)
+                        .collect(),
+                    state: state_of(&st.hub, name),
+                }
+            })
+            .collect(),
+    )
+}

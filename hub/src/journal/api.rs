@@ -213,6 +213,8 @@ pub const AUDIT_KINDS: &[&str] = &[
     "alert_opened",
     "alert_acknowledged",
     "alert_closed",
+    "schedule_run",
+    "schedule_missed",
 ];
 
 impl Question {

@@ -31,6 +31,11 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let timer = tokio::spawn(hub.clone().run_request_timer());
     let alerts = tokio::spawn(crate::automation::alerts::run(hub.clone(), stop_rx.clone()));
+    let schedules = tokio::spawn(crate::automation::schedules::run(
+        hub.clone(),
+        stop_rx.clone(),
+        chrono::Utc::now,
+    ));
     let http = http.map(|l| tokio::spawn(crate::http::serve(hub.clone(), l, stop_rx.clone())));
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
@@ -70,6 +75,7 @@ pub async fn serve(
     }
     timer.abort();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, alerts).await;
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, schedules).await;
     if let Some(j) = hub.journal() {
         hub.audit_hub("hub_stopped", "shut down".into());
         j.close();
