@@ -407,6 +407,54 @@ async fn console_lists_controls_and_reports_devices() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // The Scenes panel runs a scene and follows it to the end; the
+    // schedules show their next run.
+    let night = text_until(
+        &c,
+        "#schedules li[data-schedule='night']",
+        "the night schedule",
+        |t| t.contains("next"),
+    )
+    .await;
+    assert!(
+        night.contains("All off at night") && night.contains("scene all-off"),
+        "{night}"
+    );
+    c.execute(
+        "document.querySelector(\"#scenes li[data-scene='presentation'] button\").click();",
+        vec![],
+    )
+    .await
+    .unwrap();
+    text_until(
+        &c,
+        "#scenes li[data-scene='presentation'] .scene-progress",
+        "the scene running",
+        |t| t.starts_with("Running") || t.starts_with("Done"),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    loop {
+        let t = c
+            .find(Locator::Css(
+                "#scenes li[data-scene='presentation'] .scene-progress",
+            ))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if t.starts_with("Done") {
+            break;
+        }
+        assert!(!t.starts_with("Failed"), "{t}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the scene never finished: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Details shows the device's memory from the hub's journal: the
     // command sent above with who sent it, the history, and the usage chart.
     c.execute(

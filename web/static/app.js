@@ -6,7 +6,10 @@
 // tick redraws those cards. The initial snapshot is drawn once, at its end.
 "use strict";
 
-const TAGS = "dev/+/meta,dev/+/state,dev/+/online,dev/+/event,alert/+/+";
+const TAGS = "dev/+/meta,dev/+/state,dev/+/online,dev/+/event,alert/+/+,hub/scene-runs/+";
+// Scenes from the hub's config, and each scene's latest run.
+let scenes = [];
+const latestRun = new Map();
 // Open alerts by their tag (`alert/<rule>/<device>`).
 const alerts = new Map();
 const devices = new Map(); // id -> {meta, state, online, events: [], busy, outcome, search}
@@ -67,6 +70,59 @@ async function start() {
     return;
   }
   openStream(false);
+  loadVenue();
+}
+
+// Scenes (with Run and the latest run's progress) and schedules (with their next run).
+async function loadVenue() {
+  try {
+    const [sc, sch] = await Promise.all(["/api/scenes", "/api/schedules"].map((p) => fetch(p, { headers: headers() }).then((r) => r.json())));
+    scenes = Array.isArray(sc) ? sc : [];
+    renderScenes();
+    const list = $("#schedules");
+    list.replaceChildren(...(Array.isArray(sch) ? sch : []).map((s) => {
+      const next = s.next_ms && s.next_ms.length ? new Date(s.next_ms[0]) : null;
+      const missed = s.state && s.state.missed_total ? ` · ${s.state.missed_total} missed while the hub was down` : "";
+      return el("li", { "data-schedule": s.name }, el("strong", {}, s.schedule.label || s.name),
+        el("span", { class: "sub" }, ` ${s.action} · next ${next ? next.toLocaleString() : "never"}${missed}`));
+    }));
+    $("#venue-panel").hidden = scenes.length === 0 && list.children.length === 0;
+  } catch {
+    // The panel stays hidden; devices still work.
+  }
+}
+
+function runText(run) {
+  if (!run) return "";
+  const current = run.steps.findIndex((s) => s.status === "running");
+  const failed = run.steps.findIndex((s) => s.status === "failed");
+  if (run.status === "running") return current >= 0 ? `Running: step ${current + 1}/${run.steps.length} ${run.steps[current].what}` : "Running…";
+  if (run.status === "done") return `Done at ${new Date(run.finished).toLocaleTimeString()}`;
+  return `Failed: step ${failed + 1} ${run.steps[failed].what}: ${run.steps[failed].detail || "failed"}`;
+}
+
+function renderScenes() {
+  const list = $("#scenes");
+  list.replaceChildren(...scenes.map((s) => {
+    const run = latestRun.get(s.name);
+    const running = run && run.status === "running";
+    return el("li", { "data-scene": s.name },
+      el("strong", {}, s.scene.label || s.name),
+      el("button", { type: "button", class: "ghost", disabled: running, onclick: () => runScene(s.name) }, "Run"),
+      el("span", { class: `scene-progress sub ${run ? run.status : ""}`, role: "status", "aria-live": "polite" }, runText(run)));
+  }));
+  if (scenes.length) $("#venue-panel").hidden = false;
+}
+
+async function runScene(name) {
+  const res = await fetch(`/api/scenes/${encodeURIComponent(name)}/run`, { method: "POST", headers: headers({ "X-Client-Name": "console" }) });
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) {
+    const li = document.querySelector(`#scenes li[data-scene="${CSS.escape(name)}"] .scene-progress`);
+    if (li) li.textContent = `Not started: ${body.error ? body.error.message : res.statusText}`;
+    return;
+  }
+  log(name, `scene run ${body.run} started`, null, Date.now());
 }
 
 function openStream(resume) {
@@ -151,6 +207,14 @@ const searchText = (m) => [m.id, m.name, m.location, m.model, m.manufacturer, m.
 
 function onMessage(m) {
   const parts = m.tag.split("/");
+  if (parts[0] === "hub" && parts[1] === "scene-runs") {
+    const run = m.body;
+    if (run && (!latestRun.has(run.scene) || latestRun.get(run.scene).id <= run.id)) {
+      latestRun.set(run.scene, run);
+      renderScenes();
+    }
+    return;
+  }
   if (parts[0] === "alert") {
     if (m.body === null) alerts.delete(m.tag);
     else {
