@@ -129,6 +129,8 @@ pub struct HubConfig {
     pub scenes: std::collections::BTreeMap<String, crate::automation::scenes::Scene>,
     /// Alert rules by name (`[alerts.<name>]`).
     pub alerts: std::collections::BTreeMap<String, crate::automation::alerts::Rule>,
+    /// How long one webhook delivery attempt may take, in milliseconds.
+    pub webhook_timeout_ms: u64,
     /// Schedules by name (`[schedules.<name>]`).
     pub schedules: std::collections::BTreeMap<String, crate::automation::schedules::Schedule>,
 }
@@ -171,6 +173,7 @@ impl Default for HubConfig {
             scenes: Default::default(),
             alerts: Default::default(),
             schedules: Default::default(),
+            webhook_timeout_ms: 5_000,
         }
     }
 }
@@ -253,6 +256,7 @@ impl HubConfig {
             ("journal_flush_ms", self.journal_flush_ms),
             ("journal_queue", self.journal_queue as u64),
             ("group_concurrency", self.group_concurrency as u64),
+            ("webhook_timeout_ms", self.webhook_timeout_ms),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("`{field}` must be greater than 0"));

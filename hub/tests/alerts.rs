@@ -223,3 +223,94 @@ fn wrong_rules_are_refused_naming_the_rule() {
     .unwrap_err();
     assert!(e.to_string().contains("alerts.x: no group `nope`"), "{e}");
 }
+
+/// A webhook receiver: answers each POST with the next status of `statuses`
+/// and hands the JSON bodies over.
+async fn receiver(
+    statuses: Vec<u16>,
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<(u16, Value)>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/av", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for status in statuses {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let body = loop {
+                let mut chunk = [0u8; 4096];
+                let n = s.read(&mut chunk).await.unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    assert!(head.starts_with("POST /hooks/av HTTP/1.1"), "{head}");
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap();
+                    if body.len() >= len {
+                        break body.to_owned();
+                    }
+                }
+                assert!(n > 0, "closed early");
+            };
+            let reply =
+                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            s.write_all(reply.as_bytes()).await.unwrap();
+            let _ = tx.send((status, serde_json::from_str(&body).unwrap()));
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test]
+async fn alerts_are_posted_to_the_webhook_with_retries() {
+    let (url, mut got) = receiver(vec![500, 200, 200]).await;
+    let config = HubConfig::from_toml(
+        &format!(
+            "[alerts.lamp-hours]\nfield = \"lamp_hours\"\nabove = 2000\nwebhook = \"{url}\"\n"
+        ),
+        "test",
+    )
+    .unwrap();
+    let hub = hub_with(config).await;
+    let a = ClientBuilder::new(hub.addr.to_string())
+        .name("rack")
+        .connect()
+        .await
+        .unwrap();
+    a.claim("dev/p1").await.unwrap();
+    retain(&a, "dev/p1/meta", json!({"id": "p1", "settings": []})).await;
+    retain(&a, "dev/p1/state", json!({"lamp_hours": 2500})).await;
+    // Refused once, delivered on the retry.
+    let (status, first) = next(&mut got).await;
+    assert_eq!(status, 500);
+    let (status, again) = next(&mut got).await;
+    assert_eq!(status, 200);
+    assert_eq!(first, again);
+    assert_eq!(again["event"], "opened");
+    assert_eq!(again["alert"]["rule"], "lamp-hours");
+    assert_eq!(again["alert"]["device"], "p1");
+    retain(&a, "dev/p1/state", json!({"lamp_hours": 10})).await;
+    let (_, closed) = next(&mut got).await;
+    assert_eq!(closed["event"], "closed");
+    hub.stop().await;
+
+    let e = HubConfig::from_toml(
+        "[alerts.x]\noffline_minutes = 1\nwebhook = \"https://x\"\n",
+        "hub.toml",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("alerts.x: `webhook`"), "{e}");
+}
+
+async fn next(got: &mut tokio::sync::mpsc::UnboundedReceiver<(u16, Value)>) -> (u16, Value) {
+    tokio::time::timeout(WAIT, got.recv())
+        .await
+        .unwrap()
+        .unwrap()
+}

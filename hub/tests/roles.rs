@@ -38,8 +38,19 @@ async fn viewers_read_operators_run_admins_define() {
     let status = |r: reqwest::Response| r.status();
 
     for token in ["viewer-secret", "operator-secret", "admin-secret"] {
-        for path in ["/api/rooms", "/api/groups", "/api/scenes", "/api/schedules", "/api/alerts"] {
-            let r = http.get(format!("{base}{path}")).bearer_auth(token).send().await.unwrap();
+        for path in [
+            "/api/rooms",
+            "/api/groups",
+            "/api/scenes",
+            "/api/schedules",
+            "/api/alerts",
+        ] {
+            let r = http
+                .get(format!("{base}{path}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), StatusCode::OK, "{token} reads {path}");
         }
     }
@@ -53,15 +64,27 @@ async fn viewers_read_operators_run_admins_define() {
             .json(&json!({"power": "off"}))
             .send()
     };
-    assert_eq!(status(patch("viewer-secret").await.unwrap()), StatusCode::FORBIDDEN);
-    assert_eq!(status(patch("operator-secret").await.unwrap()), StatusCode::OK);
+    assert_eq!(
+        status(patch("viewer-secret").await.unwrap()),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(patch("operator-secret").await.unwrap()),
+        StatusCode::OK
+    );
     let run = |token: &'static str| {
         http.post(format!("{base}/api/scenes/pause/run"))
             .bearer_auth(token)
             .send()
     };
-    assert_eq!(status(run("viewer-secret").await.unwrap()), StatusCode::FORBIDDEN);
-    assert_eq!(status(run("operator-secret").await.unwrap()), StatusCode::ACCEPTED);
+    assert_eq!(
+        status(run("viewer-secret").await.unwrap()),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(run("operator-secret").await.unwrap()),
+        StatusCode::ACCEPTED
+    );
     let ack = http
         .post(format!("{base}/api/alerts/r/d/ack"))
         .bearer_auth("viewer-secret")
@@ -80,15 +103,30 @@ async fn viewers_read_operators_run_admins_define() {
     let r = put("operator-secret").await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let body: serde_json::Value = r.json().await.unwrap();
-    assert!(body["error"]["message"].as_str().unwrap().contains("`admin` role"), "{body}");
-    assert_eq!(status(put("viewer-secret").await.unwrap()), StatusCode::FORBIDDEN);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`admin` role"),
+        "{body}"
+    );
+    assert_eq!(
+        status(put("viewer-secret").await.unwrap()),
+        StatusCode::FORBIDDEN
+    );
     assert_eq!(status(put("admin-secret").await.unwrap()), StatusCode::OK);
     let del = |token: &'static str| {
         http.delete(format!("{base}/api/groups/front"))
             .bearer_auth(token)
             .send()
     };
-    assert_eq!(status(del("operator-secret").await.unwrap()), StatusCode::FORBIDDEN);
-    assert_eq!(status(del("admin-secret").await.unwrap()), StatusCode::NO_CONTENT);
+    assert_eq!(
+        status(del("operator-secret").await.unwrap()),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(del("admin-secret").await.unwrap()),
+        StatusCode::NO_CONTENT
+    );
     hub.stop().await;
 }

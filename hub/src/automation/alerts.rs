@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::groups::GroupSpec;
@@ -56,6 +56,10 @@ pub struct Rule {
     /// Open once a device has been offline this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline_minutes: Option<f64>,
+    /// Where to POST each opening, acknowledgement and closing as JSON
+    /// (`{"event": "opened", "alert": {...}}`), with a timeout and retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
 }
 
 impl Rule {
@@ -82,6 +86,9 @@ impl Rule {
             if !groups(g) {
                 return Err(format!("no group `{g}`"));
             }
+        }
+        if let Some(url) = &self.webhook {
+            super::webhook::parse_url(url).map_err(|e| format!("`webhook`: {e}"))?;
         }
         Ok(())
     }
@@ -186,6 +193,16 @@ pub fn acknowledge(hub: &Hub, rule: &str, device: &str, who: Who) -> Option<Aler
         tag(rule, device),
         a.message.clone(),
     );
+    if let Some(url) = hub
+        .config()
+        .alerts
+        .get(rule)
+        .and_then(|r| r.webhook.clone())
+    {
+        let timeout = Duration::from_millis(hub.config().webhook_timeout_ms);
+        super::webhook::Webhooks::new(timeout)
+            .send(url, json!({"event": "acknowledged", "alert": a}));
+    }
     Some(a)
 }
 
@@ -201,6 +218,7 @@ struct Device {
 
 struct Engine {
     hub: Arc<Hub>,
+    webhooks: super::webhook::Webhooks,
     rules: BTreeMap<String, Rule>,
     devices: HashMap<String, Device>,
 }
@@ -239,19 +257,30 @@ impl Engine {
         tracing::warn!(rule, device, "alert: {message}");
         publish(&self.hub, Some(&a), rule, device);
         self.hub.audit("alert_opened", engine_who(), t, message);
+        self.notify(rule, "opened", &a);
     }
 
     fn close(&self, rule: &str, device: &str) {
         let t = tag(rule, device);
-        if self.hub.retained(&t).is_some() {
+        if let Some(r) = self.hub.retained(&t) {
             tracing::info!(rule, device, "alert cleared");
             publish(&self.hub, None, rule, device);
+            if let Ok(a) = serde_json::from_str::<Alert>(r.body()) {
+                self.notify(rule, "closed", &a);
+            }
             self.hub.audit(
                 "alert_closed",
                 engine_who(),
                 t,
                 "the condition cleared".into(),
             );
+        }
+    }
+
+    /// Posts the alert to the rule's webhook, if it has one.
+    fn notify(&self, rule: &str, event: &str, a: &Alert) {
+        if let Some(url) = self.rules.get(rule).and_then(|r| r.webhook.clone()) {
+            self.webhooks.send(url, json!({"event": event, "alert": a}));
         }
     }
 
@@ -411,6 +440,9 @@ pub async fn run(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
         return;
     }
     let mut engine = Engine {
+        webhooks: super::webhook::Webhooks::new(Duration::from_millis(
+            hub.config().webhook_timeout_ms,
+        )),
         hub: hub.clone(),
         rules,
         devices: HashMap::new(),
@@ -463,7 +495,6 @@ pub async fn run(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn rule(t: &str) -> Rule {
         toml::from_str(t).unwrap()

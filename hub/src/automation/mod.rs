@@ -10,6 +10,7 @@ pub mod fanout;
 pub mod groups;
 pub mod scenes;
 pub mod schedules;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
