@@ -366,7 +366,9 @@ async fn pending_requests_are_limited_and_a_departing_responder_answers_them_all
     const N: u64 = 5000;
     let hub = hub_with(HubConfig {
         max_pending_requests: N as usize,
-        outbound_queue_bytes: 64 * 1024,
+        // Room for the responder to fall a little behind reading its requests,
+        // still far less than the asker's 5,000 answers (about 500 KB).
+        outbound_queue_bytes: 256 * 1024,
         ..HubConfig::default()
     })
     .await;

@@ -65,6 +65,9 @@ pub struct Rule {
 impl Rule {
     /// Refuses a rule that does not say one thing; `groups` are the known groups.
     pub fn check(&self, groups: &dyn Fn(&str) -> bool) -> Result<(), String> {
+        if self.field.is_none() && (self.above.is_some() || self.below.is_some()) {
+            return Err("`above` and `below` need a `field`".into());
+        }
         let kinds = [
             self.field.is_some(),
             !self.errors.is_empty(),
@@ -75,9 +78,6 @@ impl Rule {
         }
         if self.field.is_some() && self.above.is_none() && self.below.is_none() {
             return Err("`field` needs `above` or `below`".into());
-        }
-        if self.field.is_none() && (self.above.is_some() || self.below.is_some()) {
-            return Err("`above` and `below` need a `field`".into());
         }
         if self.offline_minutes.is_some_and(|m| m.is_nan() || m <= 0.0) {
             return Err("`offline_minutes` must be greater than 0".into());

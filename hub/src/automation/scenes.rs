@@ -66,6 +66,7 @@ pub struct Step {
     pub delay_ms: Option<u64>,
     /// Steps run at the same time; the step fails if any of them does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(no_recursion)]
     pub parallel: Option<Vec<Step>>,
     /// What this step's failure does (default: the scene's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
