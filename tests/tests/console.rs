@@ -407,6 +407,16 @@ async fn console_lists_controls_and_reports_devices() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // A room's heading offers the scenes that act on it.
+    let offered = text_until(
+        &c,
+        "section[data-location='Auditorium'] .room-scenes",
+        "the Auditorium's scenes",
+        |t| t.contains("Auditorium presentation"),
+    )
+    .await;
+    assert!(!offered.contains("Classroom 2 lesson"), "{offered}");
+
     // The Scenes panel runs a scene and follows it to the end; the
     // schedules show their next run.
     let night = text_until(

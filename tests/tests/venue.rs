@@ -441,3 +441,107 @@ async fn a_config_with_a_wrong_scene_is_refused_at_start() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn scenes_defined_through_the_api_are_checked_against_the_devices() {
+    let (_demo, http, _hub) = demo().await;
+    all_online(&http).await;
+    let put = |name: &str, body: Value| {
+        let url = format!("{http}/api/scenes/{name}");
+        async move { client().put(url).json(&body).send().await.unwrap() }
+    };
+    let refused = |name: &'static str, body: Value, word: &'static str| {
+        let put = &put;
+        async move {
+            let res = put(name, body).await;
+            assert_eq!(res.status(), 400, "{name}");
+            let e: Value = res.json().await.unwrap();
+            let m = e["error"]["message"].as_str().unwrap().to_owned();
+            assert!(m.contains(word), "{m}");
+        }
+    };
+    refused(
+        "a",
+        json!({"steps": [{"device": "proj-9", "set": {"power": "on"}}]}),
+        "step 1 (set proj-9 power=on): no device `proj-9`",
+    )
+    .await;
+    refused(
+        "a",
+        json!({"steps": [{"device": "proj-1", "set": {"brightness": 3}}]}),
+        "brightness",
+    )
+    .await;
+    refused(
+        "a",
+        json!({"steps": [{"device": "proj-1", "set": {"input": "hdmi9"}}]}),
+        "hdmi9",
+    )
+    .await;
+    refused(
+        "a",
+        json!({"steps": [{"delay_ms": 1}, {"device": "proj-1", "wait": {"colour": "red"}}]}),
+        "step 2 (wait until proj-1 colour=red): `proj-1` reports no `colour`",
+    )
+    .await;
+    refused(
+        "a",
+        json!({"steps": [{"room": "Attic", "set": {"power": "on"}}]}),
+        "no room `Attic`",
+    )
+    .await;
+    refused(
+        "a",
+        json!({"steps": [{"parallel": [{"group": "nope", "set": {"power": "on"}}]}]}),
+        "no group `nope`",
+    )
+    .await;
+    refused("a", json!({"steps": []}), "at least one step").await;
+    let res = put("presentation", json!({"steps": [{"delay_ms": 1}]})).await;
+    assert_eq!(res.status(), 409, "a config scene is read-only");
+
+    let res = put(
+        "lobby-welcome",
+        json!({"label": "Lobby welcome", "steps": [
+            {"room": "Lobby", "set": {"power": "on"}},
+            {"parallel": [{"device": "display-1", "set": {"input": "hdmi2"}}, {"delay_ms": 10}]}
+        ]}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let listed = get(&format!("{http}/api/scenes")).await;
+    let mine = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "lobby-welcome")
+        .unwrap();
+    assert_eq!(mine["origin"], "api");
+    let res = client()
+        .post(format!("{http}/api/scenes/lobby-welcome/run"))
+        .send()
+        .await
+        .unwrap();
+    let id = res.json::<Value>().await.unwrap()["run"].as_u64().unwrap();
+    let run = run_until_done(&http, id).await;
+    assert_eq!(run["status"], "done", "{run}");
+    assert_eq!(
+        get(&format!("{http}/api/devices/display-1")).await["state"]["input"],
+        "hdmi2"
+    );
+
+    let res = client()
+        .delete(format!("{http}/api/scenes/lobby-welcome"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let res = client()
+        .post(format!("{http}/api/scenes/lobby-welcome/run"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let audit = get(&format!("{http}/api/audit?kind=scene_defined")).await;
+    assert_eq!(audit["items"].as_array().unwrap().len(), 1, "{audit}");
+}

@@ -101,7 +101,30 @@ function runText(run) {
   return `Failed: step ${failed + 1} ${run.steps[failed].what}: ${run.steps[failed].detail || "failed"}`;
 }
 
+// The scenes that act on a room: a step for the room itself or for one of its devices.
+function sceneRooms(scene) {
+  const rooms = new Set();
+  const walk = (steps) => steps.forEach((st) => {
+    if (st.room) rooms.add(st.room);
+    if (st.device && devices.get(st.device) && devices.get(st.device).meta) rooms.add(devices.get(st.device).meta.location);
+    if (st.parallel) walk(st.parallel);
+  });
+  walk(scene.steps || []);
+  return rooms;
+}
+
+function renderRoomScenes() {
+  for (const s of document.querySelectorAll("section.location")) {
+    const box = $(".room-scenes", s);
+    if (!box) continue;
+    const room = s.dataset.location;
+    box.replaceChildren(...scenes.filter((sc) => sceneRooms(sc.scene).has(room)).map((sc) =>
+      el("button", { type: "button", class: "ghost", "data-scene": sc.name, onclick: () => runScene(sc.name) }, `▶ ${sc.scene.label || sc.name}`)));
+  }
+}
+
 function renderScenes() {
+  renderRoomScenes();
   const list = $("#scenes");
   list.replaceChildren(...scenes.map((s) => {
     const run = latestRun.get(s.name);
@@ -298,6 +321,7 @@ function section(location) {
     const actions = location ? el("div", { class: "room-actions", role: "group", "aria-label": `All devices in ${key}` },
       el("button", { type: "button", class: "ghost", "data-room-power": "on", onclick: () => roomCommand(key, { power: "on" }) }, "All on"),
       el("button", { type: "button", class: "ghost", "data-room-power": "off", onclick: () => roomCommand(key, { power: "off" }) }, "All off"),
+      el("span", { class: "room-scenes" }),
       el("span", { class: "room-outcome sub", role: "status", "aria-live": "polite" })) : null;
     const head = el("div", { class: "room-head" }, heading, actions);
     s = el("section", { class: "location", "data-location": key, "aria-labelledby": heading.id }, head, el("div", { class: "grid" }));
@@ -358,6 +382,7 @@ function renderAll() {
       return;
     }
     for (const s of touched) if (s.isConnected) updateSection(s);
+    renderRoomScenes();
     updateEmpty();
     grid.hidden = false;
     $("#loading").hidden = true;

@@ -200,6 +200,92 @@ impl Scene {
     }
 }
 
+/// Where scenes defined through the API are kept.
+pub const SCENES_PREFIX: &str = "hub/scenes";
+
+/// A scene by name, config first, then those defined through the API.
+pub fn find(hub: &Hub, name: &str) -> Option<(groups::Origin, Scene)> {
+    if let Some(s) = hub.config().scenes.get(name) {
+        return Some((groups::Origin::Config, s.clone()));
+    }
+    let r = hub.retained(&format!("{SCENES_PREFIX}/{name}/spec"))?;
+    serde_json::from_str(r.body())
+        .ok()
+        .map(|s| (groups::Origin::Api, s))
+}
+
+/// Every scene: the config's, then the API's.
+pub fn all(hub: &Hub) -> Vec<(String, groups::Origin, Scene)> {
+    let mut out: Vec<_> = hub
+        .config()
+        .scenes
+        .iter()
+        .map(|(n, s)| (n.clone(), groups::Origin::Config, s.clone()))
+        .collect();
+    for (name, parts) in hub.retained_children(SCENES_PREFIX) {
+        if hub.config().scenes.contains_key(&name) {
+            continue;
+        }
+        if let Some((_, r)) = parts.iter().find(|(p, _)| p == "spec") {
+            if let Ok(s) = serde_json::from_str(r.body()) {
+                out.push((name, groups::Origin::Api, s));
+            }
+        }
+    }
+    out
+}
+
+/// Checks a scene defined through the API against what the hub knows now:
+/// every group, room and device it names exists, and every device has the
+/// settings and state fields it names, with valid values.
+pub fn check_known(hub: &Hub, scene: &Scene) -> Result<(), String> {
+    let devices = groups::all_devices(hub);
+    let rooms: HashSet<&str> = devices.iter().map(|d| d.meta_str("location")).collect();
+    let known_group = |g: &str| groups::find(hub, g).is_some();
+    scene.check(&known_group)?;
+    fn walk<'a>(steps: &'a [Step], out: &mut Vec<(String, &'a Step)>, prefix: &str) {
+        for (i, s) in steps.iter().enumerate() {
+            let label = format!("{prefix}{}", i + 1);
+            match &s.parallel {
+                Some(p) => walk(p, out, &format!("{label}.")),
+                None => out.push((label, s)),
+            }
+        }
+    }
+    let mut steps = Vec::new();
+    walk(&scene.steps, &mut steps, "");
+    for (label, step) in steps {
+        let at = |e: String| format!("step {label} ({}): {e}", step.describe());
+        if let Some(r) = &step.room {
+            if !rooms.contains(r.as_str()) {
+                return Err(at(format!("no room `{r}`")));
+            }
+        }
+        let Some(id) = &step.device else { continue };
+        let Some(d) = devices.iter().find(|d| &d.id == id) else {
+            return Err(at(format!("no device `{id}`")));
+        };
+        let settings: Vec<crate::schema::Setting> = d
+            .meta
+            .as_ref()
+            .and_then(|m| m.get("settings"))
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .unwrap_or_default();
+        if let Some(set) = &step.set {
+            crate::schema::validate_settings(&settings, &Value::Object(set.clone()))
+                .map_err(|e| at(format!("`{id}`: {e}")))?;
+        }
+        if let Some(wait) = &step.wait {
+            for k in wait.keys() {
+                if !settings.iter().any(|s| &s.name == k) {
+                    return Err(at(format!("`{id}` reports no `{k}`")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One step of a run, as it is published.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StepProgress {
@@ -264,11 +350,8 @@ impl Runner {
 
     /// Starts scene `name` for `who`; returns the run's id at once.
     pub fn start(&self, hub: &Arc<Hub>, name: &str, who: Who) -> Result<u64, RunError> {
-        let scene = hub
-            .config()
-            .scenes
-            .get(name)
-            .cloned()
+        let scene = find(hub, name)
+            .map(|(_, s)| s)
             .ok_or_else(|| RunError::Unknown(name.to_owned()))?;
         let id = {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());

@@ -97,6 +97,10 @@ pub fn router(hub: Arc<Hub>, shutdown: watch::Receiver<bool>) -> Router {
                 .patch(groups::patch),
         )
         .route("/api/scenes", get(scenes::list))
+        .route(
+            "/api/scenes/{name}",
+            axum::routing::put(scenes::put).delete(scenes::delete),
+        )
         .route("/api/scenes/{name}/run", axum::routing::post(scenes::run))
         .route("/api/scene-runs/{id}", get(scenes::show))
         .route("/api/schedules", get(scenes::schedules))

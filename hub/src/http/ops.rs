@@ -305,6 +305,8 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         super::groups::delete,
         super::groups::patch,
         super::scenes::list,
+        super::scenes::put,
+        super::scenes::delete,
         super::scenes::run,
         super::scenes::show,
         super::scenes::schedules,

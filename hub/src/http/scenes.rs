@@ -19,6 +19,8 @@ use crate::journal::Who;
 pub struct SceneInfo {
     /// Its name.
     pub name: String,
+    /// Where it was defined.
+    pub origin: crate::automation::groups::Origin,
     /// Its definition.
     pub scene: Scene,
 }
@@ -32,21 +34,120 @@ pub struct RunStarted {
     pub tag: String,
 }
 
-/// Every scene from the config.
+/// Every scene, from the config and the API.
 #[utoipa::path(get, path = "/api/scenes", tag = "venue",
     responses((status = 200, body = Vec<SceneInfo>), (status = 401, body = ErrorResponse)))]
 pub async fn list(State(st): State<AppState>, _caller: Caller) -> Json<Vec<SceneInfo>> {
     Json(
-        st.hub
-            .config()
-            .scenes
-            .iter()
-            .map(|(name, scene)| SceneInfo {
-                name: name.clone(),
-                scene: scene.clone(),
+        crate::automation::scenes::all(&st.hub)
+            .into_iter()
+            .map(|(name, origin, scene)| SceneInfo {
+                name,
+                origin,
+                scene,
             })
             .collect(),
     )
+}
+
+fn who(caller: &Caller, peer: SocketAddr, headers: &HeaderMap) -> Who {
+    Who {
+        token: caller.token.clone(),
+        role: Some(caller.role.as_str().to_owned()),
+        client: client_name(headers),
+        peer: peer.to_string(),
+        transport: "http".into(),
+    }
+}
+
+fn scene_tag(name: &str) -> String {
+    format!("{}/{name}/spec", crate::automation::scenes::SCENES_PREFIX)
+}
+
+/// Defines (or redefines) a scene through the API (admin). It is checked
+/// against what the hub knows now: every device, group, room, setting and
+/// value it names must exist, or it is refused naming the step.
+#[utoipa::path(put, path = "/api/scenes/{name}", tag = "venue",
+    params(("name" = String, Path, description = "Scene name: 1 to 64 letters, digits, `-`, `_`, `.`")),
+    request_body(content = Scene, description = "The scene"),
+    responses((status = 200, body = SceneInfo), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+        (status = 403, body = ErrorResponse), (status = 409, description = "Defined in the config file", body = ErrorResponse)))]
+pub async fn put(
+    State(st): State<AppState>,
+    caller: Caller,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<SceneInfo>, ApiError> {
+    caller.require_admin()?;
+    if !crate::automation::groups::valid_name(&name) {
+        return Err(ApiError::bad_request(format!(
+            "`{name}` is not a scene name: 1 to 64 letters, digits, `-`, `_` or `.`"
+        )));
+    }
+    if st.hub.config().scenes.contains_key(&name) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("scene `{name}` is defined in the hub's config file; change it there"),
+        ));
+    }
+    let scene: Scene = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not a scene: {e}")))?;
+    crate::automation::scenes::check_known(&st.hub, &scene).map_err(ApiError::bad_request)?;
+    let text = serde_json::to_string(&scene).expect("a scene serializes");
+    let raw = serde_json::value::RawValue::from_string(text.clone()).expect("valid JSON");
+    st.hub.publish_as_hub(&scene_tag(&name), &raw, true);
+    st.hub.audit(
+        "scene_defined",
+        who(&caller, peer, &headers),
+        name.clone(),
+        text,
+    );
+    Ok(Json(SceneInfo {
+        name,
+        origin: crate::automation::groups::Origin::Api,
+        scene,
+    }))
+}
+
+/// Deletes a scene defined through the API (admin).
+#[utoipa::path(delete, path = "/api/scenes/{name}", tag = "venue",
+    params(("name" = String, Path, description = "Scene name")),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse),
+        (status = 404, body = ErrorResponse), (status = 409, description = "Defined in the config file", body = ErrorResponse)))]
+pub async fn delete(
+    State(st): State<AppState>,
+    caller: Caller,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
+    match crate::automation::scenes::find(&st.hub, &name) {
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no scene `{name}`"),
+        )),
+        Some((crate::automation::groups::Origin::Config, _)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("scene `{name}` is defined in the hub's config file; remove it there"),
+        )),
+        Some(_) => {
+            st.hub
+                .publish_as_hub(&scene_tag(&name), serde_json::value::RawValue::NULL, true);
+            st.hub.audit(
+                "scene_deleted",
+                who(&caller, peer, &headers),
+                name,
+                String::new(),
+            );
+            Ok(StatusCode::NO_CONTENT)
+        }
+    }
 }
 
 /// Starts a scene; answers at once with the run's id. Progress is at
@@ -63,14 +164,11 @@ pub async fn run(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     caller.require_operator()?;
-    let who = Who {
-        token: caller.token.clone(),
-        role: Some(caller.role.as_str().to_owned()),
-        client: client_name(&headers),
-        peer: peer.to_string(),
-        transport: "http".into(),
-    };
-    match st.hub.scenes().start(&st.hub, &name, who) {
+    match st
+        .hub
+        .scenes()
+        .start(&st.hub, &name, who(&caller, peer, &headers))
+    {
         Ok(run) => Ok((
             StatusCode::ACCEPTED,
             Json(RunStarted {

@@ -209,6 +209,8 @@ pub const AUDIT_KINDS: &[&str] = &[
     "group_defined",
     "group_deleted",
     "group_run",
+    "scene_defined",
+    "scene_deleted",
     "scene_run",
     "alert_opened",
     "alert_acknowledged",
