@@ -130,3 +130,43 @@ async fn viewers_read_operators_run_admins_define() {
     );
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn nobody_but_the_hub_publishes_definitions_runs_or_alerts() {
+    let hub = hub_with(HubConfig::default()).await;
+    let c = patchbay_client::ClientBuilder::new(hub.addr.to_string())
+        .name("forger")
+        .connect()
+        .await
+        .unwrap();
+    for tag in [
+        "hub/groups/all/spec",
+        "hub/scene-runs/1",
+        "alert/lamp/p1",
+        "hub",
+    ] {
+        let opts = patchbay_client::PublishOptions {
+            retain: true,
+            cid: None,
+        };
+        let e = c
+            .publish_acked(
+                tag,
+                &patchbay_client::Body::from(json!({"ids": ["x"]})),
+                opts,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some("forbidden"), "{tag}: {e}");
+        assert!(hub.hub.retained(tag).is_none(), "{tag}");
+    }
+    // Tags that merely start with the same letters are anyone's.
+    let opts = patchbay_client::PublishOptions {
+        retain: true,
+        cid: None,
+    };
+    c.publish_acked("hubs/lobby", &patchbay_client::Body::from(json!(1)), opts)
+        .await
+        .unwrap();
+    hub.stop().await;
+}

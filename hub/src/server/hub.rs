@@ -140,6 +140,10 @@ struct Pending {
 /// How long an answer to a timed-out command is still taken into the journal.
 const LATE_WINDOW: Duration = Duration::from_secs(600);
 
+/// Tag prefixes only the hub publishes under: definitions, scene runs,
+/// schedule state and alerts, which nobody may forge.
+pub const HUB_PREFIXES: [&str; 2] = ["hub", "alert"];
+
 /// Most requests one connection may have waiting for the hub's own answer.
 const MAX_OWN_PENDING: usize = 4;
 
@@ -1080,6 +1084,12 @@ impl Hub {
             ));
         };
         let from = c.ident.name.clone();
+        if let Some(own) = HUB_PREFIXES.iter().find(|p| is_under(tag, p)) {
+            return Err(OpError::new(
+                ErrorCode::Forbidden,
+                format!("tags under `{own}` are the hub's own (definitions, runs, alerts); clients may not publish there"),
+            ));
+        }
         if !st.claims.is_empty() {
             let principal = &c.ident.principal;
             if let Err(owner) = st.claims.may_publish(tag, conn, principal, Instant::now()) {

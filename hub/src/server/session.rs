@@ -311,7 +311,13 @@ impl Session {
                 self.ok(id, Some(seq));
             }
             ClientFrame::Claim { prefix } => {
-                self.require(role, &[Role::Agent], "claim tags")?;
+                if let Err(e) = self.require(role, &[Role::Agent], "claim tags") {
+                    if let Some(who) = self.hub.who(self.conn) {
+                        self.hub
+                            .audit("claim_refused", who, prefix.clone(), e.message.clone());
+                    }
+                    return Err(e);
+                }
                 validate_tag(&prefix).map_err(tag_error)?;
                 self.hub.claim(self.conn, &prefix)?;
                 self.ok(id, None);
