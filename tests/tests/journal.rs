@@ -235,6 +235,9 @@ async fn the_cli_follows_a_timed_out_command_to_its_late_outcome() {
         out.contains("power=on") && out.contains("power=off"),
         "{out}"
     );
+    let (ok, _, err) = cli(&hub.addr(), &["history", "nope"]).await;
+    assert!(!ok);
+    assert!(err.contains("unknown device `nope`"), "{err}");
     let (ok, _, err) = cli(&hub.addr(), &["command", "never-sent"]).await;
     assert!(!ok);
     assert!(

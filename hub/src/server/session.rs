@@ -432,10 +432,25 @@ impl Session {
         let hub = self.hub.clone();
         let conn = self.conn;
         let rid = rid.to_owned();
+        // A device the hub has never heard of and with nothing in the journal
+        // is unknown, as over HTTP.
+        let device = match &question {
+            Question::History(d, _) | Question::Usage(d, _) => Some(d.clone()),
+            _ => None,
+        };
+        let unknown = move |hub: &Hub, json: &str| {
+            let d = device.as_deref()?;
+            let nothing = json.starts_with("{\"items\":[]") || json.starts_with("{\"device\"");
+            (nothing && hub.device(d).meta.is_none())
+                .then(|| ErrorBody::new("not_found", format!("unknown device `{d}`")))
+        };
         tokio::spawn(async move {
             let result = match question.answer(&journal).await {
-                Ok(json) => RawValue::from_string(json)
-                    .map_err(|e| ErrorBody::new("internal", e.to_string())),
+                Ok(json) => match unknown(&hub, &json) {
+                    Some(e) => Err(e),
+                    None => RawValue::from_string(json)
+                        .map_err(|e| ErrorBody::new("internal", e.to_string())),
+                },
                 Err(QuestionError::NotFound(m)) => Err(ErrorBody::new("not_found", m)),
                 Err(QuestionError::Invalid(m)) => Err(ErrorBody::new("invalid_value", m)),
                 Err(QuestionError::Journal(e)) => Err(ErrorBody::new("internal", e.to_string())),
