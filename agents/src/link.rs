@@ -152,12 +152,24 @@ async fn claim_all(
     }
 }
 
-/// Publishes the latest known values of every owned device.
+/// Publishes the latest known values of every owned device. What was
+/// waiting in the mailboxes is part of those values: it is taken here (its
+/// events go out with them), so it is not sent a second time.
 async fn republish(client: &Client, mailboxes: &Mailboxes, owned: &HashSet<String>) {
-    for (id, latest) in mailboxes.latest() {
-        if owned.contains(id) {
-            let _ = publish(client, id, latest).await;
+    let mut waiting = std::collections::HashMap::new();
+    while let Some((id, news)) = mailboxes.take() {
+        waiting.insert(id, news);
+    }
+    for (id, mut latest) in mailboxes.latest() {
+        let news = waiting.remove(id);
+        if !owned.contains(id) {
+            continue;
         }
+        if let Some(news) = news {
+            latest.events = news.events;
+            latest.events_dropped = news.events_dropped;
+        }
+        let _ = publish(client, id, latest).await;
     }
 }
 

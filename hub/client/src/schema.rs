@@ -95,7 +95,8 @@ pub enum Kind {
 pub struct Setting {
     /// Key in the state object.
     pub name: String,
-    /// Label for people.
+    /// Label for people (the name when a device gives none).
+    #[serde(default)]
     pub label: String,
     /// Type and allowed values.
     #[serde(flatten)]
@@ -256,6 +257,16 @@ pub struct DeviceEvent {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_setting_without_a_label_is_still_settable() {
+        let s: Setting = serde_json::from_value(
+            json!({"name": "power", "type": "enum", "values": ["on", "off"], "writable": true}),
+        )
+        .unwrap();
+        assert!(s.writable && s.label.is_empty());
+        assert!(validate_settings(&[s], &json!({"power": "on"})).is_ok());
+    }
 
     fn desc() -> Description {
         Description {

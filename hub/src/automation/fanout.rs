@@ -175,27 +175,29 @@ pub async fn run(
     origin: Option<Origin>,
     concurrency: usize,
 ) -> GroupOutcome {
-    let limit = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for d in members {
-        let (hub, desired, cid, origin, limit) = (
-            hub.clone(),
-            desired.clone(),
-            cid.clone(),
-            origin.clone(),
-            limit.clone(),
-        );
-        tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            one(hub, d, desired, timeout, cid, origin).await
-        });
-    }
-    let mut members = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        if let Ok(m) = r {
-            members.push(m);
-        }
-    }
+    use futures_util::StreamExt;
+    // At most `concurrency` members of this command at once, and at most
+    // `group_concurrency` member commands across all of the hub's automation
+    // (group and room commands, scenes, schedules): nothing waits in memory
+    // beyond that, however many steps run in parallel.
+    let shared = hub.automation_limit().clone();
+    let mut members: Vec<MemberOutcome> = futures_util::stream::iter(members)
+        .map(|d| {
+            let (hub, desired, cid, origin, shared) = (
+                hub.clone(),
+                desired.clone(),
+                cid.clone(),
+                origin.clone(),
+                shared.clone(),
+            );
+            async move {
+                let _permit = shared.acquire_owned().await;
+                one(hub, d, desired, timeout, cid, origin).await
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
     members.sort_by(|a, b| a.id.cmp(&b.id));
     let count = |o: &str| members.iter().filter(|m| m.outcome == o).count();
     let (confirmed, failed, skipped) = (count("confirmed"), count("failed"), count("skipped"));

@@ -39,6 +39,24 @@ pub struct GroupSpec {
     pub pattern: Option<String>,
 }
 
+/// A name from a request as an error message may show it: at most 64
+/// characters, with control and invisible characters written out.
+pub fn shown(name: &str) -> String {
+    let cut: String = name.chars().take(64).collect();
+    let mut out: String = cut
+        .chars()
+        .flat_map(|c| {
+            let invisible = c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
+            let v: Vec<char> = if invisible { c.escape_unicode().collect() } else { vec![c] };
+            v
+        })
+        .collect();
+    if name.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
 /// Is `name` usable for a group (and in a tag)?
 pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -284,5 +302,7 @@ mod tests {
         };
         assert!(bad.check().unwrap_err().contains("a/b+"));
         assert!(valid_name("all-projectors") && !valid_name("a/b") && !valid_name(""));
+        assert_eq!(shown("a\u{202e}b"), "a\\u{202e}b");
+        assert_eq!(shown(&"x".repeat(100)).chars().count(), 65);
     }
 }

@@ -92,6 +92,15 @@ pub struct Scene {
 
 const DEFAULT_TIMEOUT_MS: u64 = 120_000;
 
+/// Longest a step may wait or take, in milliseconds (an hour).
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Most steps in a scene, those inside `parallel` included.
+pub const MAX_STEPS: usize = 256;
+
+/// Runs of all scenes under way at once; one more is refused.
+pub const MAX_RUNS: usize = 64;
+
 impl Step {
     /// What the step does, in words.
     pub fn describe(&self) -> String {
@@ -171,8 +180,13 @@ impl Step {
                 return Err(format!("no group `{g}`"));
             }
         }
-        if self.timeout_ms == Some(0) {
-            return Err("`timeout_ms` must be greater than 0".into());
+        if self
+            .timeout_ms
+            .is_some_and(|t| t == 0 || t > MAX_TIMEOUT_MS)
+        {
+            return Err(format!(
+                "`timeout_ms` must be from 1 to {MAX_TIMEOUT_MS} (an hour)"
+            ));
         }
         if let Some(p) = &self.parallel {
             if p.is_empty() {
@@ -191,6 +205,18 @@ impl Scene {
     pub fn check(&self, groups: &dyn Fn(&str) -> bool) -> Result<(), String> {
         if self.steps.is_empty() {
             return Err("a scene needs at least one step".into());
+        }
+        fn count(steps: &[Step]) -> usize {
+            steps
+                .iter()
+                .map(|s| 1 + s.parallel.as_deref().map_or(0, count))
+                .sum()
+        }
+        let n = count(&self.steps);
+        if n > MAX_STEPS {
+            return Err(format!(
+                "a scene has at most {MAX_STEPS} steps, those inside `parallel` included; this one has {n}"
+            ));
         }
         for (i, s) in self.steps.iter().enumerate() {
             s.check(groups)
@@ -329,6 +355,11 @@ pub enum RunError {
     /// It is already running and does not allow a second run.
     #[error("scene `{0}` is already running (run {1}); it does not allow two runs at once")]
     Running(String, u64),
+    /// Too many runs are under way.
+    #[error(
+        "{0} scene runs are under way, the most the hub runs at once; try again when one ends"
+    )]
+    TooMany(usize),
 }
 
 /// Starts runs and keeps track of the ones under way.
@@ -355,6 +386,10 @@ impl Runner {
             .ok_or_else(|| RunError::Unknown(name.to_owned()))?;
         let id = {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            let total: usize = running.values().map(HashSet::len).sum();
+            if total >= MAX_RUNS {
+                return Err(RunError::TooMany(total));
+            }
             let runs = running.entry(name.to_owned()).or_default();
             if let (false, Some(other)) = (scene.allow_concurrent, runs.iter().next()) {
                 return Err(RunError::Running(name.to_owned(), *other));
@@ -436,6 +471,7 @@ async fn execute(hub: &Arc<Hub>, scene: Scene, mut run: Run) -> Run {
         received_ms: now_ms(),
     };
     let mut stopped = false;
+    let mut failed = false;
     for (i, step) in scene.steps.iter().enumerate() {
         if stopped {
             run.steps[i].status = "skipped".into();
@@ -457,15 +493,14 @@ async fn execute(hub: &Arc<Hub>, scene: Scene, mut run: Run) -> Run {
             Err(why) => {
                 p.status = "failed".into();
                 p.detail = Some(why);
-                run.status = "failed".into();
+                failed = true;
                 stopped = step.on_error.unwrap_or(scene.on_error) == OnError::Stop;
             }
         }
         publish(hub, &run);
     }
-    if run.status == "running" {
-        run.status = "done".into();
-    }
+    // The run stays `running` until every step has its final status.
+    run.status = if failed { "failed" } else { "done" }.into();
     run.finished = Some(now_ms());
     publish(hub, &run);
     run
@@ -650,6 +685,15 @@ mod tests {
             ],
             ..Scene::default()
         };
+        let big = Scene {
+            steps: vec![step("delay_ms = 1"); MAX_STEPS + 1],
+            ..Scene::default()
+        };
+        assert!(big.check(&known).unwrap_err().contains("at most 256 steps"));
+        assert!(
+            err("device = 'p1'\nwait = { power = 'on' }\ntimeout_ms = 100000000")
+                .contains("an hour")
+        );
         let e = scene.check(&known).unwrap_err();
         assert!(
             e.starts_with("step 2 (set group x power=on): no group `x`"),

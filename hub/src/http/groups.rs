@@ -25,7 +25,7 @@ fn unknown_group(name: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        format!("no group `{name}`"),
+        format!("no group `{}`", groups::shown(name)),
     )
 }
 
@@ -99,7 +99,8 @@ pub async fn put(
     caller.require_admin()?;
     if !groups::valid_name(&name) {
         return Err(ApiError::bad_request(format!(
-            "`{name}` is not a group name: 1 to 64 letters, digits, `-`, `_` or `.`"
+            "`{}` is not a group name: 1 to 64 letters, digits, `-`, `_` or `.`",
+            groups::shown(&name)
         )));
     }
     if st.hub.config().groups.contains_key(&name) {
@@ -185,7 +186,7 @@ async fn command_all(
         return ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no {what} `{name}`"),
+            format!("no {what} `{}`", groups::shown(name)),
         )
         .into_response();
     };

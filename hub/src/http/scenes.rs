@@ -83,7 +83,8 @@ pub async fn put(
     caller.require_admin()?;
     if !crate::automation::groups::valid_name(&name) {
         return Err(ApiError::bad_request(format!(
-            "`{name}` is not a scene name: 1 to 64 letters, digits, `-`, `_` or `.`"
+            "`{}` is not a scene name: 1 to 64 letters, digits, `-`, `_` or `.`",
+            crate::automation::groups::shown(&name)
         )));
     }
     if st.hub.config().scenes.contains_key(&name) {
@@ -129,7 +130,7 @@ pub async fn delete(
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no scene `{name}`"),
+            format!("no scene `{}`", crate::automation::groups::shown(&name)),
         )),
         Some((crate::automation::groups::Origin::Config, _)) => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -182,7 +183,7 @@ pub async fn run(
             "not_found",
             e.to_string(),
         )),
-        Err(e @ RunError::Running(..)) => Err(ApiError::new(
+        Err(e @ (RunError::Running(..) | RunError::TooMany(_))) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
             e.to_string(),

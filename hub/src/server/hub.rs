@@ -638,6 +638,8 @@ pub struct Hub {
     journal: Option<Arc<Journal>>,
     /// Scene runs under way.
     scenes: crate::automation::scenes::Runner,
+    /// Member commands of all automation under way at once (`group_concurrency`).
+    automation_limit: Arc<tokio::sync::Semaphore>,
 }
 
 impl Hub {
@@ -651,6 +653,7 @@ impl Hub {
             next_rid: first_rid(),
             ..State::default()
         };
+        let group_concurrency = config.group_concurrency.max(1);
         Arc::new(Hub {
             state: Mutex::new(state),
             config: Arc::new(config),
@@ -660,6 +663,7 @@ impl Hub {
             instance: new_instance_id(),
             journal: None,
             scenes: crate::automation::scenes::Runner::new(),
+            automation_limit: Arc::new(tokio::sync::Semaphore::new(group_concurrency)),
         })
     }
 
@@ -714,6 +718,7 @@ impl Hub {
             tracing::info!(values = restored.len(), file = %journal.path().display(), "retained values restored from the journal");
         }
         state.journal = Some(journal.sink().clone());
+        let group_concurrency = config.group_concurrency.max(1);
         let hub = Arc::new(Hub {
             state: Mutex::new(state),
             config: Arc::new(config),
@@ -723,9 +728,15 @@ impl Hub {
             instance: journal.instance().to_owned(),
             journal: Some(journal),
             scenes: crate::automation::scenes::Runner::new(),
+            automation_limit: Arc::new(tokio::sync::Semaphore::new(group_concurrency)),
         });
         hub.audit_hub("hub_started", format!("instance {}", hub.instance));
         hub
+    }
+
+    /// The limit on automation's member commands under way at once.
+    pub fn automation_limit(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.automation_limit
     }
 
     /// Scene runs.

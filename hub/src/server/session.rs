@@ -388,7 +388,9 @@ impl Session {
                     .map_err(|e| ErrorBody::new("internal", e.to_string()))
             }
             Err(e @ RunError::Unknown(_)) => Err(ErrorBody::new("not_found", e.to_string())),
-            Err(e @ RunError::Running(..)) => Err(ErrorBody::new("busy", e.to_string())),
+            Err(e @ (RunError::Running(..) | RunError::TooMany(_))) => {
+                Err(ErrorBody::new("busy", e.to_string()))
+            }
         };
         self.hub.own_answer(self.conn, rid.to_owned(), result);
         Ok(())
