@@ -545,3 +545,55 @@ async fn scenes_defined_through_the_api_are_checked_against_the_devices() {
     let audit = get(&format!("{http}/api/audit?kind=scene_defined")).await;
     assert_eq!(audit["items"].as_array().unwrap().len(), 1, "{audit}");
 }
+
+#[tokio::test]
+async fn a_scene_run_can_be_cancelled() {
+    let (_demo, http, _hub) = demo().await;
+    all_online(&http).await;
+    let res = client()
+        .post(format!("{http}/api/scenes/presentation/run"))
+        .send()
+        .await
+        .unwrap();
+    let id = res.json::<Value>().await.unwrap()["run"].as_u64().unwrap();
+    // Cancel it while it waits for the projector to warm up (4 s in the demo).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while get(&format!("{http}/api/scene-runs/{id}")).await["steps"][0]["status"] != "running" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the wait never started: {}",
+            get(&format!("{http}/api/scene-runs/{id}")).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let res = client()
+        .post(format!("{http}/api/scene-runs/{id}/cancel"))
+        .header("x-client-name", "lectern")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let run = run_until_done(&http, id).await;
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert_eq!(run["steps"][0]["status"], "failed");
+    assert_eq!(run["steps"][0]["detail"], "cancelled by lectern");
+    assert_eq!(run["steps"][1]["status"], "skipped");
+    assert_eq!(run["steps"][2]["status"], "skipped");
+    assert_eq!(
+        run["steps"][2]["detail"],
+        "the run was cancelled by lectern"
+    );
+    let res = client()
+        .post(format!("{http}/api/scene-runs/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404, "no longer under way");
+    // And the scene may run again at once.
+    let res = client()
+        .post(format!("{http}/api/scenes/presentation/run"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+}

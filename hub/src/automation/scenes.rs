@@ -368,6 +368,8 @@ pub struct Runner {
     next: AtomicU64,
     running: Mutex<BTreeMap<String, HashSet<u64>>>,
     kept: Mutex<std::collections::VecDeque<u64>>,
+    /// How to cancel each run under way: send who cancels it.
+    cancels: Mutex<BTreeMap<u64, tokio::sync::watch::Sender<Option<String>>>>,
 }
 
 impl Runner {
@@ -426,9 +428,19 @@ impl Runner {
         );
         let hub = hub.clone();
         let name = name.to_owned();
+        let (cancel_tx, cancel) = tokio::sync::watch::channel(None);
+        self.cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, cancel_tx);
         tokio::spawn(async move {
-            let run = execute(&hub, scene, run).await;
+            let run = execute(&hub, scene, run, cancel).await;
             let runner = hub.scenes();
+            runner
+                .cancels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&run.id);
             runner
                 .running
                 .lock()
@@ -440,6 +452,19 @@ impl Runner {
             tracing::info!(scene = %name, run = run.id, status = %run.status, "scene run ended");
         });
         Ok(id)
+    }
+
+    /// Cancels a run under way: the step running stops, the rest are
+    /// skipped, and the run ends `cancelled`. False if it is not running.
+    pub fn cancel(&self, hub: &Hub, id: u64, who: Who) -> bool {
+        let cancels = self.cancels.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = cancels.get(&id) else {
+            return false;
+        };
+        let name = who.token.clone().unwrap_or_else(|| who.client.clone());
+        let _ = tx.send(Some(name));
+        hub.audit("scene_run", who, format!("run {id}"), "cancelled".into());
+        true
     }
 
     /// Keeps the newest runs retained and deletes the oldest.
@@ -465,14 +490,25 @@ fn publish(hub: &Hub, run: &Run) {
 }
 
 /// Runs the steps in order, publishing progress; returns the final run.
-async fn execute(hub: &Arc<Hub>, scene: Scene, mut run: Run) -> Run {
+async fn execute(
+    hub: &Arc<Hub>,
+    scene: Scene,
+    mut run: Run,
+    mut cancel: tokio::sync::watch::Receiver<Option<String>>,
+) -> Run {
     let origin = Origin {
         who: run.who.clone(),
         received_ms: now_ms(),
     };
     let mut stopped = false;
     let mut failed = false;
+    let mut cancelled: Option<String> = None;
     for (i, step) in scene.steps.iter().enumerate() {
+        if let Some(by) = &cancelled {
+            run.steps[i].status = "skipped".into();
+            run.steps[i].detail = Some(format!("the run was cancelled by {by}"));
+            continue;
+        }
         if stopped {
             run.steps[i].status = "skipped".into();
             run.steps[i].detail = Some("an earlier step failed".into());
@@ -482,7 +518,14 @@ async fn execute(hub: &Arc<Hub>, scene: Scene, mut run: Run) -> Run {
         run.steps[i].started = Some(now_ms());
         publish(hub, &run);
         let cid = format!("scene-{}-{}", run.id, i + 1);
-        let result = step_result(hub, step, &cid, &origin).await;
+        let result = tokio::select! {
+            r = step_result(hub, step, &cid, &origin) => r,
+            by = cancel.wait_for(Option::is_some) => {
+                let by = by.ok().and_then(|b| b.clone()).unwrap_or_else(|| "someone".into());
+                cancelled = Some(by.clone());
+                Err(format!("cancelled by {by}"))
+            }
+        };
         let p = &mut run.steps[i];
         p.finished = Some(now_ms());
         match result {
@@ -500,7 +543,12 @@ async fn execute(hub: &Arc<Hub>, scene: Scene, mut run: Run) -> Run {
         publish(hub, &run);
     }
     // The run stays `running` until every step has its final status.
-    run.status = if failed { "failed" } else { "done" }.into();
+    run.status = match (&cancelled, failed) {
+        (Some(_), _) => "cancelled",
+        (None, true) => "failed",
+        (None, false) => "done",
+    }
+    .into();
     run.finished = Some(now_ms());
     publish(hub, &run);
     run

@@ -103,6 +103,10 @@ pub fn router(hub: Arc<Hub>, shutdown: watch::Receiver<bool>) -> Router {
         )
         .route("/api/scenes/{name}/run", axum::routing::post(scenes::run))
         .route("/api/scene-runs/{id}", get(scenes::show))
+        .route(
+            "/api/scene-runs/{id}/cancel",
+            axum::routing::post(scenes::cancel),
+        )
         .route("/api/schedules", get(scenes::schedules))
         .route("/api/alerts", get(alerts::list))
         .route(

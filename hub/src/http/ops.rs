@@ -309,6 +309,7 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         super::scenes::delete,
         super::scenes::run,
         super::scenes::show,
+        super::scenes::cancel,
         super::scenes::schedules,
         super::alerts::list,
         super::alerts::acknowledge,

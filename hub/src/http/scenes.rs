@@ -191,6 +191,38 @@ pub async fn run(
     }
 }
 
+/// Cancels a run under way (operator): the running step stops, the rest
+/// are skipped, and the run ends `cancelled`.
+#[utoipa::path(post, path = "/api/scene-runs/{id}/cancel", tag = "venue",
+    params(("id" = u64, Path, description = "Run id")),
+    responses((status = 202, description = "Cancelling"), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+        (status = 403, body = ErrorResponse), (status = 404, description = "No such run under way", body = ErrorResponse)))]
+pub async fn cancel(
+    State(st): State<AppState>,
+    caller: Caller,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    caller.require_operator()?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request("the run id is a number"))?;
+    if st
+        .hub
+        .scenes()
+        .cancel(&st.hub, id, who(&caller, peer, &headers))
+    {
+        Ok(StatusCode::ACCEPTED)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no scene run {id} under way"),
+        ))
+    }
+}
+
 /// A run's progress: each step's status, with why a step failed.
 #[utoipa::path(get, path = "/api/scene-runs/{id}", tag = "venue",
     params(("id" = u64, Path, description = "Run id")),
