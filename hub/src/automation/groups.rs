@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::devices::DeviceView;
 use crate::server::Hub;
@@ -143,21 +142,7 @@ pub fn all_devices(hub: &Hub) -> Vec<DeviceView> {
         let Some(last) = page.last() else { break };
         after = Some(last.id.clone());
         let full = page.len() == crate::server::DEVICE_PAGE;
-        for rec in page {
-            let parse = |r: &Option<crate::server::Retained>| {
-                r.as_ref()
-                    .map(|r| serde_json::from_str(r.body()).unwrap_or(Value::Null))
-            };
-            if rec.meta.is_none() {
-                continue;
-            }
-            out.push(DeviceView {
-                id: rec.id.clone(),
-                meta: parse(&rec.meta),
-                state: parse(&rec.state),
-                online: parse(&rec.online),
-            });
-        }
+        out.extend(page.iter().filter(|r| r.meta.is_some()).map(|r| r.view()));
         if !full {
             break;
         }

@@ -652,25 +652,16 @@ async fn wait_for(
 ) -> Result<Option<String>, String> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let rec = hub.device(id);
-        let parse = |r: &Option<crate::server::Retained>| {
-            r.as_ref()
-                .and_then(|r| serde_json::from_str::<Value>(r.body()).ok())
-        };
-        if rec.meta.is_none() {
+        let d = hub.device(id).view();
+        if d.meta.is_none() {
             return Err(format!("no device `{id}`"));
         }
-        let online = parse(&rec.online);
-        if online.as_ref().and_then(|o| o.get("online")) == Some(&Value::Bool(false)) {
-            let why = online
-                .as_ref()
-                .and_then(|o| o.get("reason"))
-                .and_then(Value::as_str)
-                .unwrap_or("no reason given")
-                .to_owned();
+        // Offline only when the device says so; unknown (`null`) keeps waiting.
+        if d.online.as_ref().and_then(|o| o.get("online")) == Some(&Value::Bool(false)) {
+            let why = d.reason().unwrap_or("no reason given");
             return Err(format!("device `{id}` is offline: {why}"));
         }
-        let state = parse(&rec.state).unwrap_or(Value::Null);
+        let state = d.state.unwrap_or(Value::Null);
         if want.iter().all(|(k, v)| state.get(k) == Some(v)) {
             return Ok(None);
         }

@@ -6,11 +6,10 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 
-use super::auth::{client_name, Caller};
+use super::auth::Caller;
 use super::error::{ApiError, ErrorResponse};
 use super::AppState;
 use crate::automation::alerts::{self, Alert};
-use crate::journal::Who;
 
 /// The open alerts (acknowledged ones included, until they close).
 #[utoipa::path(get, path = "/api/alerts", tag = "venue",
@@ -32,13 +31,7 @@ pub async fn acknowledge(
     headers: HeaderMap,
 ) -> Result<Json<Alert>, ApiError> {
     caller.require_operator()?;
-    let who = Who {
-        token: caller.token.clone(),
-        role: Some(caller.role.as_str().to_owned()),
-        client: client_name(&headers),
-        peer: peer.to_string(),
-        transport: "http".into(),
-    };
+    let who = caller.who(peer, &headers);
     let valid = |s: &str| crate::tag::validate_tag(s).is_ok() && !s.contains('/');
     if !valid(&rule) || !valid(&device) {
         return Err(ApiError::new(

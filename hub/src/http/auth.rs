@@ -31,6 +31,21 @@ impl Caller {
         }
     }
 
+    /// Who this caller is, as the journal and audit trail record it.
+    pub fn who(
+        &self,
+        peer: std::net::SocketAddr,
+        headers: &axum::http::HeaderMap,
+    ) -> crate::journal::Who {
+        crate::journal::Who {
+            token: self.token.clone(),
+            role: Some(self.role.as_str().to_owned()),
+            client: client_name(headers),
+            peer: peer.to_string(),
+            transport: "http".into(),
+        }
+    }
+
     /// Refuses roles that may not change definitions (groups).
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self.role {

@@ -17,13 +17,12 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{client_name, Caller};
+use super::auth::Caller;
 use super::error::{ApiError, ErrorResponse};
 use super::AppState;
 use crate::devices::DeviceView;
-use crate::journal::Who;
 use crate::schema::{validate_settings, Setting};
-use crate::server::{DeviceRecord, Hub, Origin, Retained, DEVICE_PAGE};
+use crate::server::{DeviceRecord, Hub, Origin, DEVICE_PAGE};
 
 /// The correlation id header, accepted on requests and returned on responses.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
@@ -130,17 +129,7 @@ pub struct PatchQuery {
 fn device_view(hub: &Hub, id: &str) -> Option<(DeviceView, u64)> {
     let rec = hub.device(id);
     rec.meta.as_ref()?;
-    let parse = |r: &Option<Retained>| {
-        r.as_ref()
-            .map(|r| serde_json::from_str(r.body()).unwrap_or(Value::Null))
-    };
-    let view = DeviceView {
-        id: rec.id.clone(),
-        meta: parse(&rec.meta),
-        state: parse(&rec.state),
-        online: parse(&rec.online),
-    };
-    Some((view, updated_ms(&rec)))
+    Some((rec.view(), updated_ms(&rec)))
 }
 
 /// The latest change to any of a device's retained values, Unix milliseconds.
@@ -322,13 +311,7 @@ pub async fn patch(
     let cid = correlation_id(&headers);
     let span = tracing::info_span!("command", device = %id, cid = %cid);
     let origin = caller.as_ref().ok().map(|c| Origin {
-        who: Who {
-            token: c.token.clone(),
-            role: Some(c.role.as_str().to_owned()),
-            client: client_name(&headers),
-            peer: peer.to_string(),
-            transport: "http".into(),
-        },
+        who: c.who(peer, &headers),
         received_ms: crate::server::now_ms(),
     });
     let result = {

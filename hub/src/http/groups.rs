@@ -12,13 +12,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
 
-use super::auth::{client_name, Caller};
+use super::auth::Caller;
 use super::devices::{correlation_id, PatchQuery};
 use super::error::{ApiError, ErrorResponse};
 use super::AppState;
 use crate::automation::fanout::{self, GroupOutcome};
 use crate::automation::groups::{self, GroupInfo, GroupSpec, Origin as Defined, RoomInfo};
-use crate::journal::Who;
 use crate::server::{now_ms, Origin};
 
 fn unknown_group(name: &str) -> ApiError {
@@ -69,17 +68,7 @@ fn audit(
     detail: String,
 ) {
     st.hub
-        .audit(kind, who(caller, peer, headers), subject.to_owned(), detail);
-}
-
-fn who(caller: &Caller, peer: SocketAddr, headers: &HeaderMap) -> Who {
-    Who {
-        token: caller.token.clone(),
-        role: Some(caller.role.as_str().to_owned()),
-        client: client_name(headers),
-        peer: peer.to_string(),
-        transport: "http".into(),
-    }
+        .audit(kind, caller.who(peer, headers), subject.to_owned(), detail);
 }
 
 /// Defines (or redefines) a group made through the API. Needs the `admin` role.
@@ -217,7 +206,7 @@ async fn command_all(
         .into_iter()
         .filter(|d| spec.matches(d))
         .collect();
-    let who = who(&caller, peer, &headers);
+    let who = caller.who(peer, &headers);
     let origin = Origin {
         who: who.clone(),
         received_ms: now_ms(),

@@ -8,11 +8,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use super::auth::{client_name, Caller};
+use super::auth::Caller;
 use super::error::{ApiError, ErrorResponse};
 use super::AppState;
 use crate::automation::scenes::{RunError, Scene, RUNS_PREFIX};
-use crate::journal::Who;
 
 /// A scene as listed.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -48,16 +47,6 @@ pub async fn list(State(st): State<AppState>, _caller: Caller) -> Json<Vec<Scene
             })
             .collect(),
     )
-}
-
-fn who(caller: &Caller, peer: SocketAddr, headers: &HeaderMap) -> Who {
-    Who {
-        token: caller.token.clone(),
-        role: Some(caller.role.as_str().to_owned()),
-        client: client_name(headers),
-        peer: peer.to_string(),
-        transport: "http".into(),
-    }
 }
 
 fn scene_tag(name: &str) -> String {
@@ -102,7 +91,7 @@ pub async fn put(
     st.hub.publish_as_hub(&scene_tag(&name), &raw, true);
     st.hub.audit(
         "scene_defined",
-        who(&caller, peer, &headers),
+        caller.who(peer, &headers),
         name.clone(),
         text,
     );
@@ -142,7 +131,7 @@ pub async fn delete(
                 .publish_as_hub(&scene_tag(&name), serde_json::value::RawValue::NULL, true);
             st.hub.audit(
                 "scene_deleted",
-                who(&caller, peer, &headers),
+                caller.who(peer, &headers),
                 name,
                 String::new(),
             );
@@ -168,7 +157,7 @@ pub async fn run(
     match st
         .hub
         .scenes()
-        .start(&st.hub, &name, who(&caller, peer, &headers))
+        .start(&st.hub, &name, caller.who(peer, &headers))
     {
         Ok(run) => Ok((
             StatusCode::ACCEPTED,
@@ -211,7 +200,7 @@ pub async fn cancel(
     if st
         .hub
         .scenes()
-        .cancel(&st.hub, id, who(&caller, peer, &headers))
+        .cancel(&st.hub, id, caller.who(peer, &headers))
     {
         Ok(StatusCode::ACCEPTED)
     } else {

@@ -189,6 +189,22 @@ pub struct DeviceRecord {
     pub online: Option<Retained>,
 }
 
+impl DeviceRecord {
+    /// The values parsed (a body that is not JSON reads as `null`).
+    pub fn view(&self) -> crate::devices::DeviceView {
+        let parse = |r: &Option<Retained>| {
+            r.as_ref()
+                .map(|r| serde_json::from_str(r.body()).unwrap_or(serde_json::Value::Null))
+        };
+        crate::devices::DeviceView {
+            id: self.id.clone(),
+            meta: parse(&self.meta),
+            state: parse(&self.state),
+            online: parse(&self.online),
+        }
+    }
+}
+
 /// Counts kept as devices' retained values change, so gauges need no scan.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct DeviceCounts {
