@@ -110,15 +110,7 @@ impl GroupSpec {
     }
 }
 
-/// Where a group was defined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Origin {
-    /// The hub config (read-only through the API).
-    Config,
-    /// The API.
-    Api,
-}
+pub use super::definitions::Origin;
 
 /// A group as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -150,42 +142,15 @@ pub fn all_devices(hub: &Hub) -> Vec<DeviceView> {
     out
 }
 
-/// The groups defined through the API.
-pub fn api_groups(hub: &Hub) -> BTreeMap<String, GroupSpec> {
-    hub.retained_children(GROUPS_PREFIX)
-        .into_iter()
-        .filter_map(|(name, parts)| {
-            let spec = parts.iter().find(|(p, _)| p == "spec")?;
-            Some((name, serde_json::from_str(spec.1.body()).ok()?))
-        })
-        .collect()
-}
-
 /// A group by name, config first.
 pub fn find(hub: &Hub, name: &str) -> Option<(Origin, GroupSpec)> {
-    if let Some(spec) = hub.config().groups.get(name) {
-        return Some((Origin::Config, spec.clone()));
-    }
-    let r = hub.retained(&format!("{GROUPS_PREFIX}/{name}/spec"))?;
-    serde_json::from_str(r.body())
-        .ok()
-        .map(|s| (Origin::Api, s))
+    super::definitions::find(hub, &hub.config().groups, GROUPS_PREFIX, name)
 }
 
 /// Every group with its members.
 pub fn list(hub: &Hub) -> Vec<GroupInfo> {
     let devices = all_devices(hub);
-    let mut all: Vec<(String, Origin, GroupSpec)> = hub
-        .config()
-        .groups
-        .iter()
-        .map(|(n, s)| (n.clone(), Origin::Config, s.clone()))
-        .collect();
-    for (n, s) in api_groups(hub) {
-        if !hub.config().groups.contains_key(&n) {
-            all.push((n, Origin::Api, s));
-        }
-    }
+    let mut all = super::definitions::all(hub, &hub.config().groups, GROUPS_PREFIX);
     all.sort_by(|a, b| a.0.cmp(&b.0));
     all.into_iter()
         .map(|(name, origin, spec)| {

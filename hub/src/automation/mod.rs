@@ -6,6 +6,7 @@
 //! operator who sent the group command.
 
 pub mod alerts;
+pub mod definitions;
 pub mod fanout;
 pub mod groups;
 pub mod scenes;

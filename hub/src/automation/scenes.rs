@@ -231,34 +231,12 @@ pub const SCENES_PREFIX: &str = "hub/scenes";
 
 /// A scene by name, config first, then those defined through the API.
 pub fn find(hub: &Hub, name: &str) -> Option<(groups::Origin, Scene)> {
-    if let Some(s) = hub.config().scenes.get(name) {
-        return Some((groups::Origin::Config, s.clone()));
-    }
-    let r = hub.retained(&format!("{SCENES_PREFIX}/{name}/spec"))?;
-    serde_json::from_str(r.body())
-        .ok()
-        .map(|s| (groups::Origin::Api, s))
+    super::definitions::find(hub, &hub.config().scenes, SCENES_PREFIX, name)
 }
 
 /// Every scene: the config's, then the API's.
 pub fn all(hub: &Hub) -> Vec<(String, groups::Origin, Scene)> {
-    let mut out: Vec<_> = hub
-        .config()
-        .scenes
-        .iter()
-        .map(|(n, s)| (n.clone(), groups::Origin::Config, s.clone()))
-        .collect();
-    for (name, parts) in hub.retained_children(SCENES_PREFIX) {
-        if hub.config().scenes.contains_key(&name) {
-            continue;
-        }
-        if let Some((_, r)) = parts.iter().find(|(p, _)| p == "spec") {
-            if let Ok(s) = serde_json::from_str(r.body()) {
-                out.push((name, groups::Origin::Api, s));
-            }
-        }
-    }
-    out
+    super::definitions::all(hub, &hub.config().scenes, SCENES_PREFIX)
 }
 
 /// Checks a scene defined through the API against what the hub knows now:

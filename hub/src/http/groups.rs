@@ -105,7 +105,7 @@ pub async fn put(
     let text = serde_json::to_string(&spec).expect("a spec serializes");
     let raw = serde_json::value::RawValue::from_string(text.clone()).expect("valid JSON");
     st.hub.publish_as_hub(
-        &format!("{}/{name}/spec", groups::GROUPS_PREFIX),
+        &crate::automation::definitions::spec_tag(groups::GROUPS_PREFIX, &name),
         &raw,
         true,
     );
@@ -136,7 +136,7 @@ pub async fn delete(
         Some((Defined::Api, _)) => {
             let null = serde_json::value::RawValue::NULL;
             st.hub.publish_as_hub(
-                &format!("{}/{name}/spec", groups::GROUPS_PREFIX),
+                &crate::automation::definitions::spec_tag(groups::GROUPS_PREFIX, &name),
                 null,
                 true,
             );

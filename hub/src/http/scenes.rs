@@ -50,7 +50,7 @@ pub async fn list(State(st): State<AppState>, _caller: Caller) -> Json<Vec<Scene
 }
 
 fn scene_tag(name: &str) -> String {
-    format!("{}/{name}/spec", crate::automation::scenes::SCENES_PREFIX)
+    crate::automation::definitions::spec_tag(crate::automation::scenes::SCENES_PREFIX, name)
 }
 
 /// Defines (or redefines) a scene through the API (admin). It is checked
