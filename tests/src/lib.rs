@@ -43,6 +43,16 @@ pub struct Proc {
     pub stdout: Lines<BufReader<ChildStdout>>,
     /// The first line it printed.
     pub first_line: String,
+    /// The journal folder made for it, removed when it is dropped.
+    made_dir: Option<PathBuf>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(d) = &self.made_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 impl Proc {
@@ -50,13 +60,16 @@ impl Proc {
     pub async fn start(name: &str, args: &[&str]) -> Proc {
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         // Every hub keeps a journal, as users run it, each in its own folder.
+        let mut made_dir = None;
         if name == "patchbay-hub"
             && !args
                 .iter()
                 .any(|a| a == "--data-dir" || a == "--memory-only")
         {
+            let dir = temp_dir("hub-data");
             args.push("--data-dir".into());
-            args.push(temp_dir("hub-data").display().to_string());
+            args.push(dir.display().to_string());
+            made_dir = Some(dir);
         }
         let mut child = Command::new(bin(name))
             .args(&args)
@@ -77,6 +90,7 @@ impl Proc {
             child,
             stdout,
             first_line,
+            made_dir,
         }
     }
 
