@@ -250,6 +250,7 @@ async fn commands(p: &JournalParams) -> anyhow::Result<Value> {
                 let opts = RequestOptions {
                     timeout: Some(Duration::from_secs(30)),
                     cid: Some(&cid),
+                    on_behalf: None,
                 };
                 let r = ctl
                     .request_with(

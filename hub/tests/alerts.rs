@@ -182,6 +182,30 @@ offline_minutes = 0.01
         a.as_array().unwrap().is_empty()
     })
     .await;
+    // Without an `errors` field, the device's own "back to normal" closes it.
+    retain(&a, "dev/p1/state", json!({"lamp_hours": 12})).await;
+    a.publish_acked(
+        "dev/p1/event",
+        &event("error", "lamp failure"),
+        PublishOptions::default(),
+    )
+    .await
+    .unwrap();
+    alerts_until(&hub, "the lamp event alert again", |a| {
+        a.as_array().unwrap().len() == 1
+    })
+    .await;
+    a.publish_acked(
+        "dev/p1/event",
+        &event("info", "lamp back to normal"),
+        PublishOptions::default(),
+    )
+    .await
+    .unwrap();
+    alerts_until(&hub, "the lamp event alert closed by the info event", |a| {
+        a.as_array().unwrap().is_empty()
+    })
+    .await;
 
     // Offline for longer than the rule's time (0.6 s here), then back.
     retain(

@@ -70,6 +70,7 @@ async fn requests_replies_and_correlation_ids() {
     let opts = RequestOptions {
         timeout: Some(Duration::from_secs(5)),
         cid: Some("cid-1"),
+        on_behalf: None,
     };
     let reply = op
         .request_with("dev/p1/set", &Body::from(json!({"power":"on"})), opts)

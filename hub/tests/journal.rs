@@ -163,6 +163,7 @@ async fn commands_are_journaled_with_who_sent_them_and_how_they_ended() {
     let opts = RequestOptions {
         timeout: Some(WAIT),
         cid: Some("panel-7"),
+        on_behalf: None,
     };
     let err = ctl
         .request_with("dev/p1/set", &Body::from(json!({"input": "hdmi2"})), opts)
@@ -843,6 +844,7 @@ async fn a_command_whose_agent_leaves_has_an_unknown_outcome() {
     let opts = RequestOptions {
         timeout: Some(Duration::from_millis(100)),
         cid: None,
+        on_behalf: None,
     };
     let _ = ctl
         .request_with(

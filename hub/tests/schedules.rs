@@ -53,6 +53,7 @@ set = { power = "off" }
 #[tokio::test]
 async fn a_schedule_fires_at_its_time_on_a_controlled_clock() {
     let hub = Hub::new(config(NIGHTLY));
+    common::wire_only(&hub).await;
     // Wednesday 21:59:59.5 in Berlin (20:59:59.5 UTC).
     let clock = Arc::new(Mutex::new(at("2026-11-25T20:59:59.500Z")));
     let now = {
@@ -81,6 +82,7 @@ async fn a_schedule_fires_at_its_time_on_a_controlled_clock() {
 #[tokio::test]
 async fn runs_missed_while_the_hub_was_down_are_reported_not_run() {
     let hub = Hub::new(config(NIGHTLY));
+    common::wire_only(&hub).await;
     // The state a previous run of the hub left: looked at up to Monday noon.
     let before = ScheduleState {
         checked_until: at("2026-11-23T12:00:00Z").timestamp_millis() as u64,

@@ -115,6 +115,7 @@ async fn killing_the_agent_mid_command_and_restarting_it() {
         let opts = RequestOptions {
             timeout: Some(std::time::Duration::from_secs(120)),
             cid: Some("kill-1"),
+            on_behalf: None,
         };
         op.request_with("dev/proj-1/set", &Body::from(json!({"power":"on"})), opts)
             .await

@@ -247,6 +247,7 @@ async fn console_lists_controls_and_reports_devices() {
     let opts = RequestOptions {
         timeout: Some(WAIT),
         cid: None,
+        on_behalf: None,
     };
     ctl.request_with("sim/proj-3/control", &Body::from(json!("unplug")), opts)
         .await
@@ -361,6 +362,7 @@ async fn console_lists_controls_and_reports_devices() {
             let opts = RequestOptions {
                 timeout: Some(WAIT),
                 cid: None,
+                on_behalf: None,
             };
             ctl.request_with("sim/proj-1/control", &Body::from(json!(cmd)), opts)
                 .await

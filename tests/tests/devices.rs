@@ -62,6 +62,7 @@ async fn set(c: &Client, id: &str, desired: Value) -> Result<Value, Error> {
     let opts = RequestOptions {
         timeout: Some(Duration::from_secs(30)),
         cid: None,
+        on_behalf: None,
     };
     let reply = c
         .request_with(&format!("dev/{id}/set"), &Body::from(desired), opts)

@@ -72,6 +72,7 @@ async fn unplug_proj_3(hub: &str, http: &str) {
     let opts = RequestOptions {
         timeout: Some(WAIT),
         cid: None,
+        on_behalf: None,
     };
     c.request_with("sim/proj-3/control", &Body::from(json!("unplug")), opts)
         .await

@@ -4,12 +4,13 @@
 //! `alert/<rule>/<device>`; openings, acknowledgements and closings are in
 //! the audit trail.
 //!
-//! The engine is a subscriber like any other: an internal connection on
-//! `dev/+/state`, `dev/+/online` and `dev/+/event`, with a snapshot, so it
-//! sees what every console sees, in the same order.
+//! The engine is a client like any other (automation's connection, see
+//! `bus.rs`), subscribed with a snapshot to `dev/+/meta`, `dev/+/state`,
+//! `dev/+/online`, `dev/+/event` and the open alerts, so it sees what every
+//! console sees, in the same order, and carries on after a restart with the
+//! alerts that were open.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,11 +18,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use patchbay_client::Message;
+
+use super::bus::Bus;
 use super::groups::GroupSpec;
-use crate::config::Role;
 use crate::devices::DeviceView;
 use crate::journal::Who;
-use crate::server::{now_ms, Drain, Hub, Identity, Outbox};
+use crate::server::{now_ms, Hub};
 
 /// Where open alerts are retained.
 pub const ALERTS_PREFIX: &str = "alert";
@@ -147,18 +150,9 @@ fn tag(rule: &str, device: &str) -> String {
     format!("{ALERTS_PREFIX}/{rule}/{device}")
 }
 
-fn publish(hub: &Hub, a: Option<&Alert>, rule: &str, device: &str) {
-    let text = a.map_or_else(
-        || "null".to_owned(),
-        |a| serde_json::to_string(a).expect("serializes"),
-    );
-    let raw = serde_json::value::RawValue::from_string(text).expect("valid JSON");
-    hub.publish_as_hub(&tag(rule, device), &raw, true);
-}
-
 fn engine_who() -> Who {
     Who {
-        client: "alerts".into(),
+        client: super::bus::NAME.into(),
         transport: "internal".into(),
         ..Who::default()
     }
@@ -167,8 +161,7 @@ fn engine_who() -> Who {
 /// The open alerts (from their retained messages).
 pub fn open_alerts(hub: &Hub) -> Vec<Alert> {
     let mut out = Vec::new();
-    for (rule, devices) in hub.retained_children(ALERTS_PREFIX) {
-        let _ = rule;
+    for (_, devices) in hub.retained_children(ALERTS_PREFIX) {
         for (_, r) in devices {
             if let Ok(a) = serde_json::from_str::<Alert>(r.body()) {
                 out.push(a);
@@ -179,6 +172,9 @@ pub fn open_alerts(hub: &Hub) -> Vec<Alert> {
 }
 
 /// Acknowledges an open alert; returns it, or `None` if it is not open.
+///
+/// The hub records the acknowledgement on the retained alert; the engine
+/// sees it like any subscriber and keeps it while the alert stays open.
 pub fn acknowledge(hub: &Hub, rule: &str, device: &str, who: Who) -> Option<Alert> {
     let r = hub.retained(&tag(rule, device))?;
     let mut a: Alert = serde_json::from_str(r.body()).ok()?;
@@ -186,7 +182,9 @@ pub fn acknowledge(hub: &Hub, rule: &str, device: &str, who: Who) -> Option<Aler
     a.state = "acknowledged".into();
     a.acknowledged_by = Some(name);
     a.acknowledged_at = Some(now_ms());
-    publish(hub, Some(&a), rule, device);
+    let text = serde_json::to_string(&a).expect("an alert serializes");
+    let raw = serde_json::value::RawValue::from_string(text).expect("valid JSON");
+    hub.publish_as_hub(&tag(rule, device), &raw, true);
     hub.audit(
         "alert_acknowledged",
         who,
@@ -218,9 +216,12 @@ struct Device {
 
 struct Engine {
     hub: Arc<Hub>,
+    bus: Arc<Bus>,
     webhooks: super::webhook::Webhooks,
     rules: BTreeMap<String, Rule>,
     devices: HashMap<String, Device>,
+    /// The alerts open now, by rule and device, as last published.
+    open: BTreeMap<(String, String), Alert>,
 }
 
 impl Engine {
@@ -233,15 +234,23 @@ impl Engine {
         spec_matches(&spec, id, meta)
     }
 
-    fn open(&self, rule: &str, device: &str, message: String) {
-        let t = tag(rule, device);
-        if let Some(r) = self.hub.retained(&t) {
+    async fn publish(&self, rule: &str, device: &str, a: Option<&Alert>) {
+        let body = a.map_or(Value::Null, |a| {
+            serde_json::to_value(a).expect("serializes")
+        });
+        if let Err(e) = self.bus.retain(&tag(rule, device), &body).await {
+            tracing::warn!(rule, device, "the alert could not be published: {e}");
+        }
+    }
+
+    async fn open(&mut self, rule: &str, device: &str, message: String) {
+        let key = (rule.to_owned(), device.to_owned());
+        if let Some(a) = self.open.get_mut(&key) {
             // Already open: keep its acknowledgement, refresh the words.
-            if let Ok(mut a) = serde_json::from_str::<Alert>(r.body()) {
-                if a.message != message {
-                    a.message = message;
-                    publish(&self.hub, Some(&a), rule, device);
-                }
+            if a.message != message {
+                a.message = message;
+                let a = a.clone();
+                self.publish(rule, device, Some(&a)).await;
             }
             return;
         }
@@ -255,26 +264,26 @@ impl Engine {
             acknowledged_at: None,
         };
         tracing::warn!(rule, device, "alert: {message}");
-        publish(&self.hub, Some(&a), rule, device);
-        self.hub.audit("alert_opened", engine_who(), t, message);
+        self.publish(rule, device, Some(&a)).await;
+        self.hub
+            .audit("alert_opened", engine_who(), tag(rule, device), message);
         self.notify(rule, "opened", &a);
+        self.open.insert(key, a);
     }
 
-    fn close(&self, rule: &str, device: &str) {
-        let t = tag(rule, device);
-        if let Some(r) = self.hub.retained(&t) {
-            tracing::info!(rule, device, "alert cleared");
-            publish(&self.hub, None, rule, device);
-            if let Ok(a) = serde_json::from_str::<Alert>(r.body()) {
-                self.notify(rule, "closed", &a);
-            }
-            self.hub.audit(
-                "alert_closed",
-                engine_who(),
-                t,
-                "the condition cleared".into(),
-            );
-        }
+    async fn close(&mut self, rule: &str, device: &str) {
+        let Some(a) = self.open.remove(&(rule.to_owned(), device.to_owned())) else {
+            return;
+        };
+        tracing::info!(rule, device, "alert cleared");
+        self.publish(rule, device, None).await;
+        self.notify(rule, "closed", &a);
+        self.hub.audit(
+            "alert_closed",
+            engine_who(),
+            tag(rule, device),
+            "the condition cleared".into(),
+        );
     }
 
     /// Posts the alert to the rule's webhook, if it has one.
@@ -284,11 +293,44 @@ impl Engine {
         }
     }
 
-    fn on_message(&mut self, tag: &str, body: Value) {
+    /// An alert's retained value, from before a restart (in the snapshot) or
+    /// an acknowledgement (live).
+    async fn on_alert(&mut self, rule: &str, device: &str, m: &Message) {
+        let key = (rule.to_owned(), device.to_owned());
+        let alert = m.json::<Alert>().ok();
+        match alert {
+            None => {
+                self.open.remove(&key);
+            }
+            Some(_) if !self.rules.contains_key(rule) => {
+                // Its rule is no longer configured: nothing would ever close it.
+                tracing::info!(rule, device, "alert of a rule no longer configured removed");
+                self.publish(rule, device, None).await;
+            }
+            Some(a) if m.is_snapshot() || self.open.contains_key(&key) => {
+                self.open.insert(key, a);
+            }
+            // Acknowledged after it closed: it stays closed.
+            Some(_) => self.publish(rule, device, None).await,
+        }
+    }
+
+    async fn on_message(&mut self, m: &Message) {
+        let tag = m.tag();
+        if let Some(rest) = tag
+            .strip_prefix(ALERTS_PREFIX)
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            if let Some((rule, device)) = rest.split_once('/') {
+                self.on_alert(rule, device, m).await;
+            }
+            return;
+        }
         let Some((id, part)) = crate::devices::split_tag(tag) else {
             return;
         };
         let id = id.to_owned();
+        let body: Value = m.json().unwrap_or(Value::Null);
         match part {
             "meta" => {
                 self.devices.entry(id).or_default().meta = Some(body);
@@ -305,8 +347,8 @@ impl Engine {
                         continue;
                     }
                     match rule.state_holds(&body) {
-                        Some((true, why)) => self.open(&name, &id, why),
-                        Some((false, _)) => self.close(&name, &id),
+                        Some((true, why)) => self.open(&name, &id, why).await,
+                        Some((false, _)) => self.close(&name, &id).await,
                         None => {}
                     }
                 }
@@ -331,61 +373,77 @@ impl Engine {
                         .map(|(n, _)| n.clone())
                         .collect();
                     for n in names {
-                        self.close(&n, &id);
+                        self.close(&n, &id).await;
                     }
                 }
             }
-            "event" => {
-                // Only warnings and errors open alerts ("lamp back to normal" does not),
-                // and not when the device's state already says that part is fine.
-                let level = body
-                    .get("level")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                if !matches!(level, "warning" | "error") {
-                    return;
-                }
-                let code = body
-                    .get("code")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                let fine = self
-                    .devices
-                    .get(&id)
-                    .and_then(|d| {
-                        d.state
-                            .get("errors")?
-                            .get(&code)?
-                            .as_str()
-                            .map(|v| v == "ok")
-                    })
-                    .unwrap_or(false);
-                if fine {
-                    return;
-                }
-                let message = body
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or(&code)
-                    .to_owned();
-                let rules: Vec<(String, Rule)> = self
-                    .rules
-                    .iter()
-                    .map(|(n, r)| (n.clone(), r.clone()))
-                    .collect();
-                for (name, rule) in rules {
-                    if rule.errors.contains(&code) && self.applies(&rule, &id) {
-                        self.open(&name, &id, format!("{code}: {message}"));
-                    }
-                }
-            }
+            "event" => self.on_event(&id, &body).await,
             _ => {}
         }
     }
 
-    fn tick(&self) {
+    /// Warnings and errors open alerts, unless the device's state already
+    /// says that part is fine; an `info` event with the same code ("lamp
+    /// back to normal") closes them.
+    async fn on_event(&mut self, id: &str, body: &Value) {
+        let level = body
+            .get("level")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let code = body
+            .get("code")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if level == "info" {
+            let names: Vec<String> = self
+                .rules
+                .iter()
+                .filter(|(_, r)| r.errors.contains(&code))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in names {
+                self.close(&n, id).await;
+            }
+            return;
+        }
+        if !matches!(level, "warning" | "error") {
+            return;
+        }
+        let fine = self
+            .devices
+            .get(id)
+            .and_then(|d| {
+                d.state
+                    .get("errors")?
+                    .get(&code)?
+                    .as_str()
+                    .map(|v| v == "ok")
+            })
+            .unwrap_or(false);
+        if fine {
+            return;
+        }
+        let message = body
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or(&code)
+            .to_owned();
+        let rules: Vec<(String, Rule)> = self
+            .rules
+            .iter()
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect();
+        for (name, rule) in rules {
+            if rule.errors.contains(&code) && self.applies(&rule, id) {
+                self.open(&name, id, format!("{code}: {message}")).await;
+            }
+        }
+    }
+
+    async fn tick(&mut self) {
         let now = tokio::time::Instant::now();
+        let mut due = Vec::new();
         for (name, rule) in &self.rules {
             let Some(minutes) = rule.offline_minutes else {
                 continue;
@@ -394,14 +452,15 @@ impl Engine {
             for (id, d) in &self.devices {
                 if let Some(since) = d.offline_since {
                     if now.duration_since(since) >= limit && self.applies(rule, id) {
-                        self.open(
-                            name,
-                            id,
-                            format!("offline for more than {minutes} min: {}", d.offline_reason),
-                        );
+                        let why =
+                            format!("offline for more than {minutes} min: {}", d.offline_reason);
+                        due.push((name.clone(), id.clone(), why));
                     }
                 }
             }
+        }
+        for (name, id, why) in due {
+            self.open(&name, &id, why).await;
         }
     }
 }
@@ -415,81 +474,56 @@ fn spec_matches(spec: &GroupSpec, id: &str, meta: Option<Value>) -> bool {
     })
 }
 
-/// Runs the alert rules until `shutdown` turns true.
+/// Runs the alert rules until `shutdown` turns true: a client of the hub
+/// through automation's connection, subscribed (with a snapshot) to the
+/// devices and to the open alerts.
 pub async fn run(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
     let rules = hub.config().alerts.clone();
-    if rules.is_empty() {
+    if rules.is_empty() && hub.retained_children(ALERTS_PREFIX).is_empty() {
         return;
     }
-    let outbox = Outbox::new(hub.config().outbound_queue_bytes);
-    let ident = Identity {
-        name: Arc::from("alerts"),
-        role: Some(Role::Viewer),
-        may_claim: None,
-        principal: Arc::from("alerts"),
-    };
-    let peer = SocketAddr::from(([127, 0, 0, 1], 0));
-    let Ok(conn) = hub.connect_as(peer, outbox.clone(), ident) else {
-        tracing::error!("the alert engine could not connect to the hub");
+    let patterns = [
+        "alert/+/+",
+        "dev/+/meta",
+        "dev/+/state",
+        "dev/+/online",
+        "dev/+/event",
+    ];
+    let Some(bus) = hub
+        .automation_link()
+        .bus_until("the alert engine", &mut shutdown)
+        .await
+    else {
         return;
     };
-    let patterns = ["dev/+/meta", "dev/+/state", "dev/+/online", "dev/+/event"].map(String::from);
-    if let Err(e) = hub.subscribe(conn, &patterns, Some(0), None) {
-        tracing::error!("the alert engine could not subscribe: {}", e.message);
-        hub.disconnect(conn);
-        return;
-    }
+    let mut sub = match bus.watch(&patterns).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("the alert engine cannot subscribe: {e}");
+            return;
+        }
+    };
     let mut engine = Engine {
         webhooks: super::webhook::Webhooks::new(Duration::from_millis(
             hub.config().webhook_timeout_ms,
         )),
-        hub: hub.clone(),
+        hub,
+        bus,
         rules,
         devices: HashMap::new(),
+        open: BTreeMap::new(),
     };
-    let mut buf = Vec::new();
     let mut tick = tokio::time::interval(TICK);
-    #[derive(Deserialize)]
-    struct Frame<'a> {
-        op: &'a str,
-        #[serde(borrow, default)]
-        tag: Option<std::borrow::Cow<'a, str>>,
-        #[serde(default)]
-        body: Value,
-    }
     loop {
-        buf.clear();
-        match outbox.drain_into(&mut buf, &hub) {
-            Drain::Data { .. } => {
-                for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    if let Ok(f) = serde_json::from_slice::<Frame>(line) {
-                        if let ("msg", Some(tag)) = (f.op, f.tag) {
-                            engine.on_message(&tag, f.body);
-                        }
-                    }
-                }
-                continue;
-            }
-            Drain::Finished => break,
-            Drain::Empty => {
-                tokio::select! {
-                    _ = outbox.wait() => {}
-                    _ = tick.tick() => engine.tick(),
-                    _ = shutdown.changed() => break,
-                }
-            }
-            Drain::Later(at) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at) => {}
-                    _ = shutdown.changed() => break,
-                }
-            }
-        }
-        if *shutdown.borrow() {
-            break;
+        tokio::select! {
+            m = sub.next() => match m {
+                Some(m) => engine.on_message(&m).await,
+                None => break,
+            },
+            _ = tick.tick() => engine.tick().await,
+            _ = shutdown.changed() => break,
         }
     }
-    hub.disconnect(conn);
 }
 
 #[cfg(test)]

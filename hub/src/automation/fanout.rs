@@ -1,5 +1,7 @@
 //! One command to many devices: each member gets the settings it has,
 //! concurrently up to a limit, and the answer says what became of each.
+//! Member commands go through automation's client connection (`bus.rs`),
+//! each a device command the journal records for the operator who asked.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,9 +9,11 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::bus::Bus;
 use crate::devices::DeviceView;
+use crate::journal::Who;
 use crate::schema::{validate_settings, Setting};
-use crate::server::{Hub, Origin};
+use crate::server::{Hub, OpError, Origin};
 
 /// What became of one member.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -79,14 +83,15 @@ fn coerce(settings: &[Setting], name: &str, v: Value) -> Value {
     }
 }
 
-/// Sends `desired` to one member and waits for its answer.
+/// Sends `desired` to one member through automation's connection, for
+/// `who`, and waits for its answer.
 async fn one(
-    hub: Arc<Hub>,
+    bus: Result<Arc<Bus>, OpError>,
     d: DeviceView,
     desired: Map<String, Value>,
     timeout: Duration,
     cid: String,
-    origin: Option<Origin>,
+    who: Who,
 ) -> MemberOutcome {
     let settings: Vec<Setting> = d
         .meta
@@ -134,30 +139,21 @@ async fn one(
     } else if let Err(e) = validate_settings(&settings, &mine) {
         failed(&d.id, "invalid_value", e.to_string(), None)
     } else {
-        let raw = serde_json::value::RawValue::from_string(mine.to_string())
-            .expect("a JSON value serializes to JSON");
-        let tag = format!("dev/{}/set", d.id);
-        match hub.request_internal(&tag, &raw, Some(timeout), Some(&cid), origin) {
+        match bus {
             Err(e) => failed(&d.id, e.code.as_str(), e.message, Some(cid)),
-            Ok(answer) => match answer.await {
-                Ok(Ok(state)) => MemberOutcome {
+            Ok(bus) => match bus.command(&d.id, &mine, timeout, &cid, &who).await {
+                Ok(state) => MemberOutcome {
                     id: d.id.clone(),
                     outcome: "confirmed".into(),
-                    state: serde_json::from_str(state.get()).ok(),
+                    state: Some(state),
                     error: None,
                     skipped: Vec::new(),
                     cid: Some(cid),
                 },
-                Ok(Err(e)) => MemberOutcome {
-                    error: serde_json::to_value(&e).ok(),
+                Err(e) => MemberOutcome {
+                    error: Some(e),
                     ..failed(&d.id, "", String::new(), Some(cid))
                 },
-                Err(_) => failed(
-                    &d.id,
-                    "unavailable",
-                    "the hub is shutting down".into(),
-                    Some(cid),
-                ),
             },
         }
     };
@@ -181,18 +177,20 @@ pub async fn run(
     // (group and room commands, scenes, schedules): nothing waits in memory
     // beyond that, however many steps run in parallel.
     let shared = hub.automation_limit().clone();
+    let bus = hub.bus().await;
+    let who = origin.map(|o| o.who).unwrap_or_default();
     let mut members: Vec<MemberOutcome> = futures_util::stream::iter(members)
         .map(|d| {
-            let (hub, desired, cid, origin, shared) = (
-                hub.clone(),
+            let (bus, desired, cid, who, shared) = (
+                bus.clone(),
                 desired.clone(),
                 cid.clone(),
-                origin.clone(),
+                who.clone(),
                 shared.clone(),
             );
             async move {
                 let _permit = shared.acquire_owned().await;
-                one(hub, d, desired, timeout, cid, origin).await
+                one(bus, d, desired, timeout, cid, who).await
             }
         })
         .buffer_unordered(concurrency.max(1))

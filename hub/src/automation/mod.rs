@@ -1,11 +1,14 @@
 //! Venue operations: rooms (every device with the same `location`), groups
 //! (named selectors), and one command for all their members at once.
 //!
-//! Group commands go through the hub's own request path, each member's as
-//! its own device command, so the journal records every one with the
-//! operator who sent the group command.
+//! Automation is a client of the hub: group and room commands, scene runs,
+//! schedules and alerts talk through one client-library connection to the
+//! hub's own wire port (`bus.rs`), as any controller would. Each member of
+//! a group command is its own device command, sent `for` the operator who
+//! asked, so the journal records every one with that operator.
 
 pub mod alerts;
+pub mod bus;
 pub mod definitions;
 pub mod fanout;
 pub mod groups;

@@ -2,6 +2,8 @@
 //! for a device to reach a state; a delay; steps in parallel), run on
 //! request. A run's progress is a retained message, `hub/scene-runs/<id>`,
 //! rewritten at every step, so anyone can follow it live or read it later.
+//! Runs publish, command and wait through automation's client connection
+//! (`bus.rs`), like any controller.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::bus::Bus;
 use super::fanout;
 use super::groups::{self, GroupSpec};
 use crate::journal::Who;
@@ -21,9 +24,6 @@ pub const RUNS_PREFIX: &str = "hub/scene-runs";
 
 /// Runs kept as retained values; older ones are deleted.
 const RUNS_KEPT: usize = 200;
-
-/// How often a `wait` step looks at the device.
-const WAIT_POLL: Duration = Duration::from_millis(100);
 
 /// What a failed step does to the rest of the scene.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
@@ -338,6 +338,9 @@ pub enum RunError {
         "{0} scene runs are under way, the most the hub runs at once; try again when one ends"
     )]
     TooMany(usize),
+    /// Automation cannot reach the hub.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Starts runs and keeps track of the ones under way.
@@ -359,11 +362,16 @@ impl Runner {
         }
     }
 
-    /// Starts scene `name` for `who`; returns the run's id at once.
-    pub fn start(&self, hub: &Arc<Hub>, name: &str, who: Who) -> Result<u64, RunError> {
+    /// Starts scene `name` for `who`; returns the run's id once the run
+    /// is published (so it can be read at once).
+    pub async fn start(&self, hub: &Arc<Hub>, name: &str, who: Who) -> Result<u64, RunError> {
         let scene = find(hub, name)
             .map(|(_, s)| s)
             .ok_or_else(|| RunError::Unknown(name.to_owned()))?;
+        let bus = hub
+            .bus()
+            .await
+            .map_err(|e| RunError::Unavailable(e.message))?;
         let id = {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
             let total: usize = running.values().map(HashSet::len).sum();
@@ -397,7 +405,7 @@ impl Runner {
                 })
                 .collect(),
         };
-        publish(hub, &run);
+        publish(&bus, &run).await;
         hub.audit(
             "scene_run",
             who,
@@ -412,7 +420,7 @@ impl Runner {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, cancel_tx);
         tokio::spawn(async move {
-            let run = execute(&hub, scene, run, cancel).await;
+            let run = execute(&hub, &bus, scene, run, cancel).await;
             let runner = hub.scenes();
             runner
                 .cancels
@@ -426,7 +434,7 @@ impl Runner {
                 .entry(name.clone())
                 .or_default()
                 .remove(&run.id);
-            runner.keep(&hub, run.id);
+            runner.keep(&bus, run.id).await;
             tracing::info!(scene = %name, run = run.id, status = %run.status, "scene run ended");
         });
         Ok(id)
@@ -446,30 +454,41 @@ impl Runner {
     }
 
     /// Keeps the newest runs retained and deletes the oldest.
-    fn keep(&self, hub: &Hub, id: u64) {
-        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        kept.push_back(id);
-        while kept.len() > RUNS_KEPT {
-            if let Some(old) = kept.pop_front() {
-                hub.publish_as_hub(
-                    &format!("{RUNS_PREFIX}/{old}"),
-                    serde_json::value::RawValue::NULL,
-                    true,
-                );
+    async fn keep(&self, bus: &Bus, id: u64) {
+        let old: Vec<u64> = {
+            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+            kept.push_back(id);
+            let extra = kept.len().saturating_sub(RUNS_KEPT);
+            kept.drain(..extra).collect()
+        };
+        for old in old {
+            if let Err(e) = bus
+                .retain(&format!("{RUNS_PREFIX}/{old}"), &Value::Null)
+                .await
+            {
+                tracing::warn!(run = old, "an old scene run could not be deleted: {e}");
             }
         }
     }
 }
 
-fn publish(hub: &Hub, run: &Run) {
-    let text = serde_json::to_string(run).expect("a run serializes");
-    let raw = serde_json::value::RawValue::from_string(text).expect("valid JSON");
-    hub.publish_as_hub(&format!("{RUNS_PREFIX}/{}", run.id), &raw, true);
+async fn publish(bus: &Bus, run: &Run) {
+    let body = serde_json::to_value(run).expect("a run serializes");
+    if let Err(e) = bus
+        .retain(&format!("{RUNS_PREFIX}/{}", run.id), &body)
+        .await
+    {
+        tracing::warn!(
+            run = run.id,
+            "scene run progress could not be published: {e}"
+        );
+    }
 }
 
 /// Runs the steps in order, publishing progress; returns the final run.
 async fn execute(
     hub: &Arc<Hub>,
+    bus: &Bus,
     scene: Scene,
     mut run: Run,
     mut cancel: tokio::sync::watch::Receiver<Option<String>>,
@@ -494,10 +513,10 @@ async fn execute(
         }
         run.steps[i].status = "running".into();
         run.steps[i].started = Some(now_ms());
-        publish(hub, &run);
+        publish(bus, &run).await;
         let cid = format!("scene-{}-{}", run.id, i + 1);
         let result = tokio::select! {
-            r = step_result(hub, step, &cid, &origin) => r,
+            r = step_result(hub, bus, step, &cid, &origin) => r,
             by = cancel.wait_for(Option::is_some) => {
                 let by = by.ok().and_then(|b| b.clone()).unwrap_or_else(|| "someone".into());
                 cancelled = Some(by.clone());
@@ -518,7 +537,7 @@ async fn execute(
                 stopped = step.on_error.unwrap_or(scene.on_error) == OnError::Stop;
             }
         }
-        publish(hub, &run);
+        publish(bus, &run).await;
     }
     // The run stays `running` until every step has its final status.
     run.status = match (&cancelled, failed) {
@@ -528,13 +547,14 @@ async fn execute(
     }
     .into();
     run.finished = Some(now_ms());
-    publish(hub, &run);
+    publish(bus, &run).await;
     run
 }
 
 /// Runs one step; `Ok` carries what happened, `Err` why it failed.
 fn step_result<'a>(
     hub: &'a Arc<Hub>,
+    bus: &'a Bus,
     step: &'a Step,
     cid: &'a str,
     origin: &'a Origin,
@@ -549,7 +569,7 @@ fn step_result<'a>(
         if let Some(parallel) = &step.parallel {
             let runs = parallel.iter().enumerate().map(|(i, s)| async move {
                 let cid = format!("{cid}.{}", i + 1);
-                step_result(hub, s, &cid, origin)
+                step_result(hub, bus, s, &cid, origin)
                     .await
                     .map_err(|e| format!("{}: {e}", s.describe()))
             });
@@ -563,7 +583,7 @@ fn step_result<'a>(
         }
         if let Some(want) = &step.wait {
             let id = step.device.as_deref().unwrap_or_default();
-            return wait_for(hub, id, want, timeout).await;
+            return wait_for(bus, id, want, timeout).await;
         }
         let settings = step.set.clone().unwrap_or_default();
         let spec = match (&step.device, &step.group, &step.room) {
@@ -621,45 +641,85 @@ fn step_result<'a>(
     })
 }
 
-/// Waits until every field of `want` is in the device's state.
+/// Waits until every field of `want` is in the device's state, following
+/// the device's messages (a subscription with a snapshot).
 async fn wait_for(
-    hub: &Hub,
+    bus: &Bus,
     id: &str,
     want: &Map<String, Value>,
     timeout: Duration,
 ) -> Result<Option<String>, String> {
     let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let d = hub.device(id).view();
-        if d.meta.is_none() {
-            return Err(format!("no device `{id}`"));
+    let tags = [
+        format!("dev/{id}/meta"),
+        format!("dev/{id}/state"),
+        format!("dev/{id}/online"),
+    ];
+    let patterns: Vec<&str> = tags.iter().map(String::as_str).collect();
+    let mut sub = bus
+        .watch(&patterns)
+        .await
+        .map_err(|e| format!("cannot follow `{id}`: {e}"))?;
+    /// What the wait has seen of the device.
+    #[derive(Default)]
+    struct Seen {
+        meta: bool,
+        state: Value,
+        online: Value,
+    }
+    impl Seen {
+        fn take(&mut self, m: &patchbay_client::Message) {
+            let v: Value = m.json().unwrap_or(Value::Null);
+            match m.tag().rsplit('/').next() {
+                Some("meta") => self.meta = !v.is_null(),
+                Some("state") => self.state = v,
+                Some("online") => self.online = v,
+                _ => {}
+            }
         }
+    }
+    let mut seen = Seen::default();
+    let snapshot = sub
+        .snapshot()
+        .await
+        .map_err(|e| format!("cannot follow `{id}`: {e}"))?;
+    snapshot.iter().for_each(|m| seen.take(m));
+    if !seen.meta {
+        return Err(format!("no device `{id}`"));
+    }
+    loop {
+        let Seen { state, online, .. } = &seen;
         // Offline only when the device says so; unknown (`null`) keeps waiting.
-        if d.online.as_ref().and_then(|o| o.get("online")) == Some(&Value::Bool(false)) {
-            let why = d.reason().unwrap_or("no reason given");
+        if online.get("online") == Some(&Value::Bool(false)) {
+            let why = online
+                .get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given");
             return Err(format!("device `{id}` is offline: {why}"));
         }
-        let state = d.state.unwrap_or(Value::Null);
         if want.iter().all(|(k, v)| state.get(k) == Some(v)) {
             return Ok(None);
         }
-        if tokio::time::Instant::now() >= deadline {
-            let now: Vec<String> = want
-                .keys()
-                .map(|k| {
-                    format!(
-                        "{k}={}",
-                        state.get(k).map_or("unknown".into(), |v| v.to_string())
-                    )
-                })
-                .collect();
-            return Err(format!(
-                "`{id}` did not reach the state within {} ms (it is {})",
-                timeout.as_millis(),
-                now.join(" ")
-            ));
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Some(m)) => seen.take(&m),
+            Ok(None) => return Err(format!("lost the hub while waiting for `{id}`")),
+            Err(_) => {
+                let now: Vec<String> = want
+                    .keys()
+                    .map(|k| {
+                        format!(
+                            "{k}={}",
+                            state.get(k).map_or("unknown".into(), |v| v.to_string())
+                        )
+                    })
+                    .collect();
+                return Err(format!(
+                    "`{id}` did not reach the state within {} ms (it is {})",
+                    timeout.as_millis(),
+                    now.join(" ")
+                ));
+            }
         }
-        tokio::time::sleep(WAIT_POLL).await;
     }
 }
 

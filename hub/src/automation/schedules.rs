@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
+use super::bus::Bus;
 use super::groups::{self, GroupSpec};
 use crate::journal::Who;
 use crate::server::{Hub, Origin};
@@ -212,11 +213,28 @@ pub fn state_of(hub: &Hub, name: &str) -> Option<ScheduleState> {
     serde_json::from_str(hub.retained(&state_tag(name))?.body()).ok()
 }
 
-fn save(hub: &Hub, name: &str, s: &ScheduleState) {
-    let raw =
-        serde_json::value::RawValue::from_string(serde_json::to_string(s).expect("serializes"))
-            .expect("valid JSON");
-    hub.publish_as_hub(&state_tag(name), &raw, true);
+async fn save(bus: &Bus, name: &str, s: &ScheduleState) {
+    let body = serde_json::to_value(s).expect("serializes");
+    if let Err(e) = bus.retain(&state_tag(name), &body).await {
+        tracing::warn!(schedule = %name, "the schedule's state could not be published: {e}");
+    }
+}
+
+/// The schedules' states as retained, read once at start through a snapshot.
+async fn saved_states(bus: &Bus) -> BTreeMap<String, ScheduleState> {
+    let pattern = state_tag("+");
+    let Ok(mut sub) = bus.watch(&[pattern.as_str()]).await else {
+        return BTreeMap::new();
+    };
+    let snapshot = sub.snapshot().await.unwrap_or_default();
+    snapshot
+        .iter()
+        .filter_map(|m| {
+            let name = m.tag().strip_prefix(SCHEDULES_PREFIX)?.strip_prefix('/')?;
+            let name = name.strip_suffix("/state")?;
+            Some((name.to_owned(), m.json().ok()?))
+        })
+        .collect()
 }
 
 fn ms(t: DateTime<Utc>) -> u64 {
@@ -234,7 +252,7 @@ fn scheduler() -> Who {
 /// Runs what a schedule does; returns the outcome in words.
 async fn fire(hub: &Arc<Hub>, name: &str, s: &Schedule, due_ms: u64) -> String {
     if let Some(scene) = &s.scene {
-        return match hub.scenes().start(hub, scene, scheduler()) {
+        return match hub.scenes().start(hub, scene, scheduler()).await {
             Ok(run) => format!("scene {scene} started (run {run})"),
             Err(e) => e.to_string(),
         };
@@ -298,11 +316,19 @@ pub async fn run(
     if schedules.is_empty() {
         return;
     }
+    let Some(bus) = hub
+        .automation_link()
+        .bus_until("the scheduler", &mut shutdown)
+        .await
+    else {
+        return;
+    };
+    let mut saved = saved_states(&bus).await;
     let start = now();
     let mut states: BTreeMap<String, ScheduleState> = schedules
         .keys()
         .map(|n| {
-            let s = state_of(&hub, n).unwrap_or(ScheduleState {
+            let s = saved.remove(n).unwrap_or(ScheduleState {
                 checked_until: ms(start),
                 ..ScheduleState::default()
             });
@@ -345,7 +371,7 @@ pub async fn run(
                 state.last_outcome = Some(outcome);
             }
             state.checked_until = ms(t);
-            save(&hub, name, state);
+            save(&bus, name, state).await;
         }
         // Sleep until the next fire time, looking at the clock at least every MAX_SLEEP.
         let t = now();

@@ -419,6 +419,7 @@ async fn set(
     let opts = RequestOptions {
         timeout: Some(timeout),
         cid: Some(cid),
+        on_behalf: None,
     };
     let body = Body::from(Value::Object(desired));
     let tag = format!("dev/{id}/set");
@@ -510,6 +511,7 @@ async fn set_many(
     let opts = RequestOptions {
         timeout: Some(Duration::from_millis(timeout_ms) + Duration::from_secs(5)),
         cid: Some(&cid),
+        on_behalf: None,
     };
     let outcome: Value = match client
         .request_with("hub/venue/set", &Body::from(body), opts)
@@ -568,6 +570,7 @@ async fn run_scene(client: &Client, name: &str, json: bool) -> anyhow::Result<()
     let opts = RequestOptions {
         timeout: Some(Duration::from_secs(10)),
         cid: None,
+        on_behalf: None,
     };
     let started: Value = match client
         .request_with(
@@ -639,6 +642,7 @@ async fn ask_journal(client: &Client, what: &str, mut q: Value) -> anyhow::Resul
     let opts = RequestOptions {
         timeout: Some(Duration::from_secs(10)),
         cid: None,
+        on_behalf: None,
     };
     match client
         .request_with(&format!("hub/journal/{what}"), &Body::from(q), opts)
@@ -971,6 +975,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = RequestOptions {
                 timeout: Some(Duration::from_millis(timeout_ms)),
                 cid: cid.as_deref(),
+                on_behalf: None,
             };
             let reply: Value = client
                 .request_with(&tag, &parse_body(&body), opts)

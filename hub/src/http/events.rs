@@ -96,6 +96,7 @@ pub async fn stream(
         role: Some(Role::Viewer),
         may_claim: None,
         principal: Arc::from(format!("sse-{peer}")),
+        system: false,
     };
     let conn = hub.connect_as(peer, outbox.clone(), ident)?;
     let sub = Subscription {

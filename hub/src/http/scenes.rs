@@ -158,6 +158,7 @@ pub async fn run(
         .hub
         .scenes()
         .start(&st.hub, &name, caller.who(peer, &headers))
+        .await
     {
         Ok(run) => Ok((
             StatusCode::ACCEPTED,
@@ -175,6 +176,11 @@ pub async fn run(
         Err(e @ (RunError::Running(..) | RunError::TooMany(_))) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
+            e.to_string(),
+        )),
+        Err(e @ RunError::Unavailable(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
             e.to_string(),
         )),
     }

@@ -23,7 +23,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use query::{
@@ -82,7 +82,8 @@ pub enum JournalError {
 }
 
 /// Who sent a command, or what an audit row is about.
-#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
 pub struct Who {
     /// The token's name, when the hub requires tokens.
     pub token: Option<String>,

@@ -65,6 +65,9 @@ pub struct Identity {
     pub may_claim: Option<Vec<String>>,
     /// Whom claims and reservations belong to: the token, or without tokens the name.
     pub principal: Arc<str>,
+    /// The hub's own automation (see `automation/bus.rs`): may publish under
+    /// the hub's tags and send requests `for` someone else.
+    pub system: bool,
 }
 
 /// How a client reaches the hub.
@@ -580,7 +583,19 @@ impl State {
     }
 
     /// Records an audit row, when the hub keeps a journal.
-    fn audit(&self, kind: &'static str, who: Who, mut subject: String, mut detail: String) {
+    fn audit(&self, kind: &'static str, who: Who, subject: String, detail: String) {
+        self.audit_at(now_ms(), kind, who, subject, detail);
+    }
+
+    /// An audit row with the time it happened.
+    fn audit_at(
+        &self,
+        time_ms: u64,
+        kind: &'static str,
+        who: Who,
+        mut subject: String,
+        mut detail: String,
+    ) {
         if let Some(j) = &self.journal {
             for text in [&mut subject, &mut detail] {
                 if text.len() > MAX_AUDIT_DETAIL {
@@ -593,7 +608,7 @@ impl State {
                 }
             }
             j.record(Record::Audit(Box::new(AuditRecord {
-                time_ms: now_ms(),
+                time_ms,
                 kind,
                 who,
                 subject,
@@ -656,6 +671,8 @@ pub struct Hub {
     scenes: crate::automation::scenes::Runner,
     /// Member commands of all automation under way at once (`group_concurrency`).
     automation_limit: Arc<tokio::sync::Semaphore>,
+    /// Automation's own wire connection to this hub.
+    link: crate::automation::bus::Link,
 }
 
 impl Hub {
@@ -680,6 +697,7 @@ impl Hub {
             journal: None,
             scenes: crate::automation::scenes::Runner::new(),
             automation_limit: Arc::new(tokio::sync::Semaphore::new(group_concurrency)),
+            link: crate::automation::bus::Link::new(),
         })
     }
 
@@ -745,6 +763,7 @@ impl Hub {
             journal: Some(journal),
             scenes: crate::automation::scenes::Runner::new(),
             automation_limit: Arc::new(tokio::sync::Semaphore::new(group_concurrency)),
+            link: crate::automation::bus::Link::new(),
         });
         hub.audit_hub("hub_started", format!("instance {}", hub.instance));
         hub
@@ -758,6 +777,16 @@ impl Hub {
     /// Scene runs.
     pub fn scenes(&self) -> &crate::automation::scenes::Runner {
         &self.scenes
+    }
+
+    /// Where automation connects to this hub, and its token.
+    pub fn automation_link(&self) -> &crate::automation::bus::Link {
+        &self.link
+    }
+
+    /// Automation's connection to this hub (made on first use).
+    pub async fn bus(&self) -> Result<Arc<crate::automation::bus::Bus>, OpError> {
+        self.link.bus().await
     }
 
     /// The journal, when the hub keeps one.
@@ -786,7 +815,9 @@ impl Hub {
     /// bad tokens cannot fill the disk.
     pub fn audit_auth_failure(&self, who: Who, detail: &str) {
         let mut st = self.lock("audit");
-        let second = now_ms() / 1000;
+        // One clock reading, so a row is in the second it was counted in.
+        let now = now_ms();
+        let second = now / 1000;
         if st.auth_audit.0 != second {
             let suppressed = st.auth_audit.2;
             st.auth_audit = (second, 0, 0);
@@ -796,7 +827,8 @@ impl Hub {
                     transport: "internal".into(),
                     ..Who::default()
                 };
-                st.audit(
+                st.audit_at(
+                    now,
                     "auth_failed",
                     hub,
                     String::new(),
@@ -806,7 +838,7 @@ impl Hub {
         }
         if st.auth_audit.1 < AUTH_AUDIT_PER_SECOND {
             st.auth_audit.1 += 1;
-            st.audit("auth_failed", who, String::new(), detail.to_owned());
+            st.audit_at(now, "auth_failed", who, String::new(), detail.to_owned());
         } else {
             st.auth_audit.2 += 1;
         }
@@ -964,6 +996,7 @@ impl Hub {
                 role: Some(Role::Agent),
                 may_claim: None,
                 principal: name,
+                system: false,
             },
             patterns: HashSet::new(),
             claims: Vec::new(),
@@ -1111,7 +1144,8 @@ impl Hub {
             ));
         };
         let from = c.ident.name.clone();
-        if let Some(own) = HUB_PREFIXES.iter().find(|p| is_under(tag, p)) {
+        let own = HUB_PREFIXES.iter().find(|p| is_under(tag, p));
+        if let (Some(own), false) = (own, c.ident.system) {
             return Err(OpError::new(
                 ErrorCode::Forbidden,
                 format!("tags under `{own}` are the hub's own (definitions, runs, alerts); clients may not publish there"),
@@ -1210,7 +1244,9 @@ impl Hub {
         Err(result)
     }
 
-    /// Sends a request to the owner of `tag`, else to one subscriber of it.
+    /// Sends a request to the owner of `tag`, else to one subscriber of it;
+    /// a device command is journaled as sent by `origin` when given, else by `conn`.
+    #[allow(clippy::too_many_arguments)]
     pub fn request(
         &self,
         conn: ConnId,
@@ -1219,9 +1255,10 @@ impl Hub {
         rid: &RawValue,
         timeout: Option<Duration>,
         cid: Option<&str>,
+        origin: Option<Origin>,
     ) -> Result<(), OpError> {
         let requester = Requester::Conn(conn, rid.to_owned());
-        self.send_request(Some(conn), requester, tag, body, timeout, cid, None)
+        self.send_request(Some(conn), requester, tag, body, timeout, cid, origin)
     }
 
     /// Sends a request on the hub's own behalf (the HTTP side, for `origin`);
@@ -1289,8 +1326,8 @@ impl Hub {
             (Some(j), Some((device, "set"))) => {
                 let id = j.next_command_id();
                 let (who, received_ms) = match (conn.and_then(|c| st.conn(c)), origin) {
-                    (Some(c), _) => (c.who(), now_ms()),
-                    (None, Some(o)) => (o.who, o.received_ms),
+                    (_, Some(o)) => (o.who, o.received_ms),
+                    (Some(c), None) => (c.who(), now_ms()),
                     (None, None) => (
                         Who {
                             client: "http".into(),

@@ -29,6 +29,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
+    if let Ok(addr) = listener.local_addr() {
+        hub.automation_link().set_listener(addr);
+    }
     let timer = tokio::spawn(hub.clone().run_request_timer());
     let alerts = tokio::spawn(crate::automation::alerts::run(hub.clone(), stop_rx.clone()));
     let schedules = tokio::spawn(crate::automation::schedules::run(
@@ -76,6 +79,7 @@ pub async fn serve(
     timer.abort();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, alerts).await;
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, schedules).await;
+    hub.automation_link().close().await;
     if let Some(j) = hub.journal() {
         hub.audit_hub("hub_stopped", "shut down".into());
         j.close();

@@ -540,6 +540,7 @@ mod tests {
             role: Some(crate::config::Role::Viewer),
             may_claim: None,
             principal: Arc::from("viewer"),
+            system: false,
         };
         let conn = hub
             .connect_as("127.0.0.1:1".parse().unwrap(), o.clone(), ident)

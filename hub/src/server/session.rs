@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use super::hub::{Hub, Identity, OpError, Transport};
+use super::hub::{Hub, Identity, OpError, Origin, Transport};
 use super::metrics::Metrics;
 use super::outbox::{Outbox, Push};
 use super::ConnId;
@@ -55,7 +55,7 @@ pub struct Session {
 pub const PREAUTH_MAX_LINE: usize = 4096;
 
 /// Names the hub uses for itself, which no client may take.
-const RESERVED_NAMES: &[&str] = &["hub", "http"];
+const RESERVED_NAMES: &[&str] = &["hub", "http", crate::automation::bus::NAME];
 
 fn tag_error(e: TagError) -> OpError {
     OpError::new(ErrorCode::BadTag, e.to_string())
@@ -328,22 +328,34 @@ impl Session {
                 rid,
                 timeout_ms,
                 cid,
+                on_behalf,
             } => {
                 let timeout = timeout_ms.map(Duration::from_millis);
+
                 let sent = self
                     .require(role, WRITERS, "send requests")
                     .and_then(|()| validate_tag(&tag).map_err(tag_error))
-                    .and_then(|()| match tag.strip_prefix(crate::journal::api::PREFIX) {
-                        Some(what) => self.ask_journal(what, body, rid),
-                        None if tag == crate::automation::VENUE_SET => {
-                            self.venue_command(body, rid)
-                        }
-                        None if tag == crate::automation::SCENE_RUN => self.run_scene(body, rid),
-                        None => {
-                            self.hub
-                                .request(self.conn, &tag, body, rid, timeout, cid.as_deref())
-                        }
-                    });
+                    .and_then(|()| on_behalf.map(|w| self.on_behalf(w)).transpose())
+                    .and_then(
+                        |origin| match tag.strip_prefix(crate::journal::api::PREFIX) {
+                            Some(what) => self.ask_journal(what, body, rid),
+                            None if tag == crate::automation::VENUE_SET => {
+                                self.venue_command(body, rid)
+                            }
+                            None if tag == crate::automation::SCENE_RUN => {
+                                self.run_scene(body, rid)
+                            }
+                            None => self.hub.request(
+                                self.conn,
+                                &tag,
+                                body,
+                                rid,
+                                timeout,
+                                cid.as_deref(),
+                                origin,
+                            ),
+                        },
+                    );
                 match sent {
                     Ok(()) => self.ok(id, None),
                     // A failed request carries its rid, so the requester can match it.
@@ -381,18 +393,25 @@ impl Session {
             .map_err(|e| OpError::new(ErrorCode::BadFrame, format!("`hub/scenes/run`: {e}")))?;
         self.hub.begin_own_answer(self.conn)?;
         let who = self.hub.who(self.conn).unwrap_or_default();
-        let result = match self.hub.scenes().start(&self.hub, &q.scene, who) {
-            Ok(run) => {
-                let answer = serde_json::json!({"run": run, "tag": format!("{RUNS_PREFIX}/{run}")});
-                RawValue::from_string(answer.to_string())
-                    .map_err(|e| ErrorBody::new("internal", e.to_string()))
-            }
-            Err(e @ RunError::Unknown(_)) => Err(ErrorBody::new("not_found", e.to_string())),
-            Err(e @ (RunError::Running(..) | RunError::TooMany(_))) => {
-                Err(ErrorBody::new("busy", e.to_string()))
-            }
-        };
-        self.hub.own_answer(self.conn, rid.to_owned(), result);
+        let (hub, conn, rid) = (self.hub.clone(), self.conn, rid.to_owned());
+        tokio::spawn(async move {
+            let result = match hub.scenes().start(&hub, &q.scene, who).await {
+                Ok(run) => {
+                    let answer =
+                        serde_json::json!({"run": run, "tag": format!("{RUNS_PREFIX}/{run}")});
+                    RawValue::from_string(answer.to_string())
+                        .map_err(|e| ErrorBody::new("internal", e.to_string()))
+                }
+                Err(e @ RunError::Unknown(_)) => Err(ErrorBody::new("not_found", e.to_string())),
+                Err(e @ (RunError::Running(..) | RunError::TooMany(_))) => {
+                    Err(ErrorBody::new("busy", e.to_string()))
+                }
+                Err(e @ RunError::Unavailable(_)) => {
+                    Err(ErrorBody::new("unavailable", e.to_string()))
+                }
+            };
+            hub.own_answer(conn, rid, result);
+        });
         Ok(())
     }
 
@@ -462,6 +481,28 @@ impl Session {
         Ok(())
     }
 
+    /// The origin a `req` names in `for`: only the hub's own automation may
+    /// send requests on someone else's behalf.
+    fn on_behalf(&self, who: &RawValue) -> Result<Origin, OpError> {
+        let system = self.hub.identity(self.conn).is_some_and(|i| i.system);
+        if !system {
+            return Err(OpError::new(
+                ErrorCode::Forbidden,
+                "`for` (a request on someone else's behalf) is reserved for the hub's own automation",
+            ));
+        }
+        let who: Who = serde_json::from_str(who.get()).map_err(|e| {
+            OpError::new(
+                ErrorCode::BadFrame,
+                format!("`for` must be an object of `token`, `role`, `client`, `peer`, `transport`: {e}"),
+            )
+        })?;
+        Ok(Origin {
+            who,
+            received_ms: crate::server::now_ms(),
+        })
+    }
+
     fn hello(
         &mut self,
         id: Option<&RawValue>,
@@ -488,7 +529,10 @@ impl Session {
                     .collect::<String>()
             })
             .filter(|n| !n.trim().is_empty());
-        if let Some(n) = &name {
+        let system = token
+            .as_deref()
+            .is_some_and(|t| hub.automation_link().is_own_token(t));
+        if let (Some(n), false) = (&name, system) {
             if RESERVED_NAMES
                 .iter()
                 .any(|r| n.trim().eq_ignore_ascii_case(r))
@@ -511,7 +555,9 @@ impl Session {
                 .map(|i| i.name.clone())
                 .unwrap_or_else(|| Arc::from("anonymous")),
         };
-        let (role, may_claim, principal) = if cfg.auth_required() {
+        let (role, may_claim, principal) = if system {
+            (Role::Admin, None, Arc::from(crate::automation::bus::NAME))
+        } else if cfg.auth_required() {
             match token.as_deref().and_then(|t| cfg.find_token(t)) {
                 Some((i, t)) => (
                     t.role,
@@ -545,6 +591,7 @@ impl Session {
             role: Some(role),
             may_claim,
             principal,
+            system,
         };
         if let Err(e) = hub.identify(self.conn, ident) {
             return self.close_with(e.code, &e.message);

@@ -29,6 +29,29 @@ pub async fn hub_at(addr: std::net::SocketAddr, mut config: HubConfig) -> Runnin
     start(config).await.expect("hub starts")
 }
 
+/// Serves `hub`'s wire protocol on a free loopback port, without the
+/// automation engines `start` runs (a test runs those itself, on its own
+/// clock); automation connects there.
+pub async fn wire_only(hub: &std::sync::Arc<patchbay_hub::server::Hub>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    hub.automation_link().set_listener(addr);
+    let (_keep, stop) = tokio::sync::watch::channel(false);
+    let hub = hub.clone();
+    tokio::spawn(async move {
+        let _keep = _keep;
+        while let Ok((stream, peer)) = listener.accept().await {
+            tokio::spawn(patchbay_hub::server::serve_tcp(
+                hub.clone(),
+                stream,
+                peer,
+                stop.clone(),
+            ));
+        }
+    });
+    addr
+}
+
 /// A hub with default settings.
 pub async fn hub() -> RunningHub {
     hub_with(HubConfig::default()).await

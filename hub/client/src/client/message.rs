@@ -315,6 +315,7 @@ pub(crate) fn encode_req(
     body: &Body,
     timeout: std::time::Duration,
     cid: Option<&str>,
+    on_behalf: Option<&RawValue>,
 ) {
     buf.extend_from_slice(br#"{"op":"req","rid":"#);
     push_u64(buf, rid);
@@ -327,6 +328,10 @@ pub(crate) fn encode_req(
     if let Some(cid) = cid {
         buf.extend_from_slice(br#","cid":"#);
         crate::protocol::json_str(buf, cid);
+    }
+    if let Some(who) = on_behalf {
+        buf.extend_from_slice(br#","for":"#);
+        buf.extend_from_slice(who.get().as_bytes());
     }
     buf.extend_from_slice(b"}\n");
 }

@@ -148,6 +148,11 @@ pub struct RequestOptions<'a> {
     pub timeout: Option<Duration>,
     /// A correlation id carried along unchanged.
     pub cid: Option<&'a str>,
+    /// Whom the request is sent for (`for`: a JSON object with `token`,
+    /// `role`, `client`, `peer`, `transport`), recorded in the hub's journal
+    /// instead of this connection. Only the hub's own automation may use it;
+    /// anyone else gets `forbidden`.
+    pub on_behalf: Option<&'a RawValue>,
 }
 
 /// What the hub said when the client introduced itself.
@@ -667,7 +672,7 @@ impl Client {
         // The hub answers at the timeout itself; the grace covers a hub that cannot.
         let answer = s
             .call(rid, timeout + Duration::from_secs(2), |buf| {
-                message::encode_req(buf, rid, tag, body, timeout, opts.cid)
+                message::encode_req(buf, rid, tag, body, timeout, opts.cid, opts.on_behalf)
             })
             .await?;
         match answer {

@@ -72,6 +72,10 @@ pub enum ClientFrame<'a> {
         timeout_ms: Option<u64>,
         /// Correlation id carried along unchanged.
         cid: Option<Cow<'a, str>>,
+        /// `for`: whom the request is sent on behalf of (a JSON object with
+        /// `token`, `role`, `client`, `peer`, `transport`), for the journal.
+        /// Only the hub's own automation connection may use it.
+        on_behalf: Option<&'a RawValue>,
     },
     /// Reply to a request this client received.
     Rep {
@@ -135,6 +139,8 @@ struct Fields<'a> {
     rid: Option<&'a RawValue>,
     timeout_ms: Option<u64>,
     error: Option<ErrorBody>,
+    #[serde(rename = "for", default, borrow, deserialize_with = "some_raw")]
+    on_behalf: Option<&'a RawValue>,
 }
 
 /// Only the id, to recover it from a frame whose other fields are mistyped.
@@ -242,6 +248,7 @@ pub fn parse_client_frame(line: &[u8]) -> Result<Incoming<'_>, FrameError> {
                 rid,
                 timeout_ms: f.timeout_ms,
                 cid: f.cid,
+                on_behalf: f.on_behalf,
             }
         }
         "rep" => {
