@@ -467,6 +467,50 @@ async fn console_lists_controls_and_reports_devices() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // A scene defined through the API appears in the panel at once; a run
+    // under way can be cancelled from it.
+    let put = reqwest::Client::new()
+        .put(format!("{console}api/scenes/hold"))
+        .json(&json!({"label": "Hold the room", "steps": [{"delay_ms": 600_000}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    text_until(
+        &c,
+        "#scenes li[data-scene='hold']",
+        "the scene defined through the API",
+        |t| t.contains("Hold the room"),
+    )
+    .await;
+    c.execute(
+        "document.querySelector(\"#scenes li[data-scene='hold'] button\").click();",
+        vec![],
+    )
+    .await
+    .unwrap();
+    text_until(
+        &c,
+        "#scenes li[data-scene='hold'] .scene-progress",
+        "the long scene running",
+        |t| t.starts_with("Running"),
+    )
+    .await;
+    c.execute(
+        "document.querySelector(\"#scenes li[data-scene='hold'] button.cancel\").click();",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let cancelled = text_until(
+        &c,
+        "#scenes li[data-scene='hold'] .scene-progress",
+        "the run cancelled",
+        |t| t.starts_with("Cancelled"),
+    )
+    .await;
+    assert!(cancelled.contains("console"), "{cancelled}");
+
     // Details shows the device's memory from the hub's journal: the
     // command sent above with who sent it, the history, and the usage chart.
     c.execute(

@@ -598,3 +598,42 @@ async fn a_scene_run_can_be_cancelled() {
         .unwrap();
     assert_eq!(res.status(), 202);
 }
+
+#[tokio::test]
+async fn the_cli_cancels_a_scene_run() {
+    let (_demo, http, hub) = demo().await;
+    let res = client()
+        .put(format!("{http}/api/scenes/hold"))
+        .json(&serde_json::json!({"steps": [{"delay_ms": 600_000}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let res = client()
+        .post(format!("{http}/api/scenes/hold/run"))
+        .send()
+        .await
+        .unwrap();
+    let id = res.json::<Value>().await.unwrap()["run"].as_u64().unwrap();
+    let (ok, out, err) = cli(&hub, &["scene", "cancel", &id.to_string()]).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.trim(), format!("run {id}: cancelled"));
+    let run = run_until_done(&http, id).await;
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert!(
+        run["steps"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("cancelled by"),
+        "{run}"
+    );
+    let (ok, _, err) = cli(&hub, &["scene", "cancel", &id.to_string()]).await;
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("no scene run {id} under way")),
+        "{err}"
+    );
+    let (ok, _, err) = cli(&hub, &["scene", "cancel", "hold"]).await;
+    assert!(!ok);
+    assert!(err.contains("a run id is a number"), "{err}");
+}

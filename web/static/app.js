@@ -6,9 +6,10 @@
 // tick redraws those cards. The initial snapshot is drawn once, at its end.
 "use strict";
 
-const TAGS = "dev/+/meta,dev/+/state,dev/+/online,dev/+/event,alert/+/+,hub/scene-runs/+";
+const TAGS = "dev/+/meta,dev/+/state,dev/+/online,dev/+/event,alert/+/+,hub/scene-runs/+,hub/scenes/+/spec";
 // Scenes from the hub's config, and each scene's latest run.
 let scenes = [];
+let venueReload = null;
 const latestRun = new Map();
 // Open alerts by their tag (`alert/<rule>/<device>`).
 const alerts = new Map();
@@ -98,6 +99,11 @@ function runText(run) {
   const failed = run.steps.findIndex((s) => s.status === "failed");
   if (run.status === "running") return current >= 0 ? `Running: step ${current + 1}/${run.steps.length} ${run.steps[current].what}` : "Running…";
   if (run.status === "done") return `Done at ${new Date(run.finished).toLocaleTimeString()}`;
+  if (run.status === "cancelled") {
+    const why = run.steps.map((s) => s.detail || "").find((d) => d.includes("cancelled by")) || "";
+    return `Cancelled${why ? ` (${why.slice(why.indexOf("cancelled by"))})` : ""}`;
+  }
+  if (failed < 0) return run.status;
   return `Failed: step ${failed + 1} ${run.steps[failed].what}: ${run.steps[failed].detail || "failed"}`;
 }
 
@@ -132,6 +138,7 @@ function renderScenes() {
     return el("li", { "data-scene": s.name },
       el("strong", {}, s.scene.label || s.name),
       el("button", { type: "button", class: "ghost", disabled: running, onclick: () => runScene(s.name) }, "Run"),
+      running ? el("button", { type: "button", class: "ghost cancel", onclick: () => cancelRun(s.name, run.id) }, "Cancel") : null,
       el("span", { class: `scene-progress sub ${run ? run.status : ""}`, role: "status", "aria-live": "polite" }, runText(run)));
   }));
   if (scenes.length) $("#venue-panel").hidden = false;
@@ -146,6 +153,14 @@ async function runScene(name) {
     return;
   }
   log(name, `scene run ${body.run} started`, null, Date.now());
+}
+
+async function cancelRun(name, id) {
+  const res = await fetch(`/api/scene-runs/${id}/cancel`, { method: "POST", headers: headers({ "X-Client-Name": "console" }) });
+  if (!res.ok) {
+    const body = await res.json().catch(() => ({}));
+    log(name, `cancel failed: ${body.error ? body.error.message : res.statusText}`, null, Date.now());
+  }
 }
 
 function openStream(resume) {
@@ -230,6 +245,14 @@ const searchText = (m) => [m.id, m.name, m.location, m.model, m.manufacturer, m.
 
 function onMessage(m) {
   const parts = m.tag.split("/");
+  if (parts[0] === "hub" && parts[1] === "scenes") {
+    // A scene defined, changed or deleted through the API: list them again (once per burst).
+    if (!loading) {
+      clearTimeout(venueReload);
+      venueReload = setTimeout(loadVenue, 200);
+    }
+    return;
+  }
   if (parts[0] === "hub" && parts[1] === "scene-runs") {
     const run = m.body;
     if (run && (!latestRun.has(run.scene) || latestRun.get(run.scene).id <= run.id)) {

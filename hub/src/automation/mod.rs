@@ -27,6 +27,9 @@ use crate::server::{now_ms, ConnId, Hub, Origin};
 /// The tag a wire client sends `{"scene": NAME}` to, to run a scene.
 pub const SCENE_RUN: &str = "hub/scenes/run";
 
+/// The tag a wire client sends `{"run": ID}` to, to cancel a scene run.
+pub const SCENE_CANCEL: &str = "hub/scenes/cancel";
+
 /// The tag a wire client sends a group or room command to.
 pub const VENUE_SET: &str = "hub/venue/set";
 

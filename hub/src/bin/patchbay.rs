@@ -156,12 +156,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run a scene from the hub's config and show its progress live: `scene run presentation`.
+    /// Run a scene and show its progress live (`scene run presentation`), or
+    /// cancel a run under way (`scene cancel 1764108000123`).
     Scene {
-        /// `run`.
-        #[arg(value_parser = ["run"])]
+        /// `run` or `cancel`.
+        #[arg(value_parser = ["run", "cancel"])]
         action: String,
-        /// Scene name.
+        /// The scene's name (`run`) or the run's id (`cancel`).
         name: String,
         /// Print each progress update as JSON.
         #[arg(long)]
@@ -594,7 +595,10 @@ async fn run_scene(client: &Client, name: &str, json: bool) -> anyhow::Result<()
     loop {
         let m = tokio::select! {
             m = sub.next() => m.context("the hub closed the connection")?,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("scene {name}: still running; stop it with `patchbay scene cancel {}`", started["run"]);
+                return Ok(());
+            }
         };
         let run: Value = serde_json::from_str(m.body_str())?;
         if json {
@@ -961,11 +965,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_command(&c);
             }
         }
-        Command::Scene {
-            action: _,
-            name,
-            json,
-        } => run_scene(&client, &name, json).await?,
+        Command::Scene { action, name, json } if action == "cancel" => {
+            let run: u64 = name
+                .parse()
+                .map_err(|_| anyhow::anyhow!("a run id is a number, not `{name}`"))?;
+            match client
+                .request_json::<_, Value>(
+                    patchbay_hub::automation::SCENE_CANCEL,
+                    &serde_json::json!({"run": run}),
+                )
+                .await
+            {
+                Ok(v) if json => println!("{v}"),
+                Ok(_) => say!("run {run}: cancelled"),
+                Err(patchbay_client::Error::Hub(e)) => anyhow::bail!("run {run}: {}", e.message),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Command::Scene { name, json, .. } => run_scene(&client, &name, json).await?,
         Command::Req {
             tag,
             body,

@@ -345,6 +345,9 @@ impl Session {
                             None if tag == crate::automation::SCENE_RUN => {
                                 self.run_scene(body, rid)
                             }
+                            None if tag == crate::automation::SCENE_CANCEL => {
+                                self.cancel_scene(body, rid)
+                            }
                             None => self.hub.request(
                                 self.conn,
                                 &tag,
@@ -412,6 +415,29 @@ impl Session {
             };
             hub.own_answer(conn, rid, result);
         });
+        Ok(())
+    }
+
+    /// Cancels a scene run (`hub/scenes/cancel`, `{"run": ID}`).
+    fn cancel_scene(&self, body: &RawValue, rid: &RawValue) -> Result<(), OpError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct CancelRun {
+            run: u64,
+        }
+        let q: CancelRun = serde_json::from_str(body.get())
+            .map_err(|e| OpError::new(ErrorCode::BadFrame, format!("`hub/scenes/cancel`: {e}")))?;
+        self.hub.begin_own_answer(self.conn)?;
+        let who = self.hub.who(self.conn).unwrap_or_default();
+        let result = if self.hub.scenes().cancel(&self.hub, q.run, who) {
+            Ok(RawValue::from_string(format!("{{\"cancelled\":{}}}", q.run)).expect("valid JSON"))
+        } else {
+            Err(ErrorBody::new(
+                "not_found",
+                format!("no scene run {} under way", q.run),
+            ))
+        };
+        self.hub.own_answer(self.conn, rid.to_owned(), result);
         Ok(())
     }
 
