@@ -30,6 +30,9 @@ pub struct DemoOptions {
     pub http_listen: SocketAddr,
     /// Listen beyond loopback although the demo hub has no tokens.
     pub insecure: bool,
+    /// Bridge the devices to this MQTT broker (`mqtt://host:port`), with
+    /// Home Assistant discovery.
+    pub mqtt: Option<String>,
 }
 
 async fn local_listener() -> anyhow::Result<(TcpListener, String)> {
@@ -212,8 +215,13 @@ pub async fn run(opts: DemoOptions, shutdown: watch::Receiver<bool>) -> anyhow::
         schedules: toml::from_str(
             "[night]\nlabel = \"All off at night\"\ncron = \"0 23 * * *\"\ntimezone = \"UTC\"\nscene = \"all-off\"\n",
         )?,
+        mqtt: opts.mqtt.map(|url| patchbay_hub::mqtt::MqttConfig {
+            url,
+            ..Default::default()
+        }),
         ..HubConfig::default()
     };
+    config.check().map_err(anyhow::Error::msg)?;
     config
         .check_exposure(opts.insecure)
         .map_err(anyhow::Error::msg)?;

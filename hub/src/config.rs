@@ -133,6 +133,8 @@ pub struct HubConfig {
     pub webhook_timeout_ms: u64,
     /// Schedules by name (`[schedules.<name>]`).
     pub schedules: std::collections::BTreeMap<String, crate::automation::schedules::Schedule>,
+    /// The MQTT bridge (`[mqtt]`); none without the section.
+    pub mqtt: Option<crate::mqtt::MqttConfig>,
 }
 
 impl Default for HubConfig {
@@ -173,6 +175,7 @@ impl Default for HubConfig {
             scenes: Default::default(),
             alerts: Default::default(),
             schedules: Default::default(),
+            mqtt: None,
             webhook_timeout_ms: 5_000,
         }
     }
@@ -296,6 +299,9 @@ impl HubConfig {
             schedule
                 .check(&known_scene, &known_group)
                 .map_err(|e| format!("schedules.{name}: {e}"))?;
+        }
+        if let Some(m) = &self.mqtt {
+            m.check().map_err(|e| format!("mqtt: {e}"))?;
         }
         for (name, rule) in &self.alerts {
             if !crate::automation::groups::valid_name(name) {

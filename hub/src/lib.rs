@@ -9,6 +9,7 @@ pub mod automation;
 pub mod config;
 pub mod http;
 pub mod journal;
+pub mod mqtt;
 pub mod server;
 
 pub use patchbay_client::device as devices;

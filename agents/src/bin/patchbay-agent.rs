@@ -33,6 +33,10 @@ enum Command {
         /// Allow listening beyond loopback although the demo hub has no tokens.
         #[arg(long)]
         insecure: bool,
+        /// Bridge the demo's devices to an MQTT broker, with Home Assistant
+        /// discovery: `--mqtt mqtt://127.0.0.1:1883`.
+        #[arg(long)]
+        mqtt: Option<String>,
     },
     /// Check the configuration file and exit.
     Check,
@@ -69,12 +73,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             hub_listen,
             http_listen,
             insecure,
+            mqtt,
         }) => {
             demo::run(
                 DemoOptions {
                     hub_listen,
                     http_listen,
                     insecure,
+                    mqtt,
                 },
                 stop_rx,
             )

@@ -78,6 +78,15 @@ impl Link {
         if let Some(b) = bus.as_ref() {
             return Ok(b.clone());
         }
+        let client = self.client(NAME).await?;
+        let b = Arc::new(Bus { client });
+        *bus = Some(b.clone());
+        Ok(b)
+    }
+
+    /// A new connection of the hub's own, named `name` (the MQTT bridge
+    /// has its own, so its traffic does not queue behind automation's).
+    pub async fn client(&self, name: &str) -> Result<Client, OpError> {
         let Some(addr) = self.addr.get() else {
             return Err(OpError::new(
                 ErrorCode::Unavailable,
@@ -85,7 +94,7 @@ impl Link {
             ));
         };
         let client = ClientBuilder::new(addr.to_string())
-            .name(NAME)
+            .name(name)
             .token(self.token.clone())
             .connect_timeout(CONNECT_TIMEOUT)
             .reconnect(Duration::from_millis(50), Duration::from_secs(2))
@@ -94,13 +103,11 @@ impl Link {
             .map_err(|e| {
                 OpError::new(
                     ErrorCode::Unavailable,
-                    format!("automation cannot reach its hub at {addr}: {e}"),
+                    format!("{name} cannot reach its hub at {addr}: {e}"),
                 )
             })?;
-        tracing::info!(%addr, "automation connected to the hub");
-        let b = Arc::new(Bus { client });
-        *bus = Some(b.clone());
-        Ok(b)
+        tracing::info!(%addr, "{name} connected to the hub");
+        Ok(client)
     }
 
     /// The connection for a long-running engine: retried every second until

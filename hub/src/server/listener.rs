@@ -39,6 +39,11 @@ pub async fn serve(
         stop_rx.clone(),
         chrono::Utc::now,
     ));
+    let mqtt = hub
+        .config()
+        .mqtt
+        .clone()
+        .map(|m| tokio::spawn(crate::mqtt::bridge::run(hub.clone(), m, stop_rx.clone())));
     let http = http.map(|l| tokio::spawn(crate::http::serve(hub.clone(), l, stop_rx.clone())));
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
@@ -79,6 +84,9 @@ pub async fn serve(
     timer.abort();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, alerts).await;
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, schedules).await;
+    if let Some(mqtt) = mqtt {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, mqtt).await;
+    }
     hub.automation_link().close().await;
     if let Some(j) = hub.journal() {
         hub.audit_hub("hub_stopped", "shut down".into());

@@ -1,0 +1,538 @@
+//! The bridge's loop: hub messages out to the broker, broker commands in.
+//!
+//! Nothing here waits on the broker. What goes out is queued in
+//! [`Outgoing`]: retained topics conflated to their latest payload (so the
+//! queue holds at most a few topics per device, however long the broker is
+//! away) and events in a bounded FIFO; the loop hands them to the MQTT
+//! client as fast as it takes them. Every (re)connection to the broker
+//! re-publishes everything retained from the bridge's own copy of the
+//! devices, so a broker restarted without persistence is whole again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use patchbay_client::{Body, Message, RequestOptions};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::Instrument;
+
+use super::discovery::{self, Topics};
+use super::MqttConfig;
+use crate::journal::Who;
+use crate::schema::{validate_settings, Setting};
+use crate::server::{now_ms, Hub};
+
+/// Events kept while the broker is away or slow; older ones are dropped.
+const MAX_EVENTS: usize = 10_000;
+
+/// Commands from MQTT under way at once; more get `too_many_requests`.
+const MAX_COMMANDS: usize = 64;
+
+/// Largest MQTT packet the bridge sends or takes.
+const MAX_PACKET: usize = 4 * 1024 * 1024;
+
+/// What the broker side tells the loop.
+enum FromBroker {
+    Connected,
+    Lost(String),
+    Publish(String, Bytes),
+}
+
+/// What waits to be published: retained topics conflated, events in order.
+#[derive(Default)]
+struct Outgoing {
+    order: VecDeque<String>,
+    retained: HashMap<String, Vec<u8>>,
+    events: VecDeque<(String, Vec<u8>)>,
+    dropped_events: u64,
+}
+
+impl Outgoing {
+    fn retain(&mut self, topic: String, payload: Vec<u8>) {
+        if self.retained.insert(topic.clone(), payload).is_none() {
+            self.order.push_back(topic);
+        }
+    }
+
+    fn event(&mut self, topic: String, payload: Vec<u8>) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+            self.dropped_events += 1;
+        }
+        self.events.push_back((topic, payload));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.order.is_empty() && self.events.is_empty()
+    }
+
+    /// Hands queued messages to the MQTT client until it takes no more.
+    fn drain(&mut self, mq: &AsyncClient) {
+        while let Some(topic) = self.order.front() {
+            let payload = self.retained.get(topic).cloned().unwrap_or_default();
+            if mq
+                .try_publish(topic.clone(), QoS::AtLeastOnce, true, payload)
+                .is_err()
+            {
+                return;
+            }
+            let topic = self.order.pop_front().expect("front exists");
+            self.retained.remove(&topic);
+        }
+        while let Some((topic, payload)) = self.events.front() {
+            if mq
+                .try_publish(topic.clone(), QoS::AtMostOnce, false, payload.clone())
+                .is_err()
+            {
+                return;
+            }
+            self.events.pop_front();
+        }
+        if self.dropped_events > 0 {
+            tracing::warn!(
+                dropped = self.dropped_events,
+                "device events dropped while the broker was away or slow"
+            );
+            self.dropped_events = 0;
+        }
+    }
+}
+
+/// What the bridge knows of one device.
+#[derive(Default)]
+struct Device {
+    meta: Option<Value>,
+    state: Option<Value>,
+    online: Option<Value>,
+    /// Discovery config topics published for it.
+    configs: BTreeSet<String>,
+}
+
+impl Device {
+    fn settings(&self) -> Vec<Setting> {
+        self.meta
+            .as_ref()
+            .and_then(|m| m.get("settings"))
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .unwrap_or_default()
+    }
+
+    fn error_kinds(state: Option<&Value>) -> Vec<String> {
+        state
+            .and_then(|s| s.get("errors"))
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+struct Bridge {
+    topics: Topics,
+    discovery: bool,
+    mq: AsyncClient,
+    hub: patchbay_client::Client,
+    devices: BTreeMap<String, Device>,
+    out: Outgoing,
+    connected: bool,
+    commands: Arc<Semaphore>,
+    who: Who,
+    cid_prefix: String,
+    next_cid: u64,
+    timeout: Duration,
+}
+
+fn online_word(v: Option<&Value>) -> &'static str {
+    match v.and_then(|v| v.get("online")) {
+        Some(Value::Bool(true)) => "online",
+        _ => "offline",
+    }
+}
+
+impl Bridge {
+    /// Queues a device's discovery configs, removing the ones it no longer has.
+    fn queue_configs(&mut self, id: &str) {
+        let Some(d) = self.devices.get_mut(id) else {
+            return;
+        };
+        let configs = match (&d.meta, self.discovery) {
+            (Some(meta), true) => discovery::configs(&self.topics, id, meta, d.state.as_ref()),
+            _ => Vec::new(),
+        };
+        let now: BTreeSet<String> = configs.iter().map(|(t, _)| t.clone()).collect();
+        for gone in d.configs.difference(&now) {
+            self.out.retain(gone.clone(), Vec::new());
+        }
+        for (topic, payload) in configs {
+            self.out.retain(topic, payload.to_string().into_bytes());
+        }
+        d.configs = now;
+    }
+
+    /// Queues everything retained about one device.
+    fn queue_device(&mut self, id: &str) {
+        let Some(d) = self.devices.get(id) else {
+            return;
+        };
+        if let Some(state) = &d.state {
+            self.out.retain(
+                self.topics.device(id, "state"),
+                state.to_string().into_bytes(),
+            );
+        }
+        let online = online_word(d.online.as_ref());
+        self.out
+            .retain(self.topics.device(id, "online"), online.as_bytes().to_vec());
+        self.queue_configs(id);
+    }
+
+    /// Queues everything: after a (re)connection, or when Home Assistant starts.
+    fn queue_all(&mut self) {
+        let ids: Vec<String> = self.devices.keys().cloned().collect();
+        for id in ids {
+            self.queue_device(&id);
+        }
+    }
+
+    fn on_hub(&mut self, m: &Message) {
+        let Some((id, part)) = crate::devices::split_tag(m.tag()) else {
+            return;
+        };
+        let body: Value = m.json().unwrap_or(Value::Null);
+        let id = id.to_owned();
+        match part {
+            "meta" if body.is_null() => {
+                // The device is gone: take it off the broker.
+                if let Some(d) = self.devices.remove(&id) {
+                    for topic in d.configs {
+                        self.out.retain(topic, Vec::new());
+                    }
+                    self.out
+                        .retain(self.topics.device(&id, "state"), Vec::new());
+                    self.out
+                        .retain(self.topics.device(&id, "online"), Vec::new());
+                }
+            }
+            "meta" => {
+                self.devices.entry(id.clone()).or_default().meta = Some(body);
+                self.queue_device(&id);
+            }
+            "state" => {
+                let d = self.devices.entry(id.clone()).or_default();
+                let kinds_changed =
+                    Device::error_kinds(d.state.as_ref()) != Device::error_kinds(Some(&body));
+                self.out.retain(
+                    self.topics.device(&id, "state"),
+                    body.to_string().into_bytes(),
+                );
+                d.state = (!body.is_null()).then_some(body);
+                if kinds_changed {
+                    self.queue_configs(&id);
+                }
+            }
+            "online" => {
+                let d = self.devices.entry(id.clone()).or_default();
+                d.online = Some(body);
+                let word = online_word(d.online.as_ref());
+                self.out
+                    .retain(self.topics.device(&id, "online"), word.as_bytes().to_vec());
+            }
+            "event" => {
+                self.out.event(
+                    self.topics.device(&id, "event"),
+                    body.to_string().into_bytes(),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn publish_error(
+        &mut self,
+        id: &str,
+        cid: &str,
+        code: &str,
+        message: &str,
+        desired: Option<&Value>,
+    ) {
+        tracing::warn!(device = id, cid, code, "MQTT command failed: {message}");
+        let body = json!({"cid": cid, "code": code, "message": message, "desired": desired});
+        self.out.event(
+            self.topics.device(id, "error"),
+            body.to_string().into_bytes(),
+        );
+    }
+
+    /// A message from the broker: a command, or Home Assistant's status.
+    fn on_broker(&mut self, topic: &str, payload: &[u8]) {
+        if topic == self.topics.ha_status() {
+            if payload.trim_ascii().eq_ignore_ascii_case(b"online") {
+                tracing::info!("Home Assistant (re)started: discovery published again");
+                self.queue_all();
+            }
+            return;
+        }
+        let Some(rest) = topic
+            .strip_prefix(self.topics.base.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            return;
+        };
+        let Some((id, what)) = rest.split_once('/') else {
+            return;
+        };
+        if id == "bridge" {
+            return;
+        }
+        self.next_cid += 1;
+        let cid = format!("{}-{}", self.cid_prefix, self.next_cid);
+        let text = String::from_utf8_lossy(payload);
+        let Some(d) = self.devices.get(id).filter(|d| d.meta.is_some()) else {
+            let id = id.to_owned();
+            return self.publish_error(&id, &cid, "not_found", &format!("no device `{id}`"), None);
+        };
+        let settings = d.settings();
+        let desired = match what.strip_prefix("set") {
+            Some("") => match serde_json::from_str::<Value>(&text) {
+                Ok(v @ Value::Object(_)) => v,
+                _ => {
+                    let id = id.to_owned();
+                    return self.publish_error(
+                        &id,
+                        &cid,
+                        "bad_request",
+                        "`set` takes a JSON object of settings, e.g. {\"power\": \"on\"}",
+                        None,
+                    );
+                }
+            },
+            Some(name) if name.starts_with('/') && name.len() > 1 => {
+                let name = &name[1..];
+                json!({ name: discovery::plain_value(&settings, name, &text) })
+            }
+            _ => return,
+        };
+        let id = id.to_owned();
+        if let Err(e) = validate_settings(&settings, &desired) {
+            return self.publish_error(&id, &cid, "invalid_value", &e.to_string(), Some(&desired));
+        }
+        let Ok(permit) = self.commands.clone().try_acquire_owned() else {
+            return self.publish_error(
+                &id,
+                &cid,
+                "too_many_requests",
+                &format!("{MAX_COMMANDS} MQTT commands are under way; try again"),
+                Some(&desired),
+            );
+        };
+        let (hub, mq, who, timeout) = (
+            self.hub.clone(),
+            self.mq.clone(),
+            self.who.clone(),
+            self.timeout,
+        );
+        let error_topic = self.topics.device(&id, "error");
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                let who = serde_json::value::RawValue::from_string(
+                    serde_json::to_string(&who).expect("a Who serializes"),
+                )
+                .expect("valid JSON");
+                let opts = RequestOptions {
+                    timeout: Some(timeout),
+                    cid: Some(&cid),
+                    on_behalf: Some(&who),
+                };
+                let body = Body::from(&desired);
+                let failed = match hub.request_with(&format!("dev/{id}/set"), &body, opts).await {
+                    Ok(_) => return,
+                    Err(patchbay_client::Error::Hub(e)) => (e.code, e.message),
+                    Err(e) => ("unavailable".to_owned(), e.to_string()),
+                };
+                tracing::warn!(device = %id, cid, code = %failed.0, "MQTT command failed: {}", failed.1);
+                let body = json!({"cid": cid, "code": failed.0, "message": failed.1, "desired": desired});
+                let _ = mq
+                    .publish(error_topic, QoS::AtMostOnce, false, body.to_string())
+                    .await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Subscribes to commands and Home Assistant's status, and queues everything.
+    fn on_connected(&mut self) {
+        self.connected = true;
+        for topic in [
+            format!("{}/+/set", self.topics.base),
+            format!("{}/+/set/+", self.topics.base),
+            self.topics.ha_status(),
+        ] {
+            if let Err(e) = self.mq.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
+                tracing::warn!(%topic, "cannot subscribe: {e}");
+            }
+        }
+        // The bridge's own state first, before whatever waited.
+        if let Err(e) =
+            self.mq
+                .try_publish(self.topics.bridge_state(), QoS::AtLeastOnce, true, "online")
+        {
+            tracing::warn!("cannot publish the bridge's state: {e}");
+        }
+        self.queue_all();
+    }
+}
+
+fn options(cfg: &MqttConfig, host: String, port: u16, topics: &Topics) -> MqttOptions {
+    let mut o = MqttOptions::new(cfg.client_id.clone(), host, port);
+    o.set_keep_alive(Duration::from_secs(cfg.keep_alive_s));
+    o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    o.set_clean_session(true);
+    o.set_last_will(LastWill::new(
+        topics.bridge_state(),
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if let Some(user) = &cfg.username {
+        o.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
+    }
+    o
+}
+
+/// Runs the bridge until `shutdown` turns true.
+pub async fn run(hub: Arc<Hub>, cfg: MqttConfig, mut shutdown: watch::Receiver<bool>) {
+    let Ok((host, port)) = cfg.broker() else {
+        return;
+    };
+    let span = tracing::info_span!("mqtt", broker = %format!("{host}:{port}"));
+    async move {
+        let client = loop {
+            match hub.automation_link().client("mqtt").await {
+                Ok(c) => break c,
+                Err(e) => tracing::warn!(
+                    "the MQTT bridge cannot reach the hub, retrying: {}",
+                    e.message
+                ),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        };
+        let mut sub = match client
+            .subscribe_with_snapshot(["dev/+/meta", "dev/+/state", "dev/+/online", "dev/+/event"])
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("the MQTT bridge cannot subscribe: {e}");
+                return;
+            }
+        };
+        let topics = Topics {
+            base: cfg.base_topic.clone(),
+            prefix: cfg.discovery_prefix.clone(),
+        };
+        let (mq, mut eventloop) =
+            AsyncClient::new(options(&cfg, host.clone(), port, &topics), 1024);
+        let (tx, mut rx) = mpsc::channel(1024);
+        let broker = tokio::spawn(
+            async move {
+                let mut backoff = Duration::from_millis(200);
+                loop {
+                    let sent = match eventloop.poll().await {
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            backoff = Duration::from_millis(200);
+                            tx.send(FromBroker::Connected).await
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            tx.send(FromBroker::Publish(p.topic, p.payload)).await
+                        }
+                        Ok(_) => Ok(()),
+                        Err(e) => {
+                            let sent = tx.send(FromBroker::Lost(e.to_string())).await;
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            sent
+                        }
+                    };
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        let mut b = Bridge {
+            topics,
+            discovery: cfg.discovery,
+            mq: mq.clone(),
+            hub: client,
+            devices: BTreeMap::new(),
+            out: Outgoing::default(),
+            connected: false,
+            commands: Arc::new(Semaphore::new(MAX_COMMANDS)),
+            who: Who {
+                client: "mqtt".into(),
+                transport: "mqtt".into(),
+                peer: format!("{host}:{port}"),
+                ..Who::default()
+            },
+            cid_prefix: format!("mqtt-{:x}", now_ms()),
+            next_cid: 0,
+            timeout: Duration::from_millis(hub.config().request_timeout_ms),
+        };
+        let mut lost_said = false;
+        loop {
+            if b.connected {
+                b.out.drain(&b.mq);
+            }
+            let waiting = b.connected && !b.out.is_empty();
+            tokio::select! {
+                m = sub.next() => match m {
+                    Some(m) => b.on_hub(&m),
+                    None => break,
+                },
+                e = rx.recv() => match e {
+                    Some(FromBroker::Connected) => {
+                        tracing::info!("connected to the broker");
+                        lost_said = false;
+                        b.on_connected();
+                    }
+                    Some(FromBroker::Lost(why)) => {
+                        if !lost_said {
+                            tracing::warn!("lost the broker, reconnecting: {why}");
+                            lost_said = true;
+                        }
+                        b.connected = false;
+                    }
+                    Some(FromBroker::Publish(topic, payload)) => b.on_broker(&topic, &payload),
+                    None => break,
+                },
+                // The client's queue was full: try again shortly.
+                _ = tokio::time::sleep(Duration::from_millis(10)), if waiting => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        // Say goodbye properly: the will is for when this cannot happen.
+        if b.connected {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = mq
+                    .publish(b.topics.bridge_state(), QoS::AtLeastOnce, true, "offline")
+                    .await;
+                let _ = mq.disconnect().await;
+            })
+            .await;
+            // Let the event loop send them; it ends when it can no longer report.
+            drop(rx);
+            let _ = tokio::time::timeout(Duration::from_secs(1), broker).await;
+        } else {
+            broker.abort();
+        }
+    }
+    .instrument(span)
+    .await;
+}

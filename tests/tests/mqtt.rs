@@ -1,0 +1,446 @@
+//! The MQTT bridge against a real mosquitto (Debian's `mosquitto` package,
+//! started here) and the demo's simulated devices, watched and driven with
+//! mosquitto's own command-line clients: the exact topics and discovery
+//! payloads, commands from MQTT reaching a device, errors with their
+//! correlation ids, Home Assistant's restart, and the broker's.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use patchbay_tests::{temp_file, Proc, WAIT};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// A free loopback port (mosquitto cannot be told to choose one).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A mosquitto on `port` without persistence: a restart forgets every retained message.
+async fn broker(port: u16) -> Child {
+    let conf = temp_file(
+        &format!("mosquitto-{port}.conf"),
+        &format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    );
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto is installed (.ci/run installs it)");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mosquitto never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child
+}
+
+/// One message as `mosquitto_sub` saw it.
+#[derive(Debug)]
+struct Seen {
+    retained: bool,
+    topic: String,
+    payload: String,
+}
+
+impl Seen {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.payload).unwrap_or(Value::Null)
+    }
+}
+
+/// `mosquitto_sub` on `topics`, its messages on a channel.
+struct Watch {
+    _child: Child,
+    rx: mpsc::UnboundedReceiver<Seen>,
+    /// The latest message of each topic seen so far.
+    latest: std::collections::HashMap<String, Seen>,
+}
+
+impl Watch {
+    async fn new(port: u16, topics: &[&str]) -> Watch {
+        let mut cmd = Command::new("mosquitto_sub");
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-F",
+            "%r\t%t\t%p",
+        ]);
+        for t in topics {
+            cmd.args(["-t", t]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("mosquitto_sub is installed (.ci/run installs mosquitto-clients)");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut parts = line.splitn(3, '\t');
+                let (Some(r), Some(t)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                let _ = tx.send(Seen {
+                    retained: r == "1",
+                    topic: t.to_owned(),
+                    payload: parts.next().unwrap_or_default().to_owned(),
+                });
+            }
+        });
+        Watch {
+            _child: child,
+            rx,
+            latest: Default::default(),
+        }
+    }
+
+    /// The latest message on `topic`, waiting for one if none came yet.
+    async fn topic(&mut self, topic: &str) -> &Seen {
+        self.topic_where(topic, |_| true).await
+    }
+
+    /// The latest message on `topic` once `ok` accepts it.
+    async fn topic_where(&mut self, topic: &str, ok: impl Fn(&Seen) -> bool) -> &Seen {
+        if !self.latest.get(topic).is_some_and(&ok) {
+            self.until(topic, |m| m.topic == topic && ok(m)).await;
+        }
+        &self.latest[topic]
+    }
+
+    /// The first message from now on that `ok` accepts.
+    async fn until(&mut self, what: &str, ok: impl Fn(&Seen) -> bool) -> Seen {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(m)) => {
+                    let hit = ok(&m);
+                    let topic = m.topic.clone();
+                    self.latest.insert(
+                        topic.clone(),
+                        Seen {
+                            retained: m.retained,
+                            topic: topic.clone(),
+                            payload: m.payload.clone(),
+                        },
+                    );
+                    if hit {
+                        return m;
+                    }
+                }
+                Ok(None) => panic!("mosquitto_sub ended while waiting for {what}"),
+                Err(_) => panic!("no {what} within {WAIT:?}"),
+            }
+        }
+    }
+}
+
+async fn mqtt_pub(port: u16, topic: &str, payload: &str) {
+    let ok = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            topic,
+            "-m",
+            payload,
+        ])
+        .status()
+        .await
+        .unwrap()
+        .success();
+    assert!(ok, "mosquitto_pub {topic}");
+}
+
+async fn demo(port: u16) -> Proc {
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let mut demo = Proc::start(
+        "patchbay-agent",
+        &[
+            "demo",
+            "--hub-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--mqtt",
+            &url,
+        ],
+    )
+    .await;
+    demo.next_line_last_word().await;
+    demo
+}
+
+#[tokio::test]
+async fn devices_appear_in_home_assistant_and_take_commands_over_mqtt() {
+    let port = free_port();
+    let _broker = broker(port).await;
+    let mut all = Watch::new(port, &["patchbay/#", "homeassistant/#"]).await;
+    let _demo = demo(port).await;
+
+    assert_eq!(all.topic("patchbay/bridge/state").await.payload, "online");
+    let power = all
+        .topic("homeassistant/switch/patchbay_proj-1/power/config")
+        .await
+        .json();
+    assert_eq!(
+        power,
+        json!({
+            "name": "Power",
+            "unique_id": "patchbay_proj-1_power",
+            "object_id": "patchbay_proj-1_power",
+            "state_topic": "patchbay/proj-1/state",
+            "command_topic": "patchbay/proj-1/set/power",
+            "payload_on": "on",
+            "payload_off": "off",
+            "state_on": "on",
+            "state_off": "off",
+            "value_template": "{{ 'on' if value_json[\"power\"] in ['on', 'warming'] else 'off' }}",
+            "availability": [{"topic": "patchbay/bridge/state"}, {"topic": "patchbay/proj-1/online"}],
+            "availability_mode": "all",
+            "device": {
+                "identifiers": ["patchbay_proj-1"],
+                "name": "Auditorium projector",
+                "manufacturer": "patchbay",
+                "model": "SIM-1000",
+                "suggested_area": "Auditorium"
+            },
+            "origin": {"name": "patchbay", "sw_version": env!("CARGO_PKG_VERSION")}
+        })
+    );
+    let state = all
+        .topic("homeassistant/sensor/patchbay_proj-1/power_state/config")
+        .await
+        .json();
+    assert_eq!(state["device_class"], "enum");
+    assert_eq!(state["options"], json!(["on", "off", "warming", "cooling"]));
+    let lamp = all
+        .topic("homeassistant/sensor/patchbay_proj-1/lamp_hours/config")
+        .await
+        .json();
+    assert_eq!(lamp["unit_of_measurement"], "h");
+    assert_eq!(lamp["state_class"], "total_increasing");
+    let input = all
+        .topic("homeassistant/select/patchbay_proj-1/input/config")
+        .await
+        .json();
+    assert_eq!(input["command_topic"], "patchbay/proj-1/set/input");
+    assert!(
+        input["options"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("hdmi2")),
+        "{input}"
+    );
+    let fan = all
+        .topic("homeassistant/binary_sensor/patchbay_proj-1/errors_fan/config")
+        .await
+        .json();
+    assert_eq!(fan["device_class"], "problem");
+    assert_eq!(fan["unique_id"], "patchbay_proj-1_errors_fan");
+
+    // A late subscriber gets the retained device topics.
+    let mut late = Watch::new(port, &["patchbay/proj-1/+"]).await;
+    let online = late
+        .until("proj-1's availability", |m| {
+            m.topic == "patchbay/proj-1/online"
+        })
+        .await;
+    assert!(online.retained);
+    assert_eq!(online.payload, "online");
+    let st = late
+        .until("proj-1's state", |m| m.topic == "patchbay/proj-1/state")
+        .await;
+    assert!(st.retained);
+    assert_eq!(st.json()["power"], "off");
+
+    // A plain value on set/<setting> reaches the simulated projector.
+    mqtt_pub(port, "patchbay/proj-1/set/power", "ON").await;
+    late.until("proj-1 warming up", |m| {
+        m.topic == "patchbay/proj-1/state" && m.json()["power"] != "off"
+    })
+    .await;
+    // Errors come back on the error topic with the command's correlation id.
+    mqtt_pub(port, "patchbay/proj-1/set/input", "vga9").await;
+    let err = late
+        .until("the invalid value's error", |m| {
+            m.topic == "patchbay/proj-1/error"
+        })
+        .await
+        .json();
+    assert_eq!(err["code"], "invalid_value", "{err}");
+    assert!(err["message"].as_str().unwrap().contains("vga9"), "{err}");
+    assert!(err["cid"].as_str().unwrap().starts_with("mqtt-"), "{err}");
+    mqtt_pub(port, "patchbay/proj-1/set", "not json").await;
+    let err = late
+        .until("the bad payload's error", |m| {
+            m.topic == "patchbay/proj-1/error"
+        })
+        .await
+        .json();
+    assert_eq!(err["code"], "bad_request", "{err}");
+    let mut nine = Watch::new(port, &["patchbay/proj-9/error"]).await;
+    mqtt_pub(port, "patchbay/proj-9/set", "{\"power\":\"on\"}").await;
+    let err = nine
+        .until("the unknown device's error", |_| true)
+        .await
+        .json();
+    assert_eq!(err["code"], "not_found", "{err}");
+    // A JSON object on set reaches the device too: the display's input.
+    mqtt_pub(port, "patchbay/display-1/set", "{\"power\": \"on\"}").await;
+    let mut display = Watch::new(port, &["patchbay/display-1/state"]).await;
+    display
+        .until("the display on", |m| m.json()["power"] == "on")
+        .await;
+
+    // Home Assistant restarting gets the discovery configs again.
+    mqtt_pub(port, "homeassistant/status", "online").await;
+    let again = all
+        .until("the configs published again", |m| {
+            m.topic == "homeassistant/switch/patchbay_proj-1/power/config"
+        })
+        .await;
+    assert!(!again.retained, "a live message, sent again");
+}
+
+#[tokio::test]
+async fn the_bridge_recovers_after_the_broker_restarts() {
+    let port = free_port();
+    let mut broker_proc = broker(port).await;
+    let _demo = demo(port).await;
+    let mut w = Watch::new(port, &["patchbay/bridge/state"]).await;
+    w.until("the bridge online", |m| m.payload == "online")
+        .await;
+    drop(w);
+
+    // Without persistence the new broker knows nothing: the bridge
+    // reconnects and publishes everything retained again.
+    broker_proc.kill().await.unwrap();
+    let _broker = broker(port).await;
+    let mut w = Watch::new(
+        port,
+        &[
+            "patchbay/bridge/state",
+            "patchbay/proj-1/state",
+            "homeassistant/switch/patchbay_proj-1/power/config",
+        ],
+    )
+    .await;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 3 {
+        let m = w.until("everything back", |m| !m.payload.is_empty()).await;
+        seen.insert(m.topic);
+    }
+}
+
+#[tokio::test]
+async fn odd_ids_are_escaped_and_a_device_that_goes_away_leaves_the_broker() {
+    let port = free_port();
+    let _broker = broker(port).await;
+    let config = temp_file(
+        &format!("mqtt-hub-{port}.toml"),
+        &format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"patchbay-{port}\"\n"),
+    );
+    let hub = Proc::start(
+        "patchbay-hub",
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
+    let mut w = Watch::new(port, &["patchbay/#", "homeassistant/#"]).await;
+    let agent = patchbay_client::ClientBuilder::new(hub.addr())
+        .name("rack")
+        .connect()
+        .await
+        .unwrap();
+    let id = "Hall 2_x41 proj";
+    agent.claim(&format!("dev/{id}")).await.unwrap();
+    let retain = patchbay_client::PublishOptions {
+        retain: true,
+        cid: None,
+    };
+    let settings = json!([{"name": "power", "label": "Power", "type": "enum", "values": ["on", "off"], "writable": true}]);
+    for (part, body) in [
+        (
+            "meta",
+            json!({"id": id, "name": "Hall projector", "settings": settings}),
+        ),
+        ("state", json!({"power": "off"})),
+        ("online", json!({"online": true})),
+    ] {
+        agent
+            .publish_acked(
+                &format!("dev/{id}/{part}"),
+                &patchbay_client::Body::from(body),
+                retain.clone(),
+            )
+            .await
+            .unwrap();
+    }
+    // Space is not allowed in discovery ids, and `_x41` would read as an
+    // escape: both are escaped, reversibly.
+    let config_topic = "homeassistant/switch/patchbay_Hall_x202_x5fx41_x20proj/power/config";
+    let c = w.topic(config_topic).await.json();
+    assert_eq!(c["unique_id"], "patchbay_Hall_x202_x5fx41_x20proj_power");
+    assert_eq!(c["command_topic"], format!("patchbay/{id}/set/power"));
+    assert_eq!(c["device"]["name"], "Hall projector");
+    w.topic_where(&format!("patchbay/{id}/online"), |m| m.payload == "online")
+        .await;
+
+    // The device is removed: its configs and retained topics are cleared.
+    agent
+        .publish_acked(
+            &format!("dev/{id}/meta"),
+            &patchbay_client::Body::from(Value::Null),
+            retain,
+        )
+        .await
+        .unwrap();
+    w.until("the config removed", |m| {
+        m.topic == config_topic && m.payload.is_empty()
+    })
+    .await;
+    w.until("the state cleared", |m| {
+        m.topic == format!("patchbay/{id}/state") && m.payload.is_empty()
+    })
+    .await;
+    let mut late = Watch::new(port, &["homeassistant/#", "patchbay/Hall 2_x41 proj/#"]).await;
+    let seen = tokio::time::timeout(Duration::from_millis(500), late.rx.recv()).await;
+    assert!(
+        seen.is_err(),
+        "nothing retained about the device is left: {seen:?}"
+    );
+
+    // Killed outright, the hub leaves its last will: the bridge is offline.
+    hub.kill().await;
+    w.until("the bridge's last will", |m| {
+        m.topic == "patchbay/bridge/state" && m.payload == "offline"
+    })
+    .await;
+}
