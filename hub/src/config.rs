@@ -325,6 +325,14 @@ impl HubConfig {
             }
             for c in &t.claims {
                 crate::tag::validate_tag(c).map_err(|e| format!("tokens[{i}].claims: {e}"))?;
+                if let Some(own) = crate::server::HUB_PREFIXES
+                    .iter()
+                    .find(|p| crate::tag::is_under(c, p) || crate::tag::is_under(p, c))
+                {
+                    return Err(format!(
+                        "tokens[{i}].claims: `{c}` overlaps `{own}`, the hub's own tags"
+                    ));
+                }
             }
             if let Some(j) = self.tokens[..i].iter().position(|o| o.token == t.token) {
                 return Err(format!("tokens[{i}] repeats the secret of tokens[{j}]"));

@@ -135,6 +135,56 @@ async fn nobody_else_may_act_for_someone_or_pass_as_automation() {
         .await;
     let err = c.recv().await;
     assert_err(&err, "forbidden");
+    // With a wrong token the name does not matter: refused and closed.
+    let mut c = Raw::connect(&hub).await;
+    c.send(json!({"op": "hello", "name": "automation", "token": "guess-1234", "id": 1}))
+        .await;
+    let frames = c.until_closed().await;
+    assert_err(&frames[0], "unauthorized");
+
+    // A group command of the wrong shape is a bad frame; an unknown group
+    // has nobody to answer for it.
+    let mut c = Raw::hello(&hub, "desk", Some("operator-secret")).await;
+    for (i, (body, code)) in [
+        (json!({"group": "all", "settings": {}}), "bad_frame"),
+        (
+            json!({"group": "all", "room": "Hall", "settings": {"power": "on"}}),
+            "bad_frame",
+        ),
+        (json!({"settings": {"power": "on"}}), "bad_frame"),
+        (
+            json!({"group": "nope", "settings": {"power": "on"}}),
+            "no_responder",
+        ),
+        (
+            json!({"room": "Nowhere", "settings": {"power": "on"}}),
+            "no_responder",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let f = c
+            .call(
+                json!({"op": "req", "tag": "hub/venue/set", "body": body, "rid": i}),
+                i as u64 + 20,
+            )
+            .await;
+        assert_err(&f, code);
+    }
+
+    // Nobody may claim the hub's own tags, which would stop automation
+    // from publishing runs, schedule state and alerts.
+    let mut c = Raw::hello(&hub, "rack", Some("operator-secret")).await;
+    for (i, prefix) in ["hub", "hub/scene-runs", "alert", "alert/lamp/p1"]
+        .iter()
+        .enumerate()
+    {
+        let f = c
+            .call(json!({"op": "claim", "prefix": prefix}), i as u64 + 10)
+            .await;
+        assert_err(&f, "forbidden");
+    }
 }
 
 /// Waits until `ok` holds for the hub.
@@ -153,6 +203,8 @@ async fn alerts_carry_on_after_a_restart_and_those_of_removed_rules_go() {
 [alerts.lamp]
 field = "lamp_hours"
 above = 2000
+[alerts.offline]
+offline_minutes = 1
 "#,
         "test",
     )
@@ -167,6 +219,19 @@ above = 2000
     };
     hub.publish_as_hub("alert/lamp/p1", &alert("lamp"), true);
     hub.publish_as_hub("alert/gone/p1", &alert("gone"), true);
+    hub.publish_as_hub("alert/offline/p1", &alert("offline"), true);
+    // After a restart the device's reachability is unknown, not back.
+    let unknown = serde_json::value::RawValue::from_string(
+        json!({"online": null, "reason": "the hub restarted", "last": {"online": false}})
+            .to_string(),
+    )
+    .unwrap();
+    hub.publish_as_hub("dev/p1/online", &unknown, true);
+    // Last in the snapshot's tag order: when its alert opens, everything
+    // before it has been seen.
+    let marker =
+        serde_json::value::RawValue::from_string(json!({"lamp_hours": 5000}).to_string()).unwrap();
+    hub.publish_as_hub("dev/zz/state", &marker, true);
     let addr = common::wire_only(&hub).await;
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(alerts::run(hub.clone(), stopped));
@@ -177,6 +242,25 @@ above = 2000
     .await;
     let kept: Value = serde_json::from_str(hub.retained("alert/lamp/p1").unwrap().body()).unwrap();
     assert_eq!(kept["acknowledged_by"], "ops");
+    until(&hub, "the marker's alert", |h: &Hub| {
+        h.retained("alert/lamp/zz").is_some()
+    })
+    .await;
+    assert!(
+        hub.retained("alert/offline/p1").is_some(),
+        "unknown reachability does not close an offline alert"
+    );
+
+    // Requests are never routed to the hub's own connections, though
+    // automation subscribes to device tags.
+    let mut raw = Raw::connect_to(addr).await;
+    let f = raw
+        .call(
+            json!({"op": "req", "tag": "dev/nobody/state", "body": {}, "rid": 1}),
+            3,
+        )
+        .await;
+    assert_err(&f, "no_responder");
 
     // A higher reading keeps the acknowledgement; a low one closes it.
     let agent = ClientBuilder::new(addr.to_string())
@@ -215,4 +299,49 @@ above = 2000
         h.retained("alert/lamp/p1").is_none()
     })
     .await;
+    agent
+        .publish_acked(
+            "dev/p1/online",
+            &Body::from(json!({"online": true})),
+            PublishOptions {
+                retain: true,
+                cid: None,
+            },
+        )
+        .await
+        .unwrap();
+    until(
+        &hub,
+        "the offline alert closes when the device is back",
+        |h: &Hub| h.retained("alert/offline/p1").is_none(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn runs_a_stopped_hub_left_running_are_marked_interrupted() {
+    let hub = Hub::new(HubConfig::default());
+    let run = json!({"id": 7, "scene": "presentation", "status": "running", "who": {"client": "ops"},
+        "started": 1, "finished": null, "steps": [
+            {"what": "set proj-1 power=on", "status": "done", "started": 1, "finished": 2, "detail": null},
+            {"what": "wait until proj-1 power=on", "status": "running", "started": 2, "finished": null, "detail": null},
+            {"what": "set proj-1 input=hdmi2", "status": "pending", "started": null, "finished": null, "detail": null}]});
+    let raw = serde_json::value::RawValue::from_string(run.to_string()).unwrap();
+    hub.publish_as_hub("hub/scene-runs/7", &raw, true);
+    common::wire_only(&hub).await;
+    tokio::spawn(patchbay_hub::automation::scenes::tidy_after_restart(
+        hub.clone(),
+    ));
+    until(&hub, "the run marked interrupted", |h: &Hub| {
+        h.retained("hub/scene-runs/7")
+            .is_some_and(|r| r.body().contains("interrupted"))
+    })
+    .await;
+    let run: Value =
+        serde_json::from_str(hub.retained("hub/scene-runs/7").unwrap().body()).unwrap();
+    assert_eq!(run["status"], "interrupted");
+    assert_eq!(run["steps"][0]["status"], "done");
+    assert_eq!(run["steps"][1]["status"], "skipped");
+    assert_eq!(run["steps"][2]["detail"], "the hub stopped during the run");
+    assert!(run["finished"].as_u64().is_some());
 }

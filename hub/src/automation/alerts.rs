@@ -353,6 +353,9 @@ impl Engine {
                     }
                 }
             }
+            // Unknown (`null`, after a hub restart) changes nothing: the
+            // device is not known to be back.
+            "online" if !matches!(body.get("online"), Some(Value::Bool(_))) => {}
             "online" => {
                 let d = self.devices.entry(id.clone()).or_default();
                 if body.get("online") == Some(&Value::Bool(false)) {

@@ -22,7 +22,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::server::{now_ms, ConnId, Hub, Origin};
+use crate::protocol::ErrorCode;
+use crate::server::{now_ms, ConnId, Hub, OpError, Origin};
 
 /// The tag a wire client sends `{"scene": NAME}` to, to run a scene.
 pub const SCENE_RUN: &str = "hub/scenes/run";
@@ -53,15 +54,22 @@ pub struct VenueCommand {
     pub cid: Option<String>,
 }
 
-/// Checks a wire group or room command; returns the selector and what it names.
-pub fn check_command(hub: &Hub, c: &VenueCommand) -> Result<(groups::GroupSpec, String), String> {
+/// Checks a wire group or room command; returns the selector and what it
+/// names, or `bad_frame` for a command of the wrong shape and
+/// `no_responder` for an unknown group or room.
+pub fn check_command(hub: &Hub, c: &VenueCommand) -> Result<(groups::GroupSpec, String), OpError> {
+    let shape = |m: &str| OpError::new(ErrorCode::BadFrame, format!("`{VENUE_SET}`: {m}"));
     if c.settings.is_empty() {
-        return Err("`settings` must name at least one setting".into());
+        return Err(shape("`settings` must name at least one setting"));
     }
+    if c.group.is_some() == c.room.is_some() {
+        return Err(shape("give either `group` or `room`"));
+    }
+    let unknown = |m: String| OpError::new(ErrorCode::NoResponder, m);
     match (&c.group, &c.room) {
-        (Some(g), None) => groups::find(hub, g)
+        (Some(g), _) => groups::find(hub, g)
             .map(|(_, s)| (s, format!("group {g}")))
-            .ok_or_else(|| format!("no group `{g}`")),
+            .ok_or_else(|| unknown(format!("no group `{g}`"))),
         (None, Some(r)) if groups::rooms(hub).iter().any(|x| &x.name == r) => Ok((
             groups::GroupSpec {
                 location: Some(r.clone()),
@@ -69,8 +77,10 @@ pub fn check_command(hub: &Hub, c: &VenueCommand) -> Result<(groups::GroupSpec, 
             },
             format!("room {r}"),
         )),
-        (None, Some(r)) => Err(format!("no room `{r}`")),
-        _ => Err("give either `group` or `room`".into()),
+        (_, r) => Err(unknown(format!(
+            "no room `{}`",
+            r.as_deref().unwrap_or_default()
+        ))),
     }
 }
 

@@ -291,7 +291,7 @@ pub fn check_known(hub: &Hub, scene: &Scene) -> Result<(), String> {
 }
 
 /// One step of a run, as it is published.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepProgress {
     /// The step, in words.
     pub what: String,
@@ -306,13 +306,14 @@ pub struct StepProgress {
 }
 
 /// A run of a scene, as it is published at `hub/scene-runs/<id>`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Run {
     /// The run's id.
     pub id: u64,
     /// The scene.
     pub scene: String,
-    /// `running`, `done`, or `failed` (a step failed; see the steps).
+    /// `running`, `done`, `failed` (a step failed; see the steps),
+    /// `cancelled`, or `interrupted` (the hub stopped during the run).
     pub status: String,
     /// Who started it.
     pub who: Who,
@@ -468,6 +469,52 @@ impl Runner {
             {
                 tracing::warn!(run = old, "an old scene run could not be deleted: {e}");
             }
+        }
+    }
+}
+
+/// At start: the runs a previous hub instance left `running` are marked
+/// `interrupted` (their unfinished steps skipped), and the runs kept from
+/// before count toward the newest kept, so the oldest are deleted first.
+pub async fn tidy_after_restart(hub: Arc<Hub>) {
+    if hub.retained_children(RUNS_PREFIX).is_empty() {
+        return;
+    }
+    let Ok(bus) = hub.bus().await else {
+        return;
+    };
+    let pattern = format!("{RUNS_PREFIX}/+");
+    let Ok(mut sub) = bus.watch(&[pattern.as_str()]).await else {
+        return;
+    };
+    let runs = sub.snapshot().await.unwrap_or_default();
+    drop(sub);
+    let mut ids = Vec::new();
+    for m in runs {
+        let Ok(mut run) = m.json::<Run>() else {
+            continue;
+        };
+        ids.push(run.id);
+        if run.status != "running" {
+            continue;
+        }
+        run.status = "interrupted".into();
+        run.finished = Some(now_ms());
+        for s in &mut run.steps {
+            if s.status == "running" || s.status == "pending" {
+                s.status = "skipped".into();
+                s.detail = Some("the hub stopped during the run".into());
+            }
+        }
+        tracing::warn!(run = run.id, scene = %run.scene, "a scene run was interrupted by the hub stopping");
+        publish(&bus, &run).await;
+    }
+    ids.sort_unstable();
+    let runner = hub.scenes();
+    let mut kept = runner.kept.lock().unwrap_or_else(|p| p.into_inner());
+    for id in ids.into_iter().rev() {
+        if !kept.contains(&id) {
+            kept.push_front(id);
         }
     }
 }

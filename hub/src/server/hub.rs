@@ -1194,6 +1194,15 @@ impl Hub {
         let Some(c) = st.conn(conn) else {
             return Ok(());
         };
+        if let Some(own) = HUB_PREFIXES
+            .iter()
+            .find(|p| is_under(prefix, p) || is_under(p, prefix))
+        {
+            return Err(OpError::new(
+                ErrorCode::Forbidden,
+                format!("`{prefix}` overlaps `{own}`, the hub's own tags; nobody may claim them"),
+            ));
+        }
         if let Some(allowed) = &c.ident.may_claim {
             if !allowed.iter().any(|a| is_under(prefix, a)) {
                 let e = OpError::new(
@@ -1391,11 +1400,13 @@ impl Hub {
                 st.router.matches(tag, &mut candidates);
                 candidates.sort_unstable();
                 candidates.dedup();
+                // Viewers and the hub's own connections (automation, the MQTT
+                // bridge) subscribe but never answer requests.
                 candidates.retain(|&k| {
                     Some(k) != conn
-                        && st
-                            .conn(k)
-                            .is_some_and(|c| c.ident.role.is_some_and(|r| r != Role::Viewer))
+                        && st.conn(k).is_some_and(|c| {
+                            !c.ident.system && c.ident.role.is_some_and(|r| r != Role::Viewer)
+                        })
                 });
                 let pick = (!candidates.is_empty())
                     .then(|| candidates[(st.next_rid % candidates.len() as u64) as usize]);
@@ -1547,6 +1558,9 @@ impl Hub {
             return Ok(());
         };
         st.deadlines.remove(&(p.deadline, hub_rid));
+        self.metrics
+            .request_duration
+            .record(Instant::now().saturating_duration_since(p.deadline - p.timeout));
         Metrics::inc(match &result {
             Ok(_) => &self.metrics.requests_ok,
             Err(_) => &self.metrics.requests_error,

@@ -33,6 +33,7 @@ pub async fn serve(
         hub.automation_link().set_listener(addr);
     }
     let timer = tokio::spawn(hub.clone().run_request_timer());
+    tokio::spawn(crate::automation::scenes::tidy_after_restart(hub.clone()));
     let alerts = tokio::spawn(crate::automation::alerts::run(hub.clone(), stop_rx.clone()));
     let schedules = tokio::spawn(crate::automation::schedules::run(
         hub.clone(),

@@ -6,23 +6,47 @@ use std::time::Duration;
 /// Upper bounds of the lock-hold histogram's buckets, in microseconds.
 pub const LOCK_BUCKETS_US: [u64; 10] = [10, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000];
 
-/// A histogram of durations with fixed buckets, updated with relaxed atomics.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    /// Count per bucket of [`LOCK_BUCKETS_US`], plus one for everything longer.
-    buckets: [AtomicU64; LOCK_BUCKETS_US.len() + 1],
-    sum_ns: AtomicU64,
-    max_ns: AtomicU64,
+/// Upper bounds of the request-duration histogram's buckets, in microseconds.
+pub const REQUEST_BUCKETS_US: [u64; 12] = [
+    5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+    10_000_000, 30_000_000,
+];
+
+/// The bucket bounds of one kind of histogram.
+pub trait Bounds: Default {
+    /// Upper bounds in microseconds, ascending, at most 15.
+    const US: &'static [u64];
 }
 
-impl Histogram {
+/// The lock-hold histogram's buckets.
+#[derive(Debug, Default)]
+pub struct LockBounds;
+impl Bounds for LockBounds {
+    const US: &'static [u64] = &LOCK_BUCKETS_US;
+}
+
+/// The request-duration histogram's buckets.
+#[derive(Debug, Default)]
+pub struct RequestBounds;
+impl Bounds for RequestBounds {
+    const US: &'static [u64] = &REQUEST_BUCKETS_US;
+}
+
+/// A histogram of durations with fixed buckets, updated with relaxed atomics.
+#[derive(Debug, Default)]
+pub struct Histogram<B: Bounds = LockBounds> {
+    /// Count per bucket of `B::US`, then one for everything longer.
+    buckets: [AtomicU64; 16],
+    sum_ns: AtomicU64,
+    max_ns: AtomicU64,
+    bounds: std::marker::PhantomData<B>,
+}
+
+impl<B: Bounds> Histogram<B> {
     /// Records one duration.
     pub fn record(&self, d: Duration) {
         let us = d.as_micros() as u64;
-        let i = LOCK_BUCKETS_US
-            .iter()
-            .position(|&b| us <= b)
-            .unwrap_or(LOCK_BUCKETS_US.len());
+        let i = B::US.iter().position(|&b| us <= b).unwrap_or(B::US.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         let ns = d.as_nanos() as u64;
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
@@ -32,10 +56,10 @@ impl Histogram {
     /// Cumulative counts per bucket bound (`None` is `+Inf`), as Prometheus wants them.
     pub fn cumulative(&self) -> Vec<(Option<u64>, u64)> {
         let mut total = 0;
-        let mut out = Vec::with_capacity(self.buckets.len());
-        for (i, b) in self.buckets.iter().enumerate() {
+        let mut out = Vec::with_capacity(B::US.len() + 1);
+        for (i, b) in self.buckets.iter().take(B::US.len() + 1).enumerate() {
             total += b.load(Ordering::Relaxed);
-            out.push((LOCK_BUCKETS_US.get(i).copied(), total));
+            out.push((B::US.get(i).copied(), total));
         }
         out
     }
@@ -88,6 +112,8 @@ pub struct Metrics {
     pub http_refused: AtomicU64,
     /// How long the hub lock was held.
     pub lock_hold: Histogram,
+    /// How long requests answered by their responder took, from routing to answer.
+    pub request_duration: Histogram<RequestBounds>,
     /// The most CPU time a thread spent holding the hub lock at once (timed
     /// holds outside the publish path), in nanoseconds: the work under the
     /// lock, without the time the thread was preempted while holding it.
@@ -117,7 +143,7 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative() {
-        let h = Histogram::default();
+        let h: Histogram = Histogram::default();
         h.record(Duration::from_micros(5));
         h.record(Duration::from_micros(700));
         h.record(Duration::from_secs(1));

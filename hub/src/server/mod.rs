@@ -18,7 +18,7 @@ pub type ConnId = u64;
 pub use connection::{serve_tcp, LineBuffer};
 pub use hub::{
     new_instance_id, now_ms, Answer, ConnInfo, DeviceCounts, DeviceRecord, Hub, Identity, OpError,
-    Origin, Transport, DEVICE_PAGE,
+    Origin, Transport, DEVICE_PAGE, HUB_PREFIXES,
 };
 pub use listener::{bind, check_descriptors, open_hub, serve, start, RunningHub, StartError};
 pub use metrics::{Metrics, LOCK_BUCKETS_US};

@@ -446,8 +446,7 @@ impl Session {
         use crate::automation::{check_command, run_command, VenueCommand};
         let c: VenueCommand = serde_json::from_str(body.get())
             .map_err(|e| OpError::new(ErrorCode::BadFrame, format!("`hub/venue/set`: {e}")))?;
-        let (spec, subject) =
-            check_command(&self.hub, &c).map_err(|m| OpError::new(ErrorCode::NoResponder, m))?;
+        let (spec, subject) = check_command(&self.hub, &c)?;
         self.hub.begin_own_answer(self.conn)?;
         let hub = self.hub.clone();
         let conn = self.conn;
@@ -558,21 +557,6 @@ impl Session {
         let system = token
             .as_deref()
             .is_some_and(|t| hub.automation_link().is_own_token(t));
-        if let (Some(n), false) = (&name, system) {
-            if RESERVED_NAMES
-                .iter()
-                .any(|r| n.trim().eq_ignore_ascii_case(r))
-            {
-                self.send_err(
-                    id,
-                    &OpError::new(
-                        ErrorCode::Forbidden,
-                        format!("the name `{n}` is reserved for the hub itself; choose another"),
-                    ),
-                );
-                return Flow::Continue;
-            }
-        }
         let current = hub.identity(self.conn);
         let name: Arc<str> = match name {
             Some(n) => Arc::from(n),
@@ -612,6 +596,22 @@ impl Session {
         } else {
             (Role::Agent, None, Arc::from(format!("client `{name}`")))
         };
+        // Checked after the token, so a wrong token is an authentication
+        // failure (audited, closed) whatever name comes with it.
+        if !system
+            && RESERVED_NAMES
+                .iter()
+                .any(|r| name.trim().eq_ignore_ascii_case(r))
+        {
+            self.send_err(
+                id,
+                &OpError::new(
+                    ErrorCode::Forbidden,
+                    format!("the name `{name}` is reserved for the hub itself; choose another"),
+                ),
+            );
+            return Flow::Continue;
+        }
         let ident = Identity {
             name: name.clone(),
             role: Some(role),

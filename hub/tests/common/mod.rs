@@ -69,6 +69,11 @@ impl Raw {
         Self::from_stream(TcpStream::connect(hub.addr).await.unwrap())
     }
 
+    /// Connects to a wire listener by address.
+    pub async fn connect_to(addr: std::net::SocketAddr) -> Raw {
+        Self::from_stream(TcpStream::connect(addr).await.unwrap())
+    }
+
     /// Connects with a small receive buffer, so that not reading backs up quickly.
     pub async fn connect_small_buffer(hub: &RunningHub) -> Raw {
         let sock = TcpSocket::new_v4().unwrap();
