@@ -637,3 +637,66 @@ async fn the_cli_cancels_a_scene_run() {
     assert!(!ok);
     assert!(err.contains("a run id is a number"), "{err}");
 }
+
+/// The value of the sample that starts with `prefix` (name and labels).
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_describe_each_device_and_time_its_commands() {
+    let (_demo, http, _hub) = demo().await;
+    all_online(&http).await;
+    let metrics = || async {
+        client()
+            .get(format!("{http}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let m = metrics().await;
+    assert!(
+        m.contains("patchbay_device_info{device=\"proj-1\",driver=\"pjlink\",manufacturer=\"patchbay\",model=\"SIM-1000\",location=\"Auditorium\"} 1"),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "patchbay_device_online{device=\"proj-1\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, "patchbay_device_power_state{device=\"proj-1\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "patchbay_device_lamp_hours{device=\"proj-1\",lamp=\"1\"}"
+        ),
+        Some(1234.0)
+    );
+    assert!(sample(&m, "patchbay_device_filter_hours{device=\"proj-1\"}").is_some());
+    let before = sample(&m, "patchbay_request_duration_seconds_count").unwrap();
+
+    let res = client()
+        .patch(format!("{http}/api/devices/proj-1"))
+        .json(&json!({"power": "on"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let m = metrics().await;
+    let count = sample(&m, "patchbay_request_duration_seconds_count").unwrap();
+    assert!(count >= before + 1.0, "the command is counted: {count}");
+    assert_eq!(
+        sample(&m, "patchbay_request_duration_seconds_bucket{le=\"+Inf\"}"),
+        Some(count)
+    );
+    let power = sample(&m, "patchbay_device_power_state{device=\"proj-1\"}").unwrap();
+    assert!(power == 1.0 || power == 3.0, "on or warming: {power}");
+}

@@ -5,6 +5,7 @@
 mod agents;
 mod alerts;
 mod auth;
+mod device_metrics;
 mod devices;
 mod error;
 mod events;

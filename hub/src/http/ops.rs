@@ -189,24 +189,19 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         &[("", devices.online as u64)],
     );
     let hold = &m.lock_hold;
-    let _ = writeln!(
-        out,
-        "# HELP patchbay_lock_hold_seconds How long the hub lock was held (one in 64 publishes timed, everything else always).\n# TYPE patchbay_lock_hold_seconds histogram"
+    histogram(
+        &mut out,
+        "patchbay_lock_hold_seconds",
+        "How long the hub lock was held (one in 64 publishes timed, everything else always).",
+        hold,
     );
-    let mut count = 0;
-    for (le, n) in hold.cumulative() {
-        let le = match le {
-            Some(us) => format!("{}", us as f64 / 1e6),
-            None => "+Inf".into(),
-        };
-        let _ = writeln!(out, "patchbay_lock_hold_seconds_bucket{{le=\"{le}\"}} {n}");
-        count = n;
-    }
-    let _ = writeln!(
-        out,
-        "patchbay_lock_hold_seconds_sum {}\npatchbay_lock_hold_seconds_count {count}",
-        hold.sum().as_secs_f64()
+    histogram(
+        &mut out,
+        "patchbay_request_duration_seconds",
+        "How long requests took from the hub routing them to their responder's answer (device commands among them).",
+        &m.request_duration,
     );
+    super::device_metrics::write(&mut out, &st.hub);
     let _ = writeln!(
         out,
         "# HELP patchbay_lock_hold_max_seconds The longest hold of the hub lock since start.\n# TYPE patchbay_lock_hold_max_seconds gauge\npatchbay_lock_hold_max_seconds {}",
@@ -279,6 +274,30 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// Writes one histogram in the Prometheus text format.
+fn histogram<B: crate::server::metrics::Bounds>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    h: &crate::server::metrics::Histogram<B>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut count = 0;
+    for (le, n) in h.cumulative() {
+        let le = match le {
+            Some(us) => format!("{}", us as f64 / 1e6),
+            None => "+Inf".into(),
+        };
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
+        count = n;
+    }
+    let _ = writeln!(
+        out,
+        "{name}_sum {}\n{name}_count {count}",
+        h.sum().as_secs_f64()
+    );
 }
 
 /// The API description, generated from the handlers.

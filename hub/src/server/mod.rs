@@ -5,7 +5,7 @@ mod claims;
 mod connection;
 mod hub;
 mod listener;
-mod metrics;
+pub mod metrics;
 mod outbox;
 mod session;
 mod snapshot;
