@@ -11,7 +11,7 @@ use thiserror::Error;
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Everything an operator may, plus claiming the prefixes listed for its token.
@@ -37,7 +37,7 @@ impl Role {
 }
 
 /// One configured token.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// A name for logs, audit and reservations (default: its place in the list, `tokens[i]`).
@@ -53,7 +53,7 @@ pub struct TokenConfig {
 }
 
 /// The hub's settings. Every field has a default; see README.md for the table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HubConfig {
     /// Address of the wire-protocol listener.

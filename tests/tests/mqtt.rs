@@ -444,3 +444,81 @@ async fn odd_ids_are_escaped_and_a_device_that_goes_away_leaves_the_broker() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_config_and_turns_the_bridge_on() {
+    let port = free_port();
+    let _broker = broker(port).await;
+    let config = temp_file(
+        &format!("reload-hub-{port}.toml"),
+        "max_connections = 100\n",
+    );
+    let mut hub = Proc::start(
+        "patchbay-hub",
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
+    let http = hub.next_line_last_word().await;
+    let pid = hub.child.id().unwrap().to_string();
+    let hup = || async {
+        let ok = Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .await
+            .unwrap()
+            .success();
+        assert!(ok, "kill -HUP");
+    };
+    let mut w = Watch::new(port, &["patchbay/bridge/state"]).await;
+
+    // A broken file: the hub carries on with what it had.
+    std::fs::write(&config, "max_connections = \"many\"\n").unwrap();
+    hup().await;
+    let audit = |kind: &'static str| {
+        let url = format!("{http}api/audit?kind={kind}");
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let v: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+                if let Some(row) = v["items"].get(0) {
+                    return row.clone();
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no {kind} in the audit trail"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let failed = audit("config_reload_failed").await;
+    assert!(
+        failed["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_connections"),
+        "{failed}"
+    );
+    assert_eq!(failed["who"]["client"], "SIGHUP");
+
+    // The bridge turned on by a reload.
+    std::fs::write(
+        &config,
+        format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"reload-{port}\"\n"),
+    )
+    .unwrap();
+    hup().await;
+    w.until("the bridge online after the reload", |m| {
+        m.payload == "online"
+    })
+    .await;
+    let done = audit("config_reloaded").await;
+    assert!(done["detail"].as_str().unwrap().contains("mqtt"), "{done}");
+}

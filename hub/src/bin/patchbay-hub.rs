@@ -10,7 +10,7 @@ use patchbay_hub::server::{bind, check_descriptors, open_hub, serve};
 
 /// The patchbay hub: routes tagged messages between agents, controllers and
 /// operators, keeps the latest state of every device, and brokers commands.
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 #[command(name = "patchbay-hub", version)]
 struct Args {
     /// TOML configuration file (every field is optional; see README.md).
@@ -47,7 +47,9 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+/// The configuration file with the command line's overrides: at start and
+/// at every reload.
+fn load(args: &Args) -> anyhow::Result<HubConfig> {
     let mut config = match &args.config {
         Some(path) => HubConfig::load(path)?,
         None => HubConfig::default(),
@@ -63,8 +65,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     if args.memory_only {
         config.data_dir = None;
-    } else if let Some(dir) = args.data_dir {
-        config.data_dir = Some(dir);
+    } else if let Some(dir) = &args.data_dir {
+        config.data_dir = Some(dir.clone());
     } else if config.data_dir.is_none() {
         let beside = args
             .config
@@ -76,8 +78,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
             None => PathBuf::from("patchbay-data"),
         });
     }
+    Ok(config)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = load(&args)?;
     // A journal that cannot be used stops the hub before it listens.
     let hub = open_hub(config.clone())?;
+    if args.config.is_some() {
+        let again = args.clone();
+        hub.set_config_source(Box::new(move || {
+            load(&again).map_err(|e| patchbay_client::report::error_line(e.as_ref()))
+        }));
+    }
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(hub.clone()));
     if let Some(j) = hub.journal() {
         tracing::info!(file = %j.path().display(), "journal open");
     }
@@ -97,6 +112,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     serve(hub, listener, Some(http), shutdown_signal()).await;
     tracing::info!("hub stopped");
     Ok(())
+}
+
+/// Reloads the configuration at every SIGHUP.
+#[cfg(unix)]
+async fn reload_on_sighup(hub: std::sync::Arc<patchbay_hub::server::Hub>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot handle SIGHUP; reload through POST /api/admin/reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let who = patchbay_hub::journal::Who {
+            client: "SIGHUP".into(),
+            transport: "signal".into(),
+            ..Default::default()
+        };
+        // The outcome is logged and audited by the reload itself.
+        let _ = patchbay_hub::server::reload::reload(&hub, who);
+    }
 }
 
 /// Resolves on Ctrl-C or, on Unix, SIGTERM.

@@ -16,6 +16,8 @@ pub struct Caller {
     pub role: Role,
     /// The token's name, when the hub requires tokens.
     pub token: Option<String>,
+    /// The token presented, so an event stream can be closed when a reload removes it.
+    pub secret: Option<std::sync::Arc<str>>,
 }
 
 impl Caller {
@@ -133,6 +135,7 @@ impl FromRequestParts<AppState> for Caller {
             return Ok(Caller {
                 role: Role::Admin,
                 token: None,
+                secret: None,
             });
         }
         let token = token_from(parts);
@@ -141,6 +144,7 @@ impl FromRequestParts<AppState> for Caller {
             Some((i, t)) => Ok(Caller {
                 role: t.role,
                 token: Some(t.name.clone().unwrap_or_else(|| format!("tokens[{i}]"))),
+                secret: Some(std::sync::Arc::from(t.token.as_str())),
             }),
             None => {
                 let why = match token {

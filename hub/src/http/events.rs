@@ -58,7 +58,7 @@ impl Drop for Subscription {
         (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse)))]
 pub async fn stream(
     State(st): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
@@ -97,6 +97,7 @@ pub async fn stream(
         may_claim: None,
         principal: Arc::from(format!("sse-{peer}")),
         system: false,
+        token: caller.secret.clone(),
     };
     let conn = hub.connect_as(peer, outbox.clone(), ident)?;
     let sub = Subscription {

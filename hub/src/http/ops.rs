@@ -276,6 +276,40 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
+/// Reads the hub's configuration file again and puts it in force (admin):
+/// tokens, limits, definitions, alert rules, schedules and the MQTT bridge
+/// change in place, connections whose token was removed or changed are
+/// closed. A file that does not parse or check leaves the running one.
+#[utoipa::path(post, path = "/api/admin/reload", tag = "operations",
+    responses((status = 200, body = crate::server::reload::ReloadReport), (status = 401, body = super::error::ErrorResponse),
+        (status = 403, body = super::error::ErrorResponse),
+        (status = 409, description = "Started without a configuration file", body = super::error::ErrorResponse),
+        (status = 422, description = "The file does not parse or check; nothing changed", body = super::error::ErrorResponse)))]
+pub async fn reload(
+    State(st): State<AppState>,
+    caller: super::auth::Caller,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<crate::server::reload::ReloadReport>, super::error::ApiError> {
+    use crate::server::reload::ReloadError;
+    use axum::http::StatusCode;
+    caller.require_admin()?;
+    let who = caller.who(peer, &headers);
+    match crate::server::reload::reload(&st.hub, who) {
+        Ok(report) => Ok(Json(report)),
+        Err(e @ ReloadError::NoSource) => Err(super::error::ApiError::new(
+            StatusCode::CONFLICT,
+            "not_reloadable",
+            e.to_string(),
+        )),
+        Err(e @ ReloadError::Invalid(_)) => Err(super::error::ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+            e.to_string(),
+        )),
+    }
+}
+
 /// Writes one histogram in the Prometheus text format.
 fn histogram<B: crate::server::metrics::Bounds>(
     out: &mut String,
@@ -334,9 +368,11 @@ fn histogram<B: crate::server::metrics::Bounds>(
         super::alerts::acknowledge,
         healthz,
         metrics,
+        reload,
         openapi,
     ),
     components(schemas(
+        crate::server::reload::ReloadReport,
         super::devices::DeviceSummary,
         super::devices::DeviceDetail,
         super::agents::AgentInfo,

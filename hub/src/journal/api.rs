@@ -217,6 +217,8 @@ pub const AUDIT_KINDS: &[&str] = &[
     "alert_closed",
     "schedule_run",
     "schedule_missed",
+    "config_reloaded",
+    "config_reload_failed",
 ];
 
 impl Question {

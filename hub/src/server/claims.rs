@@ -124,6 +124,14 @@ impl Claims {
         claims
     }
 
+    /// Replaces the reservations the configuration makes with `cfg`'s,
+    /// keeping live claims and the grace periods of ended ones.
+    pub fn reload_reservations(&mut self, cfg: &HubConfig) {
+        self.reserved.retain(|_, r| r.until.is_some());
+        let fresh = Claims::from_config(cfg);
+        self.reserved.extend(fresh.reserved);
+    }
+
     /// Are there any claims or reservations at all?
     pub fn is_empty(&self) -> bool {
         self.live.is_empty() && self.reserved.is_empty()

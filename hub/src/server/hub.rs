@@ -68,6 +68,8 @@ pub struct Identity {
     /// The hub's own automation (see `automation/bus.rs`): may publish under
     /// the hub's tags and send requests `for` someone else.
     pub system: bool,
+    /// The token it presented, to close it when a reload removes or changes that token.
+    pub token: Option<Arc<str>>,
 }
 
 /// How a client reaches the hub.
@@ -658,11 +660,14 @@ impl State {
 /// The hub: routing state plus configuration and counters.
 pub struct Hub {
     state: Mutex<State>,
-    config: Arc<HubConfig>,
+    /// The configuration in force; replaced whole by [`Hub::reload`].
+    config: std::sync::RwLock<Arc<HubConfig>>,
+    /// Bumped at every reload, for what restarts with the configuration.
+    config_generation: tokio::sync::watch::Sender<u64>,
+    /// Where a reload reads the configuration from.
+    config_source: std::sync::OnceLock<super::reload::Source>,
     timers: Notify,
     metrics: Metrics,
-    /// Each token's principal, by its index in the configuration.
-    principals: Vec<Arc<str>>,
     /// This hub process's id, new at every start.
     instance: String,
     /// The journal on disk, when the hub keeps one.
@@ -678,9 +683,6 @@ pub struct Hub {
 impl Hub {
     /// A hub with no connections.
     pub fn new(config: HubConfig) -> Arc<Self> {
-        let principals = (0..config.tokens.len())
-            .map(|i| token_principal(&config, i))
-            .collect();
         let state = State {
             claims: Claims::from_config(&config),
             next_rid: first_rid(),
@@ -689,10 +691,11 @@ impl Hub {
         let group_concurrency = config.group_concurrency.max(1);
         Arc::new(Hub {
             state: Mutex::new(state),
-            config: Arc::new(config),
+            config: std::sync::RwLock::new(Arc::new(config)),
+            config_generation: tokio::sync::watch::channel(0).0,
+            config_source: std::sync::OnceLock::new(),
             timers: Notify::new(),
             metrics: Metrics::default(),
-            principals,
             instance: new_instance_id(),
             journal: None,
             scenes: crate::automation::scenes::Runner::new(),
@@ -710,9 +713,6 @@ impl Hub {
         journal: Arc<Journal>,
         restored: Vec<StoredValue>,
     ) -> Arc<Self> {
-        let principals = (0..config.tokens.len())
-            .map(|i| token_principal(&config, i))
-            .collect();
         let mut state = State {
             claims: Claims::from_config(&config),
             next_rid: first_rid(),
@@ -755,10 +755,11 @@ impl Hub {
         let group_concurrency = config.group_concurrency.max(1);
         let hub = Arc::new(Hub {
             state: Mutex::new(state),
-            config: Arc::new(config),
+            config: std::sync::RwLock::new(Arc::new(config)),
+            config_generation: tokio::sync::watch::channel(0).0,
+            config_source: std::sync::OnceLock::new(),
             timers: Notify::new(),
             metrics,
-            principals,
             instance: journal.instance().to_owned(),
             journal: Some(journal),
             scenes: crate::automation::scenes::Runner::new(),
@@ -883,8 +884,62 @@ impl Hub {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &HubConfig {
-        &self.config
+    pub fn config(&self) -> Arc<HubConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts `new` in force: token reservations follow it, and connections
+    /// whose token it removed or changed (role, claims), or that have no
+    /// token where it requires one, are closed with `unauthorized`. Returns
+    /// how many were closed. See `reload.rs` for what is kept from before.
+    pub fn apply_config(&self, new: HubConfig) -> usize {
+        let new = Arc::new(new);
+        let mut st = self.lock("apply_config");
+        st.claims.reload_reservations(&new);
+        let mut closed = 0;
+        for c in st.conns.iter().flatten() {
+            if c.ident.system || c.unauth.is_some() || c.ident.role.is_none() {
+                continue;
+            }
+            let still = match &c.ident.token {
+                None => !new.auth_required(),
+                Some(secret) => {
+                    let old = self.config().find_token(secret).map(|(_, t)| t.clone());
+                    match (old, new.find_token(secret)) {
+                        (Some(o), Some((_, n))) => o.role == n.role && o.claims == n.claims,
+                        _ => false,
+                    }
+                }
+            };
+            if !still {
+                closed += 1;
+                c.outbox.end_with(Bytes::from(ErrorCode::Unauthorized.frame(
+                    "the hub's configuration was reloaded and this connection's token was removed or changed; connect again",
+                )));
+            }
+        }
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = new;
+        drop(st);
+        self.config_generation.send_modify(|g| *g += 1);
+        closed
+    }
+
+    /// Sets where a reload reads the configuration from (once).
+    pub fn set_config_source(&self, source: super::reload::Source) {
+        let _ = self.config_source.set(source);
+    }
+
+    /// Where a reload reads the configuration from, if anywhere.
+    pub fn config_source(&self) -> Option<&super::reload::Source> {
+        self.config_source.get()
+    }
+
+    /// Changes whenever the configuration is reloaded.
+    pub fn config_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.config_generation.subscribe()
     }
 
     /// The counters.
@@ -894,7 +949,7 @@ impl Hub {
 
     /// The principal of the token at `index` in the configuration.
     pub fn token_principal(&self, index: usize) -> Arc<str> {
-        self.principals[index].clone()
+        token_principal(&self.config(), index)
     }
 
     /// Registers a new connection, or refuses it at a limit. Where tokens
@@ -909,11 +964,11 @@ impl Hub {
         transport: Transport,
     ) -> Result<ConnId, OpError> {
         let mut st = self.lock("connect");
-        let auth = self.config.auth_required();
-        if !auth && st.live >= self.config.max_connections {
+        let auth = self.config().auth_required();
+        if !auth && st.live >= self.config().max_connections {
             return Err(self.refuse_at_limit());
         }
-        if auth && st.unauth.len() >= self.config.max_unauthenticated {
+        if auth && st.unauth.len() >= self.config().max_unauthenticated {
             if let Some((_, oldest)) = st.unauth.pop_first() {
                 Metrics::inc(&self.metrics.unauthenticated_dropped);
                 if let Some(c) = st.conn_mut(oldest) {
@@ -948,7 +1003,7 @@ impl Hub {
         ident: Identity,
     ) -> Result<ConnId, OpError> {
         let mut st = self.lock("connect_as");
-        if st.live >= self.config.max_connections {
+        if st.live >= self.config().max_connections {
             return Err(self.refuse_at_limit());
         }
         let id = Self::add_conn(&mut st, peer, outbox, Transport::Http);
@@ -966,7 +1021,7 @@ impl Hub {
             ErrorCode::MaxConnections,
             format!(
                 "the hub is at its limit of {} connections",
-                self.config.max_connections
+                self.config().max_connections
             ),
         )
     }
@@ -997,6 +1052,7 @@ impl Hub {
                 may_claim: None,
                 principal: name,
                 system: false,
+                token: None,
             },
             patterns: HashSet::new(),
             claims: Vec::new(),
@@ -1016,7 +1072,7 @@ impl Hub {
         let mut st = self.lock("identify");
         let counted = st.conn(conn).is_none_or(|c| c.counted);
         if !counted {
-            if st.live >= self.config.max_connections {
+            if st.live >= self.config().max_connections {
                 return Err(self.refuse_at_limit());
             }
             st.authenticated(conn);
@@ -1049,12 +1105,12 @@ impl Hub {
         snapshot: Option<u64>,
         id: Option<&RawValue>,
     ) -> Result<(), OpError> {
-        if patterns.len() > self.config.max_patterns_per_sub {
+        if patterns.len() > self.config().max_patterns_per_sub {
             return Err(OpError::new(
                 ErrorCode::TooManySubscriptions,
                 format!(
                     "one `sub` may list at most {} patterns; this one lists {}",
-                    self.config.max_patterns_per_sub,
+                    self.config().max_patterns_per_sub,
                     patterns.len()
                 ),
             ));
@@ -1070,14 +1126,14 @@ impl Hub {
             .filter(|p| !c.patterns.contains(p.as_str()))
             .collect::<HashSet<_>>()
             .len();
-        if c.patterns.len() + fresh > self.config.max_subscriptions {
+        if c.patterns.len() + fresh > self.config().max_subscriptions {
             return Err(OpError::new(
                 ErrorCode::TooManySubscriptions,
                 format!(
                     "this connection holds {} patterns; {} more would pass the limit of {}",
                     c.patterns.len(),
                     fresh,
-                    self.config.max_subscriptions
+                    self.config().max_subscriptions
                 ),
             ));
         }
@@ -1166,7 +1222,7 @@ impl Hub {
             }
         }
         if retain
-            && st.store.count() >= self.config.max_retained
+            && st.store.count() >= self.config().max_retained
             && body.get() != "null"
             && st.store.get(tag).is_none()
         {
@@ -1175,7 +1231,7 @@ impl Hub {
                 ErrorCode::RetainedLimit,
                 format!(
                     "the hub retains its limit of {} values; `{tag}` was not published (delete retained values or raise `max_retained`)",
-                    self.config.max_retained
+                    self.config().max_retained
                 ),
             ));
         }
@@ -1369,7 +1425,7 @@ impl Hub {
         };
         let from: Arc<str> = match conn {
             Some(c) => match st.conn(c) {
-                Some(c) if c.pending_requests >= self.config.max_pending_requests => {
+                Some(c) if c.pending_requests >= self.config().max_pending_requests => {
                     let e = OpError::new(
                         ErrorCode::TooManyRequests,
                         format!(
@@ -1428,8 +1484,8 @@ impl Hub {
         st.next_rid += 1;
         let hub_rid = st.next_rid;
         let timeout = timeout
-            .unwrap_or(Duration::from_millis(self.config.request_timeout_ms))
-            .min(Duration::from_millis(self.config.max_request_timeout_ms));
+            .unwrap_or(Duration::from_millis(self.config().request_timeout_ms))
+            .min(Duration::from_millis(self.config().max_request_timeout_ms));
         let deadline = Instant::now() + timeout;
         let earliest = st.deadlines.first().is_none_or(|(d, _)| deadline < *d);
         let cid: Option<Box<str>> = match &command {
@@ -1476,7 +1532,7 @@ impl Hub {
                 "connection is closing",
             ));
         };
-        if c.pending_requests >= self.config.max_pending_requests {
+        if c.pending_requests >= self.config().max_pending_requests {
             return Err(OpError::new(
                 ErrorCode::TooManyRequests,
                 format!(
@@ -1653,7 +1709,7 @@ impl Hub {
             }
         }
         let now = Instant::now();
-        let grace = Duration::from_millis(self.config.claim_grace_ms);
+        let grace = Duration::from_millis(self.config().claim_grace_ms);
         let since = now_ms();
         let who = (!c.claims.is_empty() && st.journal.is_some()).then(|| c.who());
         for prefix in &c.claims {

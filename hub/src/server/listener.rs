@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 
 use super::connection::serve_tcp;
 use super::hub::Hub;
+use super::reload::supervise;
 use crate::config::HubConfig;
 
 /// How long shutdown waits for connections to flush and close.
@@ -34,17 +35,29 @@ pub async fn serve(
     }
     let timer = tokio::spawn(hub.clone().run_request_timer());
     tokio::spawn(crate::automation::scenes::tidy_after_restart(hub.clone()));
-    let alerts = tokio::spawn(crate::automation::alerts::run(hub.clone(), stop_rx.clone()));
-    let schedules = tokio::spawn(crate::automation::schedules::run(
+    // Each engine starts again when a reload changes its part of the configuration.
+    let alerts = tokio::spawn(supervise(
         hub.clone(),
         stop_rx.clone(),
-        chrono::Utc::now,
+        |c| c.alerts.clone(),
+        crate::automation::alerts::run,
     ));
-    let mqtt = hub
-        .config()
-        .mqtt
-        .clone()
-        .map(|m| tokio::spawn(crate::mqtt::bridge::run(hub.clone(), m, stop_rx.clone())));
+    let schedules = tokio::spawn(supervise(
+        hub.clone(),
+        stop_rx.clone(),
+        |c| c.schedules.clone(),
+        |hub, stop| crate::automation::schedules::run(hub, stop, chrono::Utc::now),
+    ));
+    let mqtt = tokio::spawn(supervise(
+        hub.clone(),
+        stop_rx.clone(),
+        |c| c.mqtt.clone(),
+        |hub, stop| async move {
+            if let Some(m) = hub.config().mqtt.clone() {
+                crate::mqtt::bridge::run(hub, m, stop).await;
+            }
+        },
+    ));
     let http = http.map(|l| tokio::spawn(crate::http::serve(hub.clone(), l, stop_rx.clone())));
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
@@ -85,9 +98,7 @@ pub async fn serve(
     timer.abort();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, alerts).await;
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, schedules).await;
-    if let Some(mqtt) = mqtt {
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, mqtt).await;
-    }
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, mqtt).await;
     hub.automation_link().close().await;
     if let Some(j) = hub.journal() {
         hub.audit_hub("hub_stopped", "shut down".into());

@@ -7,6 +7,7 @@ mod hub;
 mod listener;
 pub mod metrics;
 mod outbox;
+pub mod reload;
 mod session;
 mod snapshot;
 mod store;

@@ -541,6 +541,7 @@ mod tests {
             may_claim: None,
             principal: Arc::from("viewer"),
             system: false,
+            token: None,
         };
         let conn = hub
             .connect_as("127.0.0.1:1".parse().unwrap(), o.clone(), ident)

@@ -618,6 +618,9 @@ impl Session {
             may_claim,
             principal,
             system,
+            token: token
+                .filter(|_| cfg.auth_required() && !system)
+                .map(Arc::from),
         };
         if let Err(e) = hub.identify(self.conn, ident) {
             return self.close_with(e.code, &e.message);
