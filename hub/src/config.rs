@@ -50,6 +50,15 @@ pub struct TokenConfig {
     /// For agents: the tag prefixes the token may claim (a prefix allows its whole subtree).
     #[serde(default)]
     pub claims: Vec<String>,
+    /// Rules for what it may read (none: everything its role may); see `access.rs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read: Vec<String>,
+    /// Rules for what it may write: publish, request, claim, command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write: Vec<String>,
+    /// Rules for what it may neither read nor write, whatever `read` and `write` say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
 }
 
 /// The hub's settings. Every field has a default; see README.md for the table.
@@ -332,6 +341,11 @@ impl HubConfig {
                     return Err(format!(
                         "tokens[{i}].claims: `{c}` overlaps `{own}`, the hub's own tags"
                     ));
+                }
+            }
+            for (list, rules) in [("read", &t.read), ("write", &t.write), ("deny", &t.deny)] {
+                for r in rules {
+                    crate::access::check_rule(r).map_err(|e| format!("tokens[{i}].{list}: {e}"))?;
                 }
             }
             if let Some(j) = self.tokens[..i].iter().position(|o| o.token == t.token) {

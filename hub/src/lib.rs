@@ -5,6 +5,7 @@
 //! in `patchbay-client`, which has no server dependencies; they are
 //! re-exported here for the hub's own use.
 
+pub mod access;
 pub mod automation;
 pub mod config;
 pub mod http;

@@ -21,6 +21,9 @@ fn token(name: &str, secret: &str, role: Role, claims: &[&str]) -> TokenConfig {
         token: secret.into(),
         role,
         claims: claims.iter().map(|c| c.to_string()).collect(),
+        read: Vec::new(),
+        write: Vec::new(),
+        deny: Vec::new(),
     }
 }
 

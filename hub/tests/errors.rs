@@ -110,6 +110,9 @@ fn token(token: &str, role: Role, claims: &[&str]) -> TokenConfig {
         token: token.into(),
         role,
         claims: claims.iter().map(|s| s.to_string()).collect(),
+        read: Vec::new(),
+        write: Vec::new(),
+        deny: Vec::new(),
     }
 }
 

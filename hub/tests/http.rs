@@ -398,6 +398,9 @@ fn token(t: &str, role: Role) -> TokenConfig {
         } else {
             vec![]
         },
+        read: Vec::new(),
+        write: Vec::new(),
+        deny: Vec::new(),
     }
 }
 

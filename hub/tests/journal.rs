@@ -39,12 +39,18 @@ fn tokens() -> Vec<TokenConfig> {
             token: "operator-secret".into(),
             role: Role::Operator,
             claims: vec![],
+            read: Vec::new(),
+            write: Vec::new(),
+            deny: Vec::new(),
         },
         TokenConfig {
             name: Some("rack-1".into()),
             token: "agent-secret-1".into(),
             role: Role::Agent,
             claims: vec!["dev".into()],
+            read: Vec::new(),
+            write: Vec::new(),
+            deny: Vec::new(),
         },
     ]
 }

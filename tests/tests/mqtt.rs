@@ -73,7 +73,12 @@ struct Watch {
 }
 
 impl Watch {
+    /// Returns once the subscription is in place: a retained probe
+    /// published on a topic of its own has come back.
     async fn new(port: u16, topics: &[&str]) -> Watch {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let probe = format!("probe/{}-{n}", std::process::id());
         let mut cmd = Command::new("mosquitto_sub");
         cmd.args([
             "-h",
@@ -83,7 +88,7 @@ impl Watch {
             "-F",
             "%r\t%t\t%p",
         ]);
-        for t in topics {
+        for t in topics.iter().copied().chain([probe.as_str()]) {
             cmd.args(["-t", t]);
         }
         let mut child = cmd
@@ -106,11 +111,15 @@ impl Watch {
                 });
             }
         });
-        Watch {
+        mqtt_pub_retained(port, &probe, "ready").await;
+        let mut w = Watch {
             _child: child,
             rx,
             latest: Default::default(),
-        }
+        };
+        w.until("the subscription in place", |m| m.topic == probe)
+            .await;
+        w
     }
 
     /// The latest message on `topic`, waiting for one if none came yet.
@@ -154,17 +163,21 @@ impl Watch {
 }
 
 async fn mqtt_pub(port: u16, topic: &str, payload: &str) {
+    mqtt_pub_with(port, topic, payload, false).await;
+}
+
+async fn mqtt_pub_retained(port: u16, topic: &str, payload: &str) {
+    mqtt_pub_with(port, topic, payload, true).await;
+}
+
+async fn mqtt_pub_with(port: u16, topic: &str, payload: &str, retain: bool) {
+    let port = port.to_string();
+    let mut args = vec!["-h", "127.0.0.1", "-p", &port, "-t", topic, "-m", payload];
+    if retain {
+        args.push("-r");
+    }
     let ok = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            topic,
-            "-m",
-            payload,
-        ])
+        .args(&args)
         .status()
         .await
         .unwrap()
@@ -261,16 +274,10 @@ async fn devices_appear_in_home_assistant_and_take_commands_over_mqtt() {
 
     // A late subscriber gets the retained device topics.
     let mut late = Watch::new(port, &["patchbay/proj-1/+"]).await;
-    let online = late
-        .until("proj-1's availability", |m| {
-            m.topic == "patchbay/proj-1/online"
-        })
-        .await;
+    let online = late.topic("patchbay/proj-1/online").await;
     assert!(online.retained);
     assert_eq!(online.payload, "online");
-    let st = late
-        .until("proj-1's state", |m| m.topic == "patchbay/proj-1/state")
-        .await;
+    let st = late.topic("patchbay/proj-1/state").await;
     assert!(st.retained);
     assert_eq!(st.json()["power"], "off");
 
@@ -310,17 +317,19 @@ async fn devices_appear_in_home_assistant_and_take_commands_over_mqtt() {
     mqtt_pub(port, "patchbay/display-1/set", "{\"power\": \"on\"}").await;
     let mut display = Watch::new(port, &["patchbay/display-1/state"]).await;
     display
-        .until("the display on", |m| m.json()["power"] == "on")
+        .topic_where("patchbay/display-1/state", |m| m.json()["power"] == "on")
         .await;
 
-    // Home Assistant restarting gets the discovery configs again.
+    // Home Assistant restarting gets the discovery configs again: after the
+    // retained copy, a live one.
+    let power = "homeassistant/switch/patchbay_proj-1/power/config";
+    let mut ha = Watch::new(port, &[power]).await;
+    assert!(ha.topic(power).await.retained);
     mqtt_pub(port, "homeassistant/status", "online").await;
-    let again = all
-        .until("the configs published again", |m| {
-            m.topic == "homeassistant/switch/patchbay_proj-1/power/config"
-        })
-        .await;
+    let again = ha.until("the configs published again", |_| true).await;
+    assert_eq!(again.topic, power);
     assert!(!again.retained, "a live message, sent again");
+    drop(all);
 }
 
 #[tokio::test]
@@ -329,7 +338,7 @@ async fn the_bridge_recovers_after_the_broker_restarts() {
     let mut broker_proc = broker(port).await;
     let _demo = demo(port).await;
     let mut w = Watch::new(port, &["patchbay/bridge/state"]).await;
-    w.until("the bridge online", |m| m.payload == "online")
+    w.topic_where("patchbay/bridge/state", |m| m.payload == "online")
         .await;
     drop(w);
 
@@ -346,10 +355,12 @@ async fn the_bridge_recovers_after_the_broker_restarts() {
         ],
     )
     .await;
-    let mut seen = std::collections::BTreeSet::new();
-    while seen.len() < 3 {
-        let m = w.until("everything back", |m| !m.payload.is_empty()).await;
-        seen.insert(m.topic);
+    for topic in [
+        "patchbay/bridge/state",
+        "patchbay/proj-1/state",
+        "homeassistant/switch/patchbay_proj-1/power/config",
+    ] {
+        w.topic_where(topic, |m| !m.payload.is_empty()).await;
     }
 }
 

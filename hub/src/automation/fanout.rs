@@ -178,6 +178,7 @@ pub async fn run(
     // beyond that, however many steps run in parallel.
     let shared = hub.automation_limit().clone();
     let bus = hub.bus().await;
+    let access = origin.as_ref().and_then(|o| o.access.clone());
     let who = origin.map(|o| o.who).unwrap_or_default();
     let mut members: Vec<MemberOutcome> = futures_util::stream::iter(members)
         .map(|d| {
@@ -188,7 +189,17 @@ pub async fn run(
                 who.clone(),
                 shared.clone(),
             );
+            let forbidden = access
+                .as_ref()
+                .is_some_and(|a| !a.may_write(&format!("dev/{}/set", d.id)));
             async move {
+                if forbidden {
+                    let why = format!(
+                        "this token may not command `{}` (its `write`/`deny` rules)",
+                        d.id
+                    );
+                    return failed(&d.id, "forbidden", why, None);
+                }
                 let _permit = shared.acquire_owned().await;
                 one(bus, d, desired, timeout, cid, who).await
             }

@@ -106,6 +106,7 @@ pub async fn run_command(
     let origin = Origin {
         who: who.clone(),
         received_ms: now_ms(),
+        access: hub.identity(conn).and_then(|i| i.access),
     };
     let concurrency = hub.config().group_concurrency;
     let outcome = fanout::run(

@@ -543,6 +543,7 @@ async fn execute(
     let origin = Origin {
         who: run.who.clone(),
         received_ms: now_ms(),
+        access: None,
     };
     let mut stopped = false;
     let mut failed = false;

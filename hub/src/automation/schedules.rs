@@ -275,6 +275,7 @@ async fn fire(hub: &Arc<Hub>, name: &str, s: &Schedule, due_ms: u64) -> String {
     let origin = Origin {
         who: scheduler(),
         received_ms: crate::server::now_ms(),
+        access: None,
     };
     let out = super::fanout::run(
         hub.clone(),

@@ -18,9 +18,21 @@ pub struct Caller {
     pub token: Option<String>,
     /// The token presented, so an event stream can be closed when a reload removes it.
     pub secret: Option<std::sync::Arc<str>>,
+    /// The token's read and write rules, if it has any.
+    pub access: Option<std::sync::Arc<crate::access::Access>>,
 }
 
 impl Caller {
+    /// May its token read `tag` (its read and deny rules)?
+    pub fn may_read(&self, tag: &str) -> bool {
+        self.access.as_ref().is_none_or(|a| a.may_read(tag))
+    }
+
+    /// May its token write to `tag` (its write and deny rules)?
+    pub fn may_write(&self, tag: &str) -> bool {
+        self.access.as_ref().is_none_or(|a| a.may_write(tag))
+    }
+
     /// Refuses roles that may not change devices.
     pub fn require_operator(&self) -> Result<(), ApiError> {
         match self.role {
@@ -136,6 +148,7 @@ impl FromRequestParts<AppState> for Caller {
                 role: Role::Admin,
                 token: None,
                 secret: None,
+                access: None,
             });
         }
         let token = token_from(parts);
@@ -145,6 +158,7 @@ impl FromRequestParts<AppState> for Caller {
                 role: t.role,
                 token: Some(t.name.clone().unwrap_or_else(|| format!("tokens[{i}]"))),
                 secret: Some(std::sync::Arc::from(t.token.as_str())),
+                access: crate::access::Access::of(t),
             }),
             None => {
                 let why = match token {

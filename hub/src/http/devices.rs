@@ -191,7 +191,7 @@ fn valid_id(id: &str) -> bool {
     responses((status = 200, body = [DeviceSummary]), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse)))]
 pub async fn list(
     State(st): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -208,9 +208,11 @@ pub async fn list(
         done: false,
     };
     let hub = st.hub.clone();
+    let access = caller.access.clone();
     let body = futures_util::stream::unfold(start, move |mut p| {
         let hub = hub.clone();
         let q = q.clone();
+        let access = access.clone();
         async move {
             if p.done {
                 return None;
@@ -222,6 +224,13 @@ pub async fn list(
                 p.started = true;
             }
             for rec in &page {
+                // A token's read rules hide the devices it may not see.
+                if access
+                    .as_ref()
+                    .is_some_and(|a| !a.may_read(&format!("dev/{}", rec.id)))
+                {
+                    continue;
+                }
                 let Some(s) = summary(rec).filter(|s| matches(s, &q)) else {
                     continue;
                 };
@@ -253,10 +262,10 @@ pub async fn list(
     responses((status = 200, body = DeviceDetail), (status = 404, body = ErrorResponse), (status = 401, body = ErrorResponse)))]
 pub async fn show(
     State(st): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceDetail>, ApiError> {
-    if !valid_id(&id) {
+    if !valid_id(&id) || !caller.may_read(&format!("dev/{id}")) {
         return Err(ApiError::unknown_device(&id));
     }
     let (v, t) = device_view(&st.hub, &id).ok_or_else(|| ApiError::unknown_device(&id))?;
@@ -313,6 +322,7 @@ pub async fn patch(
     let origin = caller.as_ref().ok().map(|c| Origin {
         who: c.who(peer, &headers),
         received_ms: crate::server::now_ms(),
+        access: c.access.clone(),
     });
     let result = {
         let _enter = span.enter();
@@ -363,10 +373,18 @@ fn command(
     cid: &str,
     origin: Option<Origin>,
 ) -> Result<(crate::server::Answer, Duration), ApiError> {
-    caller?.require_operator()?;
+    let caller = caller?;
+    caller.require_operator()?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    if !valid_id(id) {
+    if !valid_id(id) || !caller.may_read(&format!("dev/{id}")) {
         return Err(ApiError::unknown_device(id));
+    }
+    if !caller.may_write(&format!("dev/{id}/set")) {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this token may not command `{id}` (its `write`/`deny` rules)"),
+        ));
     }
     let desired: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;

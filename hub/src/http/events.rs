@@ -98,6 +98,7 @@ pub async fn stream(
         principal: Arc::from(format!("sse-{peer}")),
         system: false,
         token: caller.secret.clone(),
+        access: caller.access.clone(),
     };
     let conn = hub.connect_as(peer, outbox.clone(), ident)?;
     let sub = Subscription {

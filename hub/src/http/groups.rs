@@ -210,6 +210,7 @@ async fn command_all(
     let origin = Origin {
         who: who.clone(),
         received_ms: now_ms(),
+        access: caller.access.clone(),
     };
     tracing::info!(%cid, members = members.len(), "{what} `{name}` command");
     let outcome: GroupOutcome = fanout::run(

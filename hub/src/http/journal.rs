@@ -48,16 +48,25 @@ fn no_journal() -> ApiError {
     )
 }
 
-async fn ask(st: &AppState, q: Question) -> Result<String, ApiError> {
+async fn ask(st: &AppState, caller: &Caller, q: Question) -> Result<String, ApiError> {
     let journal = st.hub.journal().cloned().ok_or_else(no_journal)?;
-    q.answer(&journal).await.map_err(|e| match e {
+    let forbidden = |m: String| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m);
+    if let Some(a) = &caller.access {
+        q.check_access(a).map_err(forbidden)?;
+    }
+    let check = q.answer_needs_check();
+    let answer = q.answer(&journal).await.map_err(|e| match e {
         QuestionError::Invalid(m) => ApiError::bad_request(m),
         QuestionError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
         QuestionError::Journal(e) => {
             tracing::error!("journal read failed: {e}");
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         }
-    })
+    })?;
+    if let (Some(a), true) = (&caller.access, check) {
+        crate::journal::api::check_command_answer(a, &answer).map_err(forbidden)?;
+    }
+    Ok(answer)
 }
 
 fn json(body: String) -> Response {
@@ -81,11 +90,11 @@ fn unknown_device(st: &AppState, id: &str, body: &str) -> Option<ApiError> {
         (status = 401, body = ErrorResponse), (status = 503, description = "No journal", body = ErrorResponse)))]
 pub async fn commands(
     State(st): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     q: Result<Query<CommandsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
-    Ok(json(ask(&st, Question::Commands(q)).await?))
+    Ok(json(ask(&st, &caller, Question::Commands(q)).await?))
 }
 
 /// One command by correlation id: `pending`, `confirmed`, `failed`, or
@@ -96,10 +105,10 @@ pub async fn commands(
         (status = 404, body = ErrorResponse), (status = 503, description = "No journal", body = ErrorResponse)))]
 pub async fn command(
     State(st): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(cid): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(json(ask(&st, Question::Command(cid)).await?))
+    Ok(json(ask(&st, &caller, Question::Command(cid)).await?))
 }
 
 /// A device's history, newest first: state changes (the changed fields),
@@ -111,14 +120,14 @@ pub async fn command(
         (status = 503, description = "No journal", body = ErrorResponse)))]
 pub async fn history(
     State(st): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
     q: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let mut q = query(q)?;
     q.device = None;
     let first_page = q.before.is_none();
-    let body = ask(&st, Question::History(id.clone(), q)).await?;
+    let body = ask(&st, &caller, Question::History(id.clone(), q)).await?;
     match unknown_device(&st, &id, &body).filter(|_| first_page) {
         Some(e) => Err(e),
         None => Ok(json(body)),
@@ -134,7 +143,7 @@ pub async fn history(
         (status = 503, description = "No journal", body = ErrorResponse)))]
 pub async fn usage(
     State(st): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
     q: Result<Query<UsageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -143,7 +152,7 @@ pub async fn usage(
         return Err(ApiError::unknown_device(&id));
     }
     Ok(json(
-        ask(&st, Question::Usage(id, q.days.unwrap_or(30))).await?,
+        ask(&st, &caller, Question::Usage(id, q.days.unwrap_or(30))).await?,
     ))
 }
 
@@ -154,10 +163,10 @@ pub async fn usage(
         (status = 401, body = ErrorResponse), (status = 503, description = "No journal", body = ErrorResponse)))]
 pub async fn audit(
     State(st): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     q: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let mut q = query(q)?;
     q.device = None;
-    Ok(json(ask(&st, Question::Audit(q)).await?))
+    Ok(json(ask(&st, &caller, Question::Audit(q)).await?))
 }

@@ -143,6 +143,48 @@ pub enum Question {
     Usage(String, u32),
 }
 
+impl Question {
+    /// Whether a token with read rules may ask this: only about one device
+    /// it may read (the audit trail, and commands of all devices, are not).
+    pub fn check_access(&self, access: &crate::access::Access) -> Result<(), String> {
+        let device = match self {
+            Question::Commands(q) => q.device.as_deref(),
+            Question::History(d, _) | Question::Usage(d, _) => Some(d.as_str()),
+            // Checked on the answer, which names the device.
+            Question::Command(_) => return Ok(()),
+            Question::Audit(_) => None,
+        };
+        match device {
+            Some(d) if access.may_read(&format!("dev/{d}")) => Ok(()),
+            Some(d) => Err(format!("this token may not read `{d}` (its `read`/`deny` rules)")),
+            None => Err("this token's read rules allow journal questions about one device it may read: give `device`".into()),
+        }
+    }
+
+    /// Whether a token with read rules may have this question's answer
+    /// without seeing it first: all but a command looked up by its
+    /// correlation id, whose answer names its device ([`check_command_answer`]).
+    pub fn answer_needs_check(&self) -> bool {
+        matches!(self, Question::Command(_))
+    }
+}
+
+/// Whether a token with read rules may read a command the journal found by
+/// its correlation id (the answer names the device).
+pub fn check_command_answer(access: &crate::access::Access, answer: &str) -> Result<(), String> {
+    let device = serde_json::from_str::<serde_json::Value>(answer)
+        .ok()
+        .and_then(|v| v.get("device").and_then(|d| d.as_str()).map(str::to_owned))
+        .unwrap_or_default();
+    if access.may_read(&format!("dev/{device}")) {
+        Ok(())
+    } else {
+        Err(format!(
+            "this token may not read `{device}` (its `read`/`deny` rules)"
+        ))
+    }
+}
+
 /// Why a question got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum QuestionError {

@@ -70,6 +70,8 @@ pub struct Identity {
     pub system: bool,
     /// The token it presented, to close it when a reload removes or changes that token.
     pub token: Option<Arc<str>>,
+    /// Its token's read and write rules, if it has any.
+    pub access: Option<Arc<crate::access::Access>>,
 }
 
 /// How a client reaches the hub.
@@ -101,6 +103,9 @@ pub struct Origin {
     pub who: Who,
     /// When the HTTP request arrived (Unix ms).
     pub received_ms: u64,
+    /// The sender's token's read and write rules, if it has any: group
+    /// members it may not write to are refused.
+    pub access: Option<Arc<crate::access::Access>>,
 }
 
 struct Conn {
@@ -527,7 +532,15 @@ impl State {
             targets.dedup();
         }
         for &to in &targets {
-            if Some(to) != from_conn {
+            if Some(to) == from_conn {
+                continue;
+            }
+            // A token's read rules decide what reaches it.
+            let readable = self
+                .conn(to)
+                .and_then(|c| c.ident.access.as_ref())
+                .is_none_or(|a| a.may_read(tag));
+            if readable {
                 self.deliver(metrics, to, &frame, key.as_ref());
             }
         }
@@ -909,7 +922,11 @@ impl Hub {
                 Some(secret) => {
                     let old = self.config().find_token(secret).map(|(_, t)| t.clone());
                     match (old, new.find_token(secret)) {
-                        (Some(o), Some((_, n))) => o.role == n.role && o.claims == n.claims,
+                        (Some(o), Some((_, n))) => {
+                            o.role == n.role
+                                && o.claims == n.claims
+                                && (&o.read, &o.write, &o.deny) == (&n.read, &n.write, &n.deny)
+                        }
                         _ => false,
                     }
                 }
@@ -1053,6 +1070,7 @@ impl Hub {
                 principal: name,
                 system: false,
                 token: None,
+                access: None,
             },
             patterns: HashSet::new(),
             claims: Vec::new(),
@@ -1121,6 +1139,9 @@ impl Hub {
         let Some(c) = st.conn(conn) else {
             return Ok(());
         };
+        if let Some(j) = job.as_mut() {
+            j.set_access(c.ident.access.clone());
+        }
         let fresh = patterns
             .iter()
             .filter(|p| !c.patterns.contains(p.as_str()))
@@ -1200,6 +1221,12 @@ impl Hub {
             ));
         };
         let from = c.ident.name.clone();
+        if c.ident.access.as_ref().is_some_and(|a| !a.may_write(tag)) {
+            return Err(OpError::new(
+                ErrorCode::Forbidden,
+                format!("this token may not write to `{tag}` (its `write`/`deny` rules)"),
+            ));
+        }
         let own = HUB_PREFIXES.iter().find(|p| is_under(tag, p));
         if let (Some(own), false) = (own, c.ident.system) {
             return Err(OpError::new(
@@ -1250,6 +1277,16 @@ impl Hub {
         let Some(c) = st.conn(conn) else {
             return Ok(());
         };
+        if c.ident
+            .access
+            .as_ref()
+            .is_some_and(|a| !a.may_claim(prefix))
+        {
+            return Err(OpError::new(
+                ErrorCode::Forbidden,
+                format!("this token may not claim `{prefix}`: its `write`/`deny` rules do not give it the whole subtree"),
+            ));
+        }
         if let Some(own) = HUB_PREFIXES
             .iter()
             .find(|p| is_under(prefix, p) || is_under(p, prefix))
@@ -1432,6 +1469,13 @@ impl Hub {
                             "this connection already waits for {} answers, its limit (`max_pending_requests`)",
                             c.pending_requests
                         ),
+                    );
+                    return refuse(&mut st, command, e);
+                }
+                Some(c) if c.ident.access.as_ref().is_some_and(|a| !a.may_write(tag)) => {
+                    let e = OpError::new(
+                        ErrorCode::Forbidden,
+                        format!("this token may not send requests to `{tag}` (its `write`/`deny` rules)"),
                     );
                     return refuse(&mut st, command, e);
                 }

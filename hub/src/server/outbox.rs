@@ -542,6 +542,7 @@ mod tests {
             principal: Arc::from("viewer"),
             system: false,
             token: None,
+            access: None,
         };
         let conn = hub
             .connect_as("127.0.0.1:1".parse().unwrap(), o.clone(), ident)

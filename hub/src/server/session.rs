@@ -464,16 +464,23 @@ impl Session {
     /// Answers a question for the journal (`hub/journal/...`) on a task of its own.
     fn ask_journal(&self, what: &str, body: &RawValue, rid: &RawValue) -> Result<(), OpError> {
         use crate::journal::api::{Question, QuestionError};
+        let question = Question::from_wire(what, body.get()).map_err(|e| match e {
+            QuestionError::NotFound(m) => OpError::new(ErrorCode::NoResponder, m),
+            other => OpError::new(ErrorCode::BadFrame, other.to_string()),
+        })?;
+        let access = self.hub.identity(self.conn).and_then(|i| i.access);
+        let check = question.answer_needs_check();
+        if let Some(a) = &access {
+            question
+                .check_access(a)
+                .map_err(|m| OpError::new(ErrorCode::Forbidden, m))?;
+        }
         let Some(journal) = self.hub.journal().cloned() else {
             return Err(OpError::new(
                 ErrorCode::NoResponder,
                 "this hub keeps no journal (it runs with --memory-only or without data_dir)",
             ));
         };
-        let question = Question::from_wire(what, body.get()).map_err(|e| match e {
-            QuestionError::NotFound(m) => OpError::new(ErrorCode::NoResponder, m),
-            other => OpError::new(ErrorCode::BadFrame, other.to_string()),
-        })?;
         self.hub.begin_own_answer(self.conn)?;
         let hub = self.hub.clone();
         let conn = self.conn;
@@ -494,8 +501,15 @@ impl Session {
             let result = match question.answer(&journal).await {
                 Ok(json) => match unknown(&hub, &json) {
                     Some(e) => Err(e),
-                    None => RawValue::from_string(json)
-                        .map_err(|e| ErrorBody::new("internal", e.to_string())),
+                    None => match access
+                        .as_ref()
+                        .filter(|_| check)
+                        .map(|a| crate::journal::api::check_command_answer(a, &json))
+                    {
+                        Some(Err(m)) => Err(ErrorBody::new("forbidden", m)),
+                        _ => RawValue::from_string(json)
+                            .map_err(|e| ErrorBody::new("internal", e.to_string())),
+                    },
                 },
                 Err(QuestionError::NotFound(m)) => Err(ErrorBody::new("not_found", m)),
                 Err(QuestionError::Invalid(m)) => Err(ErrorBody::new("invalid_value", m)),
@@ -525,6 +539,7 @@ impl Session {
         Ok(Origin {
             who,
             received_ms: crate::server::now_ms(),
+            access: None,
         })
     }
 
@@ -565,15 +580,19 @@ impl Session {
                 .map(|i| i.name.clone())
                 .unwrap_or_else(|| Arc::from("anonymous")),
         };
+        let mut access = None;
         let (role, may_claim, principal) = if system {
             (Role::Admin, None, Arc::from(crate::automation::bus::NAME))
         } else if cfg.auth_required() {
             match token.as_deref().and_then(|t| cfg.find_token(t)) {
-                Some((i, t)) => (
-                    t.role,
-                    (t.role == Role::Agent).then(|| t.claims.clone()),
-                    hub.token_principal(i),
-                ),
+                Some((i, t)) => {
+                    access = crate::access::Access::of(t);
+                    (
+                        t.role,
+                        (t.role == Role::Agent).then(|| t.claims.clone()),
+                        hub.token_principal(i),
+                    )
+                }
                 None => {
                     let why = if token.is_some() {
                         "unknown token"
@@ -621,6 +640,7 @@ impl Session {
             token: token
                 .filter(|_| cfg.auth_required() && !system)
                 .map(Arc::from),
+            access,
         };
         if let Err(e) = hub.identify(self.conn, ident) {
             return self.close_with(e.code, &e.message);

@@ -36,6 +36,8 @@ pub struct SnapshotJob {
     cost: usize,
     /// The opening `snapshot` frame has been sent.
     opened: bool,
+    /// The subscriber's read rules: values it may not read are left out.
+    access: Option<std::sync::Arc<crate::access::Access>>,
 }
 
 impl SnapshotJob {
@@ -51,7 +53,13 @@ impl SnapshotJob {
             id: id.map(ToOwned::to_owned),
             cost,
             opened: false,
+            access: None,
         })
+    }
+
+    /// Leaves out what the subscriber's token may not read.
+    pub fn set_access(&mut self, access: Option<std::sync::Arc<crate::access::Access>>) {
+        self.access = access;
     }
 
     /// Fixes the snapshot at `seq`: values newer than it arrive live.
@@ -71,9 +79,10 @@ impl SnapshotJob {
             encode_snapshot(buf, self.id.as_deref());
         }
         let (seq, after) = (self.seq, self.after);
+        let access = self.access.as_deref();
         let mut copied = 0;
         let done = store.walk(&self.query, &mut self.cursor, STEP_BUDGET, |r| {
-            if r.seq > seq || r.seq <= after {
+            if r.seq > seq || r.seq <= after || access.is_some_and(|a| !a.may_read(&r.tag)) {
                 return 0;
             }
             buf.extend_from_slice(&r.frame);
