@@ -12,6 +12,7 @@ pub mod http;
 pub mod journal;
 pub mod mqtt;
 pub mod server;
+pub mod service;
 
 pub use patchbay_client::device as devices;
 pub use patchbay_client::{protocol, schema, tag, trie};

@@ -66,6 +66,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
+        patchbay_hub::service::stopping();
         let _ = stop_tx.send(true);
     });
     match cli.command {
@@ -98,6 +99,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => {
             let cfg = load(cli.config)?;
             tracing::info!(hub = %cfg.hub, devices = cfg.devices.len(), "agent starting");
+            patchbay_hub::service::ready(&format!(
+                "{} devices, hub {}",
+                cfg.devices.len(),
+                cfg.hub
+            ));
+            patchbay_hub::service::spawn_watchdog(|| true);
             patchbay_agents::runtime::run(cfg, stop_rx).await
         }
     }

@@ -109,7 +109,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
     tracing::info!(%addr, %http_addr, auth = config.auth_required(), "hub started");
-    serve(hub, listener, Some(http), shutdown_signal()).await;
+    patchbay_hub::service::ready(&format!(
+        "listening on {addr}, console on http://{http_addr}/"
+    ));
+    // The watchdog pings only while the hub's state can be taken: a hub
+    // stuck holding it is restarted.
+    let alive = hub.clone();
+    patchbay_hub::service::spawn_watchdog(move || {
+        let _ = alive.connection_count();
+        true
+    });
+    let stop = async {
+        shutdown_signal().await;
+        patchbay_hub::service::stopping();
+    };
+    serve(hub, listener, Some(http), stop).await;
     tracing::info!("hub stopped");
     Ok(())
 }
