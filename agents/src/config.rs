@@ -193,13 +193,14 @@ impl AgentConfig {
         };
         let file: AgentFile =
             toml::from_str(text).map_err(|e| invalid(toml_error_line(text, &e)))?;
-        if file
-            .hub
-            .rsplit_once(':')
-            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        if file.hub != "auto"
+            && file
+                .hub
+                .rsplit_once(':')
+                .is_none_or(|(_, port)| port.parse::<u16>().is_err())
         {
             return Err(invalid(format!(
-                "`hub` must be host:port, not {:?}",
+                "`hub` must be host:port or \"auto\" (found on the LAN), not {:?}",
                 file.hub
             )));
         }

@@ -37,6 +37,26 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), cfg.reconnect_max);
+    let mut cfg = cfg;
+    if cfg.hub == "auto" {
+        // Found on the LAN over mDNS, looked for until one answers.
+        cfg.hub = loop {
+            let found = tokio::task::spawn_blocking(|| {
+                patchbay_hub::mdns::find(Duration::from_secs(3), true)
+            });
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                f = found => match f {
+                    Ok(Ok(f)) => {
+                        tracing::info!(hub = %f.wire, "found the hub on the LAN");
+                        break f.wire.to_string();
+                    }
+                    Ok(Err(e)) => tracing::warn!("{e}; looking again"),
+                    Err(e) => tracing::warn!("mDNS lookup failed: {e}; looking again"),
+                },
+            }
+        };
+    }
     let mut builder = ClientBuilder::new(&cfg.hub)
         .name(&cfg.name)
         .reconnect(Duration::from_millis(200), cfg.reconnect_max);

@@ -144,6 +144,8 @@ pub struct HubConfig {
     pub schedules: std::collections::BTreeMap<String, crate::automation::schedules::Schedule>,
     /// The MQTT bridge (`[mqtt]`); none without the section.
     pub mqtt: Option<crate::mqtt::MqttConfig>,
+    /// Advertise the hub on the LAN over mDNS (`_patchbay._tcp`, `_http._tcp`).
+    pub mdns: bool,
 }
 
 impl Default for HubConfig {
@@ -185,6 +187,7 @@ impl Default for HubConfig {
             alerts: Default::default(),
             schedules: Default::default(),
             mqtt: None,
+            mdns: false,
             webhook_timeout_ms: 5_000,
         }
     }

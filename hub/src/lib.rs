@@ -10,6 +10,7 @@ pub mod automation;
 pub mod config;
 pub mod http;
 pub mod journal;
+pub mod mdns;
 pub mod mqtt;
 pub mod server;
 pub mod service;

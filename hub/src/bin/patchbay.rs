@@ -638,6 +638,19 @@ async fn run_scene(client: &Client, name: &str, json: bool) -> anyhow::Result<()
     }
 }
 
+/// A hub on the LAN, found over mDNS (`--hub auto`).
+async fn find_hub() -> anyhow::Result<String> {
+    let found =
+        tokio::task::spawn_blocking(|| patchbay_hub::mdns::find(Duration::from_secs(3), true))
+            .await??;
+    eprintln!(
+        "found a hub at {}{}",
+        found.wire,
+        found.api.map(|a| format!(" (API {a})")).unwrap_or_default()
+    );
+    Ok(found.wire.to_string())
+}
+
 /// Asks the hub's journal (`hub/journal/<what>`), leaving out unset fields.
 async fn ask_journal(client: &Client, what: &str, mut q: Value) -> anyhow::Result<Value> {
     if let Some(m) = q.as_object_mut() {
@@ -814,7 +827,10 @@ fn safe(s: &str) -> String {
         .collect()
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(mut cli: Cli) -> anyhow::Result<()> {
+    if cli.hub == "auto" {
+        cli.hub = find_hub().await?;
+    }
     check_hub_address(&cli.hub)?;
     let mut builder = ClientBuilder::new(&cli.hub).name(&cli.name).no_reconnect();
     if let Some(t) = &cli.token {

@@ -58,6 +58,17 @@ pub async fn serve(
             }
         },
     ));
+    // Kept until shutdown; dropping it withdraws the records.
+    let _advert = match (
+        hub.config().mdns,
+        listener.local_addr(),
+        http.as_ref().map(TcpListener::local_addr),
+    ) {
+        (true, Ok(wire), Some(Ok(web))) => crate::mdns::advertise(wire, web)
+            .map_err(|e| tracing::warn!("not advertised on the LAN: {e}"))
+            .ok(),
+        _ => None,
+    };
     let http = http.map(|l| tokio::spawn(crate::http::serve(hub.clone(), l, stop_rx.clone())));
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
