@@ -178,10 +178,11 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// Reads and checks a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
-            path: path.display().to_string(),
-            reason,
-        })?;
+        let text =
+            patchbay_hub::config::read_config_file(path).map_err(|reason| ConfigError::Read {
+                path: path.display().to_string(),
+                reason,
+            })?;
         Self::parse(&text, path)
     }
 

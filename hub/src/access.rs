@@ -76,9 +76,14 @@ impl Access {
             && (list.is_empty() || list.iter().any(|r| covers(r, tag)))
     }
 
-    /// May the token receive messages on `tag`?
+    /// May the token receive messages on `tag`? An alert
+    /// (`alert/<rule>/<device>`) also needs its device to be readable.
     pub fn may_read(&self, tag: &str) -> bool {
-        self.allowed(&self.read, tag)
+        let device = tag
+            .strip_prefix("alert/")
+            .and_then(|r| r.split('/').nth(1))
+            .map(|d| format!("dev/{d}"));
+        self.allowed(&self.read, tag) && device.is_none_or(|d| self.allowed(&self.read, &d))
     }
 
     /// May the token publish, request or command on `tag`?
@@ -147,6 +152,13 @@ mod tests {
         let a = access(&["dev/lt-*", "hub/#"], &["dev/lt-*"], &["dev/lt-9"]);
         assert!(a.may_read("dev/lt-1/state"));
         assert!(a.may_read("hub/scenes/x/spec"));
+        let alerts = access(&["dev/lt-*", "alert/#"], &[], &["dev/lt-9"]);
+        assert!(alerts.may_read("alert/lamp/lt-1"));
+        assert!(!alerts.may_read("alert/lamp/lt-9"), "about a denied device");
+        assert!(
+            !alerts.may_read("alert/lamp/hall-1"),
+            "about a device it may not read"
+        );
         assert!(!a.may_read("dev/hall-1/state"));
         assert!(!a.may_read("dev/lt-9/state"));
         assert!(a.may_write("dev/lt-1/set"));

@@ -222,11 +222,34 @@ pub enum ConfigError {
     },
 }
 
+/// Largest configuration file read: a configuration is text, and a path
+/// pointing at something endless (`/dev/zero`) must not eat the memory.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Reads a configuration file, refusing one over [`MAX_CONFIG_BYTES`].
+pub fn read_config_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "larger than {} KiB; a configuration file is short text",
+                MAX_CONFIG_BYTES / 1024
+            ),
+        ));
+    }
+    Ok(text)
+}
+
 impl HubConfig {
     /// Reads and checks a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = read_config_file(path).map_err(|source| ConfigError::Read {
             path: name.clone(),
             source,
         })?;
@@ -473,6 +496,23 @@ pub fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_config_file_past_the_size_limit_is_refused_without_reading_it_all() {
+        let dir = std::env::temp_dir().join(format!("patchbay-config-size-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("big.toml");
+        std::fs::write(&big, "#".repeat(MAX_CONFIG_BYTES as usize + 1)).unwrap();
+        let e = read_config_file(&big).unwrap_err();
+        assert!(e.to_string().contains("larger than 1024 KiB"), "{e}");
+        // Something endless is cut off at the limit, not read to the end.
+        let e = read_config_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
+        let ok = dir.join("ok.toml");
+        std::fs::write(&ok, "max_connections = 10\n").unwrap();
+        assert_eq!(read_config_file(&ok).unwrap(), "max_connections = 10\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     use super::*;
 
     #[test]

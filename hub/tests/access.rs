@@ -17,7 +17,7 @@ const CONFIG: &str = r#"
 name = "lt"
 token = "lecture-secret"
 role = "operator"
-read = ["dev/lt-*"]
+read = ["dev/lt-*", "alert/#"]
 write = ["dev/lt-*"]
 deny = ["dev/lt-9"]
 [[tokens]]
@@ -83,6 +83,16 @@ async fn the_wire_and_websocket_deliver_only_what_a_token_may_read() {
     let hub = hub_with(HubConfig::from_toml(CONFIG, "test").unwrap()).await;
     let a = agent(&hub).await;
     let mut lt = Raw::hello(&hub, "lectern", Some("lecture-secret")).await;
+    // Requests for tags it may not write never reach it, though it subscribes.
+    lt.call(json!({"op": "sub", "tags": ["site/#"]}), 90).await;
+    let mut ops = Raw::hello(&hub, "desk", Some("admin-secret")).await;
+    let f = ops
+        .call(
+            json!({"op": "req", "tag": "site/secret/do", "body": {"password": "x"}, "rid": 1}),
+            91,
+        )
+        .await;
+    assert_err(&f, "no_responder");
     lt.send(json!({"op": "sub", "tags": ["dev/+/state"], "snapshot": true, "id": 1}))
         .await;
     let mut tags = Vec::new();
@@ -224,19 +234,28 @@ async fn http_and_event_streams_follow_the_same_rules() {
         .json()
         .await
         .unwrap();
-    assert_eq!(out["status"], "some", "{out}");
-    let outcome = |id: &str| {
-        out["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["id"] == id)
-            .map(|m| (m["outcome"].clone(), m["error"]["code"].clone()))
-            .unwrap()
-    };
-    assert_eq!(outcome("lt-1"), (json!("confirmed"), Value::Null));
-    assert_eq!(outcome("lt-9"), (json!("failed"), json!("forbidden")));
-    assert_eq!(outcome("hall-1"), (json!("failed"), json!("forbidden")));
+    // Members it may not read are not named at all.
+    assert_eq!(out["status"], "all", "{out}");
+    let members: Vec<&str> = out["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(members, ["lt-1"], "{out}");
+    // Nor anywhere else: rooms, groups, agents, metrics.
+    for path in ["/api/rooms", "/api/groups", "/api/agents", "/metrics"] {
+        let text = get(path).await.unwrap().text().await.unwrap();
+        // The agent claims all of `dev`, which the token may not read whole.
+        assert!(
+            path == "/api/agents" || text.contains("lt-1"),
+            "{path}: {text}"
+        );
+        assert!(
+            !text.contains("hall-1") && !text.contains("lt-9"),
+            "{path} names a hidden device: {text}"
+        );
+    }
 
     // The event stream leaves out what the token may not read.
     let mut res = get("/api/events?tags=dev/%2B/meta").await.unwrap();
@@ -252,4 +271,60 @@ async fn http_and_event_streams_follow_the_same_rules() {
     }
     assert!(text.contains("dev/lt-1/meta"), "{text}");
     assert!(!text.contains("hall-1") && !text.contains("lt-9"), "{text}");
+}
+
+#[tokio::test]
+async fn alerts_about_devices_a_token_may_not_read_are_hidden_from_it() {
+    let config = format!("{CONFIG}\n[alerts.hot]\nfield = \"temp\"\nabove = 50\n");
+    let hub = hub_with(HubConfig::from_toml(&config, "test").unwrap()).await;
+    let a = agent(&hub).await;
+    for id in DEVICES {
+        a.publish_acked(
+            &format!("dev/{id}/state"),
+            &Body::from(json!({"power": "on", "temp": 80})),
+            PublishOptions {
+                retain: true,
+                cid: None,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", hub.http_addr);
+    let alerts = |token: &'static str| {
+        let http = http.clone();
+        let url = format!("{base}/api/alerts");
+        async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while alerts("admin-secret").await.as_array().unwrap().len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "three alerts open");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let seen = alerts("lecture-secret").await;
+    let devices: Vec<&str> = seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["device"].as_str().unwrap())
+        .collect();
+    assert_eq!(devices, ["lt-1"], "{seen}");
+    let ack = |device: &str| {
+        http.post(format!("{base}/api/alerts/hot/{device}/ack"))
+            .bearer_auth("lecture-secret")
+            .send()
+    };
+    assert_eq!(ack("hall-1").await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(ack("lt-9").await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(ack("lt-1").await.unwrap().status(), StatusCode::OK);
 }

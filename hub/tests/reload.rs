@@ -124,6 +124,24 @@ async fn a_reload_changes_tokens_and_limits_in_place_and_refuses_a_broken_file()
     assert!(message.contains("stays in force"), "{message}");
     Raw::hello(&hub, "lectern", Some("lectern-secret")).await;
     assert_eq!(ops.call(json!({"op": "ping"}), 4).await["op"], "pong");
+    // Nor does one without tokens (an emptied or half-written file reads
+    // that way): it would let anyone do anything.
+    *file.lock().unwrap() = String::new();
+    let (status, err) = reload(&hub, "admin-secret").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no tokens"),
+        "{err}"
+    );
+    let (status, _) = reload(&hub, "").await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "tokens are still required"
+    );
 
     // Both are in the audit trail.
     let audit: Value = reqwest::Client::new()

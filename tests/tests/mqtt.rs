@@ -185,7 +185,8 @@ async fn mqtt_pub_with(port: u16, topic: &str, payload: &str, retain: bool) {
     assert!(ok, "mosquitto_pub {topic}");
 }
 
-async fn demo(port: u16) -> Proc {
+/// The demo bridged to the broker on `port`, and its console URL.
+async fn demo(port: u16) -> (Proc, String) {
     let url = format!("mqtt://127.0.0.1:{port}");
     let mut demo = Proc::start(
         "patchbay-agent",
@@ -200,8 +201,8 @@ async fn demo(port: u16) -> Proc {
         ],
     )
     .await;
-    demo.next_line_last_word().await;
-    demo
+    let console = demo.next_line_last_word().await;
+    (demo, console)
 }
 
 #[tokio::test]
@@ -209,7 +210,16 @@ async fn devices_appear_in_home_assistant_and_take_commands_over_mqtt() {
     let port = free_port();
     let _broker = broker(port).await;
     let mut all = Watch::new(port, &["patchbay/#", "homeassistant/#"]).await;
-    let _demo = demo(port).await;
+    // A retained command waiting on the broker is not carried out when the
+    // bridge subscribes: it would run again at every reconnection.
+    mqtt_pub_retained(port, "patchbay/proj-1/set/power", "on").await;
+    let (_demo, console) = demo(port).await;
+    let err = all
+        .topic_where("patchbay/proj-1/error", |m| m.payload.contains("retain"))
+        .await
+        .json();
+    assert_eq!(err["code"], "bad_request", "{err}");
+    mqtt_pub_with(port, "patchbay/proj-1/set/power", "", true).await;
 
     assert_eq!(all.topic("patchbay/bridge/state").await.payload, "online");
     let power = all
@@ -220,8 +230,8 @@ async fn devices_appear_in_home_assistant_and_take_commands_over_mqtt() {
         power,
         json!({
             "name": "Power",
-            "unique_id": "patchbay_proj-1_power",
-            "object_id": "patchbay_proj-1_power",
+            "unique_id": "patchbay_proj-1.power",
+            "default_entity_id": "switch.patchbay_proj_1_power",
             "state_topic": "patchbay/proj-1/state",
             "command_topic": "patchbay/proj-1/set/power",
             "payload_on": "on",
@@ -270,7 +280,7 @@ async fn devices_appear_in_home_assistant_and_take_commands_over_mqtt() {
         .await
         .json();
     assert_eq!(fan["device_class"], "problem");
-    assert_eq!(fan["unique_id"], "patchbay_proj-1_errors_fan");
+    assert_eq!(fan["unique_id"], "patchbay_proj-1.errors_fan");
 
     // A late subscriber gets the retained device topics.
     let mut late = Watch::new(port, &["patchbay/proj-1/+"]).await;
@@ -297,7 +307,18 @@ async fn devices_appear_in_home_assistant_and_take_commands_over_mqtt() {
         .json();
     assert_eq!(err["code"], "invalid_value", "{err}");
     assert!(err["message"].as_str().unwrap().contains("vga9"), "{err}");
-    assert!(err["cid"].as_str().unwrap().starts_with("mqtt-"), "{err}");
+    let cid = err["cid"].as_str().unwrap().to_owned();
+    assert!(cid.starts_with("mqtt-"), "{err}");
+    // The refusal is in the journal like any command's, sent by `mqtt`.
+    let entry: Value = reqwest::get(format!("{console}api/commands/{cid}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(entry["status"], "failed", "{entry}");
+    assert_eq!(entry["who"]["client"], "mqtt", "{entry}");
+    assert_eq!(entry["who"]["transport"], "mqtt", "{entry}");
     mqtt_pub(port, "patchbay/proj-1/set", "not json").await;
     let err = late
         .until("the bad payload's error", |m| {
@@ -312,7 +333,7 @@ async fn devices_appear_in_home_assistant_and_take_commands_over_mqtt() {
         .until("the unknown device's error", |_| true)
         .await
         .json();
-    assert_eq!(err["code"], "not_found", "{err}");
+    assert_eq!(err["code"], "no_responder", "{err}");
     // A JSON object on set reaches the device too: the display's input.
     mqtt_pub(port, "patchbay/display-1/set", "{\"power\": \"on\"}").await;
     let mut display = Watch::new(port, &["patchbay/display-1/state"]).await;
@@ -418,7 +439,7 @@ async fn odd_ids_are_escaped_and_a_device_that_goes_away_leaves_the_broker() {
     // escape: both are escaped, reversibly.
     let config_topic = "homeassistant/switch/patchbay_Hall_x202_x5fx41_x20proj/power/config";
     let c = w.topic(config_topic).await.json();
-    assert_eq!(c["unique_id"], "patchbay_Hall_x202_x5fx41_x20proj_power");
+    assert_eq!(c["unique_id"], "patchbay_Hall_x202_x5fx41_x20proj.power");
     assert_eq!(c["command_topic"], format!("patchbay/{id}/set/power"));
     assert_eq!(c["device"]["name"], "Hall projector");
     w.topic_where(&format!("patchbay/{id}/online"), |m| m.payload == "online")

@@ -180,6 +180,11 @@ pub async fn run(
     let bus = hub.bus().await;
     let access = origin.as_ref().and_then(|o| o.access.clone());
     let who = origin.map(|o| o.who).unwrap_or_default();
+    // Devices the sender may not read do not exist for it: left out, unnamed.
+    let mut members = members;
+    if let Some(a) = &access {
+        members.retain(|d| a.may_read(&format!("dev/{}", d.id)));
+    }
     let mut members: Vec<MemberOutcome> = futures_util::stream::iter(members)
         .map(|d| {
             let (bus, desired, cid, who, shared) = (

@@ -149,7 +149,13 @@ pub fn find(hub: &Hub, name: &str) -> Option<(Origin, GroupSpec)> {
 
 /// Every group with its members.
 pub fn list(hub: &Hub) -> Vec<GroupInfo> {
-    let devices = all_devices(hub);
+    list_seen(hub, |_| true)
+}
+
+/// The groups with only the members someone who `sees` some devices knows.
+pub fn list_seen(hub: &Hub, sees: impl Fn(&str) -> bool) -> Vec<GroupInfo> {
+    let mut devices = all_devices(hub);
+    devices.retain(|d| sees(&d.id));
     let mut all = super::definitions::all(hub, &hub.config().groups, GROUPS_PREFIX);
     all.sort_by(|a, b| a.0.cmp(&b.0));
     all.into_iter()
@@ -182,8 +188,13 @@ pub struct RoomInfo {
 
 /// Every room, by name.
 pub fn rooms(hub: &Hub) -> Vec<RoomInfo> {
+    rooms_seen(hub, |_| true)
+}
+
+/// The rooms as someone who `sees` only some devices (by id) knows them.
+pub fn rooms_seen(hub: &Hub, sees: impl Fn(&str) -> bool) -> Vec<RoomInfo> {
     let mut rooms: BTreeMap<String, RoomInfo> = BTreeMap::new();
-    for d in all_devices(hub) {
+    for d in all_devices(hub).into_iter().filter(|d| sees(&d.id)) {
         let name = d.meta_str("location");
         if name.is_empty() {
             continue;

@@ -27,11 +27,16 @@ pub struct AgentInfo {
 /// Lists connections that own devices (claim tag prefixes).
 #[utoipa::path(get, path = "/api/agents", tag = "devices",
     responses((status = 200, body = [AgentInfo]), (status = 401, body = ErrorResponse)))]
-pub async fn list(State(st): State<AppState>, _caller: Caller) -> Json<Vec<AgentInfo>> {
+pub async fn list(State(st): State<AppState>, caller: Caller) -> Json<Vec<AgentInfo>> {
     let mut agents: Vec<AgentInfo> = st
         .hub
         .connections()
         .into_iter()
+        .map(|mut c| {
+            // Only the claims its token may see.
+            c.claims.retain(|p| caller.may_read(p));
+            c
+        })
         .filter(|c| !c.claims.is_empty())
         .map(|c| AgentInfo {
             devices: c

@@ -14,8 +14,10 @@ use crate::automation::alerts::{self, Alert};
 /// The open alerts (acknowledged ones included, until they close).
 #[utoipa::path(get, path = "/api/alerts", tag = "venue",
     responses((status = 200, body = Vec<Alert>), (status = 401, body = ErrorResponse)))]
-pub async fn list(State(st): State<AppState>, _caller: Caller) -> Json<Vec<Alert>> {
-    Json(alerts::open_alerts(&st.hub))
+pub async fn list(State(st): State<AppState>, caller: Caller) -> Json<Vec<Alert>> {
+    let mut open = alerts::open_alerts(&st.hub);
+    open.retain(|a| caller.may_read(&format!("alert/{}/{}", a.rule, a.device)));
+    Json(open)
 }
 
 /// Acknowledges an open alert (operator); it stays until its condition clears.
@@ -33,7 +35,8 @@ pub async fn acknowledge(
     caller.require_operator()?;
     let who = caller.who(peer, &headers);
     let valid = |s: &str| crate::tag::validate_tag(s).is_ok() && !s.contains('/');
-    if !valid(&rule) || !valid(&device) {
+    // An alert its token may not read does not exist for it.
+    if !valid(&rule) || !valid(&device) || !caller.may_read(&format!("alert/{rule}/{device}")) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -28,6 +28,11 @@ impl Caller {
         self.access.as_ref().is_none_or(|a| a.may_read(tag))
     }
 
+    /// May its token see device `id` at all?
+    pub fn sees_device(&self, id: &str) -> bool {
+        self.may_read(&format!("dev/{id}"))
+    }
+
     /// May its token write to `tag` (its write and deny rules)?
     pub fn may_write(&self, tag: &str) -> bool {
         self.access.as_ref().is_none_or(|a| a.may_write(tag))
@@ -68,7 +73,7 @@ impl Caller {
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!(
-                    "changing definitions needs the `admin` role; this token is `{}`",
+                    "this needs the `admin` role; this token is `{}`",
                     other.as_str()
                 ),
             )),

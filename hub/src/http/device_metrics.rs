@@ -26,9 +26,10 @@ fn power_number(p: &str) -> Option<u8> {
     }
 }
 
-/// Writes the per-device families for every described device.
-pub fn write(out: &mut String, hub: &Hub) {
-    let devices = crate::automation::groups::all_devices(hub);
+/// Writes the per-device families for every device the caller `sees`.
+pub fn write(out: &mut String, hub: &Hub, sees: impl Fn(&str) -> bool) {
+    let mut devices = crate::automation::groups::all_devices(hub);
+    devices.retain(|d| sees(&d.id));
     let mut info = String::new();
     let mut online = String::new();
     let mut power = String::new();

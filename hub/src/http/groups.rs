@@ -31,15 +31,15 @@ fn unknown_group(name: &str) -> ApiError {
 /// Every room (devices sharing a `location`), with its devices.
 #[utoipa::path(get, path = "/api/rooms", tag = "venue",
     responses((status = 200, body = Vec<RoomInfo>), (status = 401, body = ErrorResponse)))]
-pub async fn rooms(State(st): State<AppState>, _caller: Caller) -> Json<Vec<RoomInfo>> {
-    Json(groups::rooms(&st.hub))
+pub async fn rooms(State(st): State<AppState>, caller: Caller) -> Json<Vec<RoomInfo>> {
+    Json(groups::rooms_seen(&st.hub, |id| caller.sees_device(id)))
 }
 
 /// Every group, from the config and the API, with its members now.
 #[utoipa::path(get, path = "/api/groups", tag = "venue",
     responses((status = 200, body = Vec<GroupInfo>), (status = 401, body = ErrorResponse)))]
-pub async fn list(State(st): State<AppState>, _caller: Caller) -> Json<Vec<GroupInfo>> {
-    Json(groups::list(&st.hub))
+pub async fn list(State(st): State<AppState>, caller: Caller) -> Json<Vec<GroupInfo>> {
+    Json(groups::list_seen(&st.hub, |id| caller.sees_device(id)))
 }
 
 /// One group with its members now.
@@ -48,10 +48,10 @@ pub async fn list(State(st): State<AppState>, _caller: Caller) -> Json<Vec<Group
     responses((status = 200, body = GroupInfo), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 pub async fn show(
     State(st): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<GroupInfo>, ApiError> {
-    groups::list(&st.hub)
+    groups::list_seen(&st.hub, |id| caller.sees_device(id))
         .into_iter()
         .find(|g| g.name == name)
         .map(Json)

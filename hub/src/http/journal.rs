@@ -64,7 +64,8 @@ async fn ask(st: &AppState, caller: &Caller, q: Question) -> Result<String, ApiE
         }
     })?;
     if let (Some(a), true) = (&caller.access, check) {
-        crate::journal::api::check_command_answer(a, &answer).map_err(forbidden)?;
+        crate::journal::api::check_command_answer(a, &answer)
+            .map_err(|m| ApiError::new(StatusCode::NOT_FOUND, "not_found", m))?;
     }
     Ok(answer)
 }

@@ -69,7 +69,7 @@ pub async fn healthz(State(st): State<AppState>) -> Json<Health> {
 /// Counters and gauges in the Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String)))]
-pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+pub async fn metrics(State(st): State<AppState>, caller: super::auth::Caller) -> impl IntoResponse {
     let m = st.hub.metrics();
     let devices = st.hub.device_counts();
     let mut out = String::with_capacity(2048);
@@ -201,7 +201,7 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         "How long requests took from the hub routing them to their responder's answer (device commands among them).",
         &m.request_duration,
     );
-    super::device_metrics::write(&mut out, &st.hub);
+    super::device_metrics::write(&mut out, &st.hub, |id| caller.sees_device(id));
     let _ = writeln!(
         out,
         "# HELP patchbay_lock_hold_max_seconds The longest hold of the hub lock since start.\n# TYPE patchbay_lock_hold_max_seconds gauge\npatchbay_lock_hold_max_seconds {}",

@@ -22,7 +22,7 @@ use tracing::Instrument;
 use super::discovery::{self, Topics};
 use super::MqttConfig;
 use crate::journal::Who;
-use crate::schema::{validate_settings, Setting};
+use crate::schema::Setting;
 use crate::server::{now_ms, Hub};
 
 /// Events kept while the broker is away or slow; older ones are dropped.
@@ -31,14 +31,46 @@ const MAX_EVENTS: usize = 10_000;
 /// Commands from MQTT under way at once; more get `too_many_requests`.
 const MAX_COMMANDS: usize = 64;
 
-/// Largest MQTT packet the bridge sends or takes.
-const MAX_PACKET: usize = 4 * 1024 * 1024;
+/// Largest MQTT packet the bridge sends or takes; a bigger one from the
+/// broker costs the connection (the MQTT client's rule), so it is generous.
+const MAX_PACKET: usize = 16 * 1024 * 1024;
+
+/// Largest command taken from MQTT; bigger ones get an error.
+const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
+/// Longest error text published, in bytes.
+const MAX_ERROR_TEXT: usize = 512;
+
+/// The id under the base topic that is the bridge's own (`<base>/bridge/state`).
+const BRIDGE: &str = "bridge";
+
+/// An error for `<base>/<id>/error`: texts cut short and a large `desired`
+/// only described, so an error is never bigger than what caused it.
+fn error_body(cid: &str, code: &str, message: &str, desired: Option<&Value>) -> String {
+    let cut = |t: &str| {
+        let mut end = t.len().min(MAX_ERROR_TEXT);
+        while !t.is_char_boundary(end) {
+            end -= 1;
+        }
+        t[..end].to_owned()
+    };
+    let desired = desired.map(|d| {
+        let text = d.to_string();
+        if text.len() > MAX_ERROR_TEXT {
+            json!(format!("({} bytes, not repeated)", text.len()))
+        } else {
+            d.clone()
+        }
+    });
+    json!({"cid": cut(cid), "code": cut(code), "message": cut(message), "desired": desired})
+        .to_string()
+}
 
 /// What the broker side tells the loop.
 enum FromBroker {
     Connected,
     Lost(String),
-    Publish(String, Bytes),
+    Publish(String, Bytes, bool),
 }
 
 /// What waits to be published: retained topics conflated, events in order.
@@ -142,6 +174,8 @@ struct Bridge {
     cid_prefix: String,
     next_cid: u64,
     timeout: Duration,
+    /// The warning about a device named `bridge` was logged.
+    bridge_device_said: bool,
 }
 
 fn online_word(v: Option<&Value>) -> &'static str {
@@ -200,6 +234,15 @@ impl Bridge {
         let Some((id, part)) = crate::devices::split_tag(m.tag()) else {
             return;
         };
+        if id == BRIDGE {
+            // Its topics would be the bridge's own state, which every
+            // entity's availability reads.
+            if part == "meta" && !self.bridge_device_said {
+                self.bridge_device_said = true;
+                tracing::warn!("a device with the id `bridge` is not bridged to MQTT: `{}/bridge/state` is the bridge's own; give the device another id", self.topics.base);
+            }
+            return;
+        }
         let body: Value = m.json().unwrap_or(Value::Null);
         let id = id.to_owned();
         match part {
@@ -257,16 +300,14 @@ impl Bridge {
         message: &str,
         desired: Option<&Value>,
     ) {
-        tracing::warn!(device = id, cid, code, "MQTT command failed: {message}");
-        let body = json!({"cid": cid, "code": code, "message": message, "desired": desired});
-        self.out.event(
-            self.topics.device(id, "error"),
-            body.to_string().into_bytes(),
-        );
+        tracing::debug!(device = id, cid, code, "MQTT command refused");
+        let body = error_body(cid, code, message, desired);
+        self.out
+            .event(self.topics.device(id, "error"), body.into_bytes());
     }
 
     /// A message from the broker: a command, or Home Assistant's status.
-    fn on_broker(&mut self, topic: &str, payload: &[u8]) {
+    fn on_broker(&mut self, topic: &str, payload: &[u8], retained: bool) {
         if topic == self.topics.ha_status() {
             if payload.trim_ascii().eq_ignore_ascii_case(b"online") {
                 tracing::info!("Home Assistant (re)started: discovery published again");
@@ -283,41 +324,54 @@ impl Bridge {
         let Some((id, what)) = rest.split_once('/') else {
             return;
         };
-        if id == "bridge" {
+        if id == BRIDGE {
             return;
         }
         self.next_cid += 1;
         let cid = format!("{}-{}", self.cid_prefix, self.next_cid);
+        let id = id.to_owned();
+        let refuse =
+            |b: &mut Self, message: &str| b.publish_error(&id, &cid, "bad_request", message, None);
+        if retained {
+            // It would run again at every reconnection, the broker's or the hub's.
+            return refuse(self, "a retained command is not carried out: it would run again at every reconnection; publish commands without the retain flag");
+        }
+        if payload.len() > MAX_COMMAND_BYTES {
+            let why = format!(
+                "a command of {} bytes; at most {MAX_COMMAND_BYTES}",
+                payload.len()
+            );
+            return refuse(self, &why);
+        }
         let text = String::from_utf8_lossy(payload);
-        let Some(d) = self.devices.get(id).filter(|d| d.meta.is_some()) else {
-            let id = id.to_owned();
-            return self.publish_error(&id, &cid, "not_found", &format!("no device `{id}`"), None);
-        };
-        let settings = d.settings();
+        let settings = self
+            .devices
+            .get(&id)
+            .map(Device::settings)
+            .unwrap_or_default();
         let desired = match what.strip_prefix("set") {
-            Some("") => match serde_json::from_str::<Value>(&text) {
-                Ok(v @ Value::Object(_)) => v,
-                _ => {
-                    let id = id.to_owned();
-                    return self.publish_error(
-                        &id,
-                        &cid,
-                        "bad_request",
-                        "`set` takes a JSON object of settings, e.g. {\"power\": \"on\"}",
-                        None,
-                    );
+            Some("") => {
+                match serde_json::from_str::<Value>(&text) {
+                    Ok(v @ Value::Object(_)) => v,
+                    other => {
+                        let why = match other {
+                            Err(e) => format!(": {e}"),
+                            Ok(_) => String::new(),
+                        };
+                        let why = format!("`set` takes a JSON object of settings, e.g. {{\"power\": \"on\"}}{why}");
+                        return refuse(self, &why);
+                    }
                 }
-            },
-            Some(name) if name.starts_with('/') && name.len() > 1 => {
+            }
+            Some(name) if name.len() > 1 && name.starts_with('/') && !name[1..].contains('/') => {
                 let name = &name[1..];
                 json!({ name: discovery::plain_value(&settings, name, &text) })
             }
-            _ => return,
+            _ => return refuse(
+                self,
+                "commands go to `<id>/set` (a JSON object) or `<id>/set/<setting>` (a plain value)",
+            ),
         };
-        let id = id.to_owned();
-        if let Err(e) = validate_settings(&settings, &desired) {
-            return self.publish_error(&id, &cid, "invalid_value", &e.to_string(), Some(&desired));
-        }
         let Ok(permit) = self.commands.clone().try_acquire_owned() else {
             return self.publish_error(
                 &id,
@@ -327,6 +381,8 @@ impl Bridge {
                 Some(&desired),
             );
         };
+        // Checked by the hub and the device's agent like any command, and
+        // journaled with its outcome, refusals included.
         let (hub, mq, who, timeout) = (
             self.hub.clone(),
             self.mq.clone(),
@@ -347,16 +403,17 @@ impl Bridge {
                     on_behalf: Some(&who),
                 };
                 let body = Body::from(&desired);
-                let failed = match hub.request_with(&format!("dev/{id}/set"), &body, opts).await {
+                let (code, message) = match hub
+                    .request_with(&format!("dev/{id}/set"), &body, opts)
+                    .await
+                {
                     Ok(_) => return,
                     Err(patchbay_client::Error::Hub(e)) => (e.code, e.message),
                     Err(e) => ("unavailable".to_owned(), e.to_string()),
                 };
-                tracing::warn!(device = %id, cid, code = %failed.0, "MQTT command failed: {}", failed.1);
-                let body = json!({"cid": cid, "code": failed.0, "message": failed.1, "desired": desired});
-                let _ = mq
-                    .publish(error_topic, QoS::AtMostOnce, false, body.to_string())
-                    .await;
+                tracing::debug!(device = %id, cid, code = %code, "MQTT command failed");
+                let body = error_body(&cid, &code, &message, Some(&desired));
+                let _ = mq.publish(error_topic, QoS::AtMostOnce, false, body).await;
             }
             .in_current_span(),
         );
@@ -449,7 +506,8 @@ pub async fn run(hub: Arc<Hub>, cfg: MqttConfig, mut shutdown: watch::Receiver<b
                             tx.send(FromBroker::Connected).await
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) => {
-                            tx.send(FromBroker::Publish(p.topic, p.payload)).await
+                            tx.send(FromBroker::Publish(p.topic, p.payload, p.retain))
+                                .await
                         }
                         Ok(_) => Ok(()),
                         Err(e) => {
@@ -484,6 +542,7 @@ pub async fn run(hub: Arc<Hub>, cfg: MqttConfig, mut shutdown: watch::Receiver<b
             cid_prefix: format!("mqtt-{:x}", now_ms()),
             next_cid: 0,
             timeout: Duration::from_millis(hub.config().request_timeout_ms),
+            bridge_device_said: false,
         };
         let mut lost_said = false;
         loop {
@@ -509,7 +568,9 @@ pub async fn run(hub: Arc<Hub>, cfg: MqttConfig, mut shutdown: watch::Receiver<b
                         }
                         b.connected = false;
                     }
-                    Some(FromBroker::Publish(topic, payload)) => b.on_broker(&topic, &payload),
+                    Some(FromBroker::Publish(topic, payload, retained)) => {
+                        b.on_broker(&topic, &payload, retained)
+                    }
                     None => break,
                 },
                 // The client's queue was full: try again shortly.

@@ -139,11 +139,22 @@ pub fn configs(t: &Topics, id: &str, meta: &Value, state: Option<&Value>) -> Vec
         }
     }
     let entity = |component: &str, key: &str, name: &str| {
-        let unique = format!("patchbay_{}_{}", escape(id), escape(key));
+        // `.` never comes out of `escape`, so no two devices' ids run together.
+        let unique = format!("patchbay_{}.{}", escape(id), escape(key));
+        let slug: String = unique
+            .chars()
+            .map(|c| match c.to_ascii_lowercase() {
+                c @ ('a'..='z' | '0'..='9') => c,
+                _ => '_',
+            })
+            .collect();
         let mut c = Map::new();
         c.insert("name".into(), json!(name));
         c.insert("unique_id".into(), json!(unique));
-        c.insert("object_id".into(), json!(unique));
+        c.insert(
+            "default_entity_id".into(),
+            json!(format!("{component}.{slug}")),
+        );
         c.insert("state_topic".into(), json!(t.device(id, "state")));
         c.insert(
             "availability".into(),
@@ -192,7 +203,11 @@ pub fn configs(t: &Topics, id: &str, meta: &Value, state: Option<&Value>) -> Vec
                     )),
                 );
                 out.push((topic, Value::Object(c)));
+                // A sensor for the power state too, unless a setting has its name.
                 let key = format!("{}_state", s.name);
+                if settings.iter().any(|o| o.name == key) {
+                    continue;
+                }
                 let (topic, mut c) = entity("sensor", &key, &format!("{label} state"));
                 let options: Vec<&String> = values.iter().chain(transitional).collect();
                 c.insert("device_class".into(), json!("enum"));

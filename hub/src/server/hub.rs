@@ -1505,7 +1505,12 @@ impl Hub {
                 candidates.retain(|&k| {
                     Some(k) != conn
                         && st.conn(k).is_some_and(|c| {
-                            !c.ident.system && c.ident.role.is_some_and(|r| r != Role::Viewer)
+                            !c.ident.system
+                                && c.ident.role.is_some_and(|r| r != Role::Viewer)
+                                && c.ident
+                                    .access
+                                    .as_ref()
+                                    .is_none_or(|a| a.may_read(tag) && a.may_write(tag))
                         })
                 });
                 let pick = (!candidates.is_empty())

@@ -75,6 +75,14 @@ pub fn reload(hub: &Hub, who: Who) -> Result<ReloadReport, ReloadError> {
         }
     };
     let old = hub.config();
+    if old.auth_required() && !new.auth_required() {
+        let e = ReloadError::Invalid(
+            "the new configuration lists no tokens, which would let anyone do anything; a file caught half-written reads that way too (write it elsewhere and rename it into place). To run without tokens, restart the hub".into(),
+        );
+        tracing::warn!("configuration not reloaded: {e}");
+        hub.audit("config_reload_failed", who, String::new(), e.to_string());
+        return Err(e);
+    }
     let as_json = |c: &HubConfig| serde_json::to_value(c).unwrap_or(Value::Null);
     let (o, n) = (as_json(&old), as_json(&new));
     let mut report = ReloadReport::default();

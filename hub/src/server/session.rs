@@ -506,7 +506,7 @@ impl Session {
                         .filter(|_| check)
                         .map(|a| crate::journal::api::check_command_answer(a, &json))
                     {
-                        Some(Err(m)) => Err(ErrorBody::new("forbidden", m)),
+                        Some(Err(m)) => Err(ErrorBody::new("not_found", m)),
                         _ => RawValue::from_string(json)
                             .map_err(|e| ErrorBody::new("internal", e.to_string())),
                     },
