@@ -389,6 +389,12 @@ async fn the_bridge_recovers_after_the_broker_restarts() {
 async fn odd_ids_are_escaped_and_a_device_that_goes_away_leaves_the_broker() {
     let port = free_port();
     let _broker = broker(port).await;
+    // Left on the broker from before: a config of a device that is gone,
+    // and someone else's.
+    let stale = "homeassistant/switch/patchbay_gone-1/power/config";
+    let foreign = "homeassistant/switch/zigbee_lamp/power/config";
+    mqtt_pub_retained(port, stale, "{\"name\":\"Power\"}").await;
+    mqtt_pub_retained(port, foreign, "{\"name\":\"Lamp\"}").await;
     let config = temp_file(
         &format!("mqtt-hub-{port}.toml"),
         &format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"patchbay-{port}\"\n"),
@@ -406,6 +412,9 @@ async fn odd_ids_are_escaped_and_a_device_that_goes_away_leaves_the_broker() {
     )
     .await;
     let mut w = Watch::new(port, &["patchbay/#", "homeassistant/#"]).await;
+    // The bridge clears the config of the device that is gone, only that one.
+    w.topic_where(stale, |m| m.payload.is_empty()).await;
+    assert!(!w.topic(foreign).await.payload.is_empty());
     let agent = patchbay_client::ClientBuilder::new(hub.addr())
         .name("rack")
         .connect()

@@ -306,6 +306,25 @@ impl Bridge {
             .event(self.topics.device(id, "error"), body.into_bytes());
     }
 
+    /// A discovery config the broker kept from before (sent when the
+    /// bridge subscribes): one of patchbay's that no device here has any
+    /// more (the device went while the bridge was away, or discovery was
+    /// turned off) is cleared, as Zigbee2MQTT does.
+    fn on_config(&mut self, topic: &str, payload: &[u8], retained: bool) {
+        let ours = topic
+            .split('/')
+            .nth(2)
+            .is_some_and(|node| node.starts_with("patchbay_"));
+        if !retained || payload.is_empty() || !ours {
+            return;
+        }
+        let wanted = self.discovery && self.devices.values().any(|d| d.configs.contains(topic));
+        if !wanted {
+            tracing::info!(%topic, "discovery config of a device no longer here cleared");
+            self.out.retain(topic.to_owned(), Vec::new());
+        }
+    }
+
     /// A message from the broker: a command, or Home Assistant's status.
     fn on_broker(&mut self, topic: &str, payload: &[u8], retained: bool) {
         if topic == self.topics.ha_status() {
@@ -314,6 +333,9 @@ impl Bridge {
                 self.queue_all();
             }
             return;
+        }
+        if topic.starts_with(&format!("{}/", self.topics.prefix)) && topic.ends_with("/config") {
+            return self.on_config(topic, payload, retained);
         }
         let Some(rest) = topic
             .strip_prefix(self.topics.base.as_str())
@@ -426,6 +448,8 @@ impl Bridge {
             format!("{}/+/set", self.topics.base),
             format!("{}/+/set/+", self.topics.base),
             self.topics.ha_status(),
+            // Discovery configs on the broker, to clear those of devices gone.
+            format!("{}/+/+/+/config", self.topics.prefix),
         ] {
             if let Err(e) = self.mq.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
                 tracing::warn!(%topic, "cannot subscribe: {e}");
@@ -544,6 +568,12 @@ pub async fn run(hub: Arc<Hub>, cfg: MqttConfig, mut shutdown: watch::Receiver<b
             timeout: Duration::from_millis(hub.config().request_timeout_ms),
             bridge_device_said: false,
         };
+        // The hub's whole view first, before the broker's news is read, so
+        // configs kept on the broker are judged against every device.
+        match sub.snapshot().await {
+            Ok(first) => first.iter().for_each(|m| b.on_hub(m)),
+            Err(e) => tracing::warn!("the MQTT bridge's first view of the devices failed: {e}"),
+        }
         let mut lost_said = false;
         loop {
             if b.connected {
