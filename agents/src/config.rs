@@ -4,6 +4,7 @@
 //! agent refuses to start on any of them: never half-configured.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use patchbay_drivers::escvp21::{Escvp21, Escvp21Options};
@@ -82,6 +83,12 @@ struct AgentFile {
     name: String,
     #[serde(default = "default_reconnect_max_ms")]
     reconnect_max_ms: u64,
+    #[serde(default)]
+    tls: bool,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_server_name: Option<String>,
     #[serde(default, rename = "device")]
     devices: Vec<toml::Value>,
 }
@@ -171,6 +178,10 @@ pub struct AgentConfig {
     pub name: String,
     /// Longest wait between reconnection attempts (hub and devices).
     pub reconnect_max: Duration,
+    /// TLS to the hub (`tls = true`, `tls_ca`, `tls_cert`, `tls_key`), its files read at load.
+    pub tls: Option<Arc<patchbay_client::tls::ClientConfig>>,
+    /// The name the hub's certificate must hold, when not the host of `hub`.
+    pub tls_server_name: Option<String>,
     /// Devices.
     pub devices: Vec<DeviceConfig>,
 }
@@ -225,11 +236,36 @@ impl AgentConfig {
         if devices.is_empty() {
             return Err(invalid("no devices: add at least one [[device]]".into()));
         }
+        if file.tls_cert.is_some() != file.tls_key.is_some() {
+            return Err(invalid(
+                "`tls_cert` and `tls_key` go together: a client certificate needs its key".into(),
+            ));
+        }
+        let tls = if file.tls
+            || file.tls_ca.is_some()
+            || file.tls_cert.is_some()
+            || file.tls_server_name.is_some()
+        {
+            let options = patchbay_client::tls::TlsOptions {
+                ca: file.tls_ca.map(|p| base.join(p)),
+                cert: file.tls_cert.map(|p| base.join(p)),
+                key: file.tls_key.map(|p| base.join(p)),
+            };
+            Some(
+                options
+                    .client_config()
+                    .map_err(|e| invalid(format!("tls: {e}")))?,
+            )
+        } else {
+            None
+        };
         Ok(AgentConfig {
             hub: file.hub,
             token: file.token,
             name: file.name,
             reconnect_max: Duration::from_millis(file.reconnect_max_ms.max(100)),
+            tls,
+            tls_server_name: file.tls_server_name,
             devices,
         })
     }

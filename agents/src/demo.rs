@@ -322,6 +322,8 @@ pub async fn run(opts: DemoOptions, shutdown: watch::Receiver<bool>) -> anyhow::
         token: None,
         name: "demo-agent".into(),
         reconnect_max: Duration::from_secs(5),
+        tls: None,
+        tls_server_name: None,
         devices,
     };
     crate::runtime::run(agent, shutdown).await?;

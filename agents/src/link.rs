@@ -48,7 +48,14 @@ pub async fn run(
                 _ = shutdown.changed() => return,
                 f = found => match f {
                     Ok(Ok(f)) => {
-                        tracing::info!(hub = %f.wire, "found the hub on the LAN");
+                        tracing::info!(hub = %f.wire, tls = f.tls, "found the hub on the LAN");
+                        if f.tls && cfg.tls.is_none() {
+                            // It says it speaks TLS: trust the system's CAs, as a browser would.
+                            match patchbay_client::tls::TlsOptions::default().client_config() {
+                                Ok(c) => cfg.tls = Some(c),
+                                Err(e) => tracing::warn!("the hub speaks TLS, but {e}; set tls_ca"),
+                            }
+                        }
                         break f.wire.to_string();
                     }
                     Ok(Err(e)) => tracing::warn!("{e}; looking again"),
@@ -62,6 +69,12 @@ pub async fn run(
         .reconnect(Duration::from_millis(200), cfg.reconnect_max);
     if let Some(t) = &cfg.token {
         builder = builder.token(t);
+    }
+    if let Some(tls) = &cfg.tls {
+        builder = builder.tls(tls.clone());
+    }
+    if let Some(name) = &cfg.tls_server_name {
+        builder = builder.tls_server_name(name);
     }
     // The first connection: retried here; later ones, by the client. Device
     // tasks never wait for it: their news stays in their mailboxes.

@@ -146,6 +146,8 @@ pub struct HubConfig {
     pub mqtt: Option<crate::mqtt::MqttConfig>,
     /// Advertise the hub on the LAN over mDNS (`_patchbay._tcp`, `_http._tcp`).
     pub mdns: bool,
+    /// TLS on the wire and HTTP ports (`[tls]`); none: plain TCP.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for HubConfig {
@@ -188,6 +190,7 @@ impl Default for HubConfig {
             schedules: Default::default(),
             mqtt: None,
             mdns: false,
+            tls: None,
             webhook_timeout_ms: 5_000,
         }
     }
@@ -337,6 +340,9 @@ impl HubConfig {
         }
         if let Some(m) = &self.mqtt {
             m.check().map_err(|e| format!("mqtt: {e}"))?;
+        }
+        if let Some(t) = &self.tls {
+            t.check().map_err(|e| format!("tls: {e}"))?;
         }
         for (name, rule) in &self.alerts {
             if !crate::automation::groups::valid_name(name) {

@@ -14,6 +14,7 @@ pub mod mdns;
 pub mod mqtt;
 pub mod server;
 pub mod service;
+pub mod tls;
 
 pub use patchbay_client::device as devices;
 pub use patchbay_client::{protocol, schema, tag, trie};

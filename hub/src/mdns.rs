@@ -1,6 +1,6 @@
 //! Finding a hub on the LAN: the hub advertises `_patchbay._tcp` (its wire
-//! port, with TXT `version`, `api` and `console`) and `_http._tcp` (its
-//! console) over mDNS/DNS-SD; `patchbay --hub auto` and an agent's
+//! port, with TXT `version`, `api`, `console` and, with TLS, `tls=1`) and
+//! `_http._tcp` (`_https._tcp` with TLS: its console) over mDNS/DNS-SD; `patchbay --hub auto` and an agent's
 //! `hub = "auto"` browse for the first.
 
 use std::collections::HashMap;
@@ -14,6 +14,9 @@ pub const SERVICE: &str = "_patchbay._tcp.local.";
 
 /// The console's service type.
 pub const HTTP_SERVICE: &str = "_http._tcp.local.";
+
+/// The console's service type when the hub speaks TLS.
+pub const HTTPS_SERVICE: &str = "_https._tcp.local.";
 
 /// Why advertising or finding failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,11 +39,12 @@ fn instance_name(host: &str) -> String {
 }
 
 /// The records a hub advertises for its wire listener `wire` and HTTP
-/// listener `http`, on host `host`.
+/// listener `http`, on host `host`; `tls` when both speak TLS.
 pub fn records(
     host: &str,
     wire: SocketAddr,
     http: SocketAddr,
+    tls: bool,
 ) -> Result<Vec<ServiceInfo>, MdnsError> {
     let instance = instance_name(host);
     let hostname = format!("{host}.local.");
@@ -55,16 +59,20 @@ pub fn records(
     };
     let mut txt = HashMap::new();
     txt.insert("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned());
+    let scheme = if tls { "https" } else { "http" };
     txt.insert(
         "api".to_owned(),
-        format!("http://{api_host}:{}/api", http.port()),
+        format!("{scheme}://{api_host}:{}/api", http.port()),
     );
     txt.insert("console".to_owned(), "/".to_owned());
+    if tls {
+        txt.insert("tls".to_owned(), "1".to_owned());
+    }
     let mut out = Vec::new();
     for (ty, port, props) in [
         (SERVICE, wire.port(), txt.clone()),
         (
-            HTTP_SERVICE,
+            if tls { HTTPS_SERVICE } else { HTTP_SERVICE },
             http.port(),
             HashMap::from([("path".to_owned(), "/".to_owned())]),
         ),
@@ -105,11 +113,11 @@ fn daemon(loopback: bool) -> Result<ServiceDaemon, MdnsError> {
 }
 
 /// Advertises the hub listening on `wire` and `http`.
-pub fn advertise(wire: SocketAddr, http: SocketAddr) -> Result<Advert, MdnsError> {
+pub fn advertise(wire: SocketAddr, http: SocketAddr, tls: bool) -> Result<Advert, MdnsError> {
     let d = daemon(wire.ip().is_loopback())?;
     let host = hostname();
     let mut names = Vec::new();
-    for info in records(&host, wire, http)? {
+    for info in records(&host, wire, http, tls)? {
         names.push(info.get_fullname().to_owned());
         d.register(info)?;
     }
@@ -126,6 +134,8 @@ pub struct Found {
     pub api: Option<String>,
     /// Its version, from the TXT record.
     pub version: Option<String>,
+    /// Whether it speaks TLS, from the TXT record.
+    pub tls: bool,
 }
 
 /// Browses for a hub for up to `wait`; `loopback` also looks on 127.0.0.1.
@@ -148,6 +158,7 @@ pub fn find(wait: Duration, loopback: bool) -> Result<Found, MdnsError> {
                         wire: SocketAddr::new(ip, info.get_port()),
                         api: info.get_property_val_str("api").map(str::to_owned),
                         version: info.get_property_val_str("version").map(str::to_owned),
+                        tls: info.get_property_val_str("tls") == Some("1"),
                     });
                 }
             }
@@ -176,7 +187,7 @@ mod tests {
     fn the_records_name_the_ports_version_and_api() {
         let wire: SocketAddr = "192.168.1.5:7400".parse().unwrap();
         let http: SocketAddr = "192.168.1.5:8080".parse().unwrap();
-        let r = records("av-hub", wire, http).unwrap();
+        let r = records("av-hub", wire, http, false).unwrap();
         let hub = &r[0];
         assert_eq!(hub.get_type(), SERVICE);
         assert_eq!(
@@ -205,6 +216,7 @@ mod tests {
             "av-hub",
             "0.0.0.0:7400".parse().unwrap(),
             "0.0.0.0:8080".parse().unwrap(),
+            false,
         )
         .unwrap();
         assert!(any[0].is_addr_auto());
@@ -212,6 +224,15 @@ mod tests {
             any[0].get_property_val_str("api"),
             Some("http://av-hub.local:8080/api")
         );
+        assert_eq!(hub.get_property_val_str("tls"), None);
         assert_eq!(instance_name(&"h".repeat(100)).len(), 63);
+        // With TLS: https, `tls=1`, and the console as `_https._tcp`.
+        let tls = records("av-hub", wire, http, true).unwrap();
+        assert_eq!(
+            tls[0].get_property_val_str("api"),
+            Some("https://192.168.1.5:8080/api")
+        );
+        assert_eq!(tls[0].get_property_val_str("tls"), Some("1"));
+        assert_eq!(tls[1].get_type(), HTTPS_SERVICE);
     }
 }

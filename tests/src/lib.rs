@@ -5,6 +5,7 @@
 //! builds them first (`cargo build --workspace --bins`).
 
 pub mod peer;
+pub mod pki;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -5,7 +5,8 @@
 //! - [`schema`] and [`device`]: the device vocabulary (descriptions, settings
 //!   schemas, reachability, error codes);
 //! - [`Client`]: the async client;
-//! - [`backoff`]: exponential backoff with full jitter.
+//! - [`backoff`]: exponential backoff with full jitter;
+//! - [`tls`]: TLS to the hub (trust roots, client certificates).
 //!
 //! A subscriber:
 //!
@@ -64,6 +65,7 @@ pub mod protocol;
 pub mod report;
 pub mod schema;
 pub mod tag;
+pub mod tls;
 pub mod trie;
 
 pub use client::{

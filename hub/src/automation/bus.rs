@@ -34,6 +34,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Link {
     token: String,
     addr: OnceLock<SocketAddr>,
+    /// With `[tls]`: trusts exactly the hub's own certificate.
+    tls: OnceLock<Arc<patchbay_client::tls::ClientConfig>>,
     bus: tokio::sync::Mutex<Option<Arc<Bus>>>,
 }
 
@@ -52,6 +54,7 @@ impl Link {
         Link {
             token,
             addr: OnceLock::new(),
+            tls: OnceLock::new(),
             bus: tokio::sync::Mutex::new(None),
         }
     }
@@ -70,6 +73,11 @@ impl Link {
             ip => ip,
         };
         let _ = self.addr.set(SocketAddr::new(ip, addr.port()));
+    }
+
+    /// Connects over TLS with `config` (the hub's ports speak TLS).
+    pub fn set_tls(&self, config: Arc<patchbay_client::tls::ClientConfig>) {
+        let _ = self.tls.set(config);
     }
 
     /// The connection, made on first use.
@@ -93,7 +101,11 @@ impl Link {
                 "automation is not running: the hub serves no wire listener",
             ));
         };
-        let client = ClientBuilder::new(addr.to_string())
+        let mut builder = ClientBuilder::new(addr.to_string());
+        if let Some(tls) = self.tls.get() {
+            builder = builder.tls(tls.clone());
+        }
+        let client = builder
             .name(name)
             .token(self.token.clone())
             .connect_timeout(CONNECT_TIMEOUT)

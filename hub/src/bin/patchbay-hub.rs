@@ -104,13 +104,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let http_addr = http.local_addr()?;
     // One write, and no panic if whoever started us has stopped reading stdout.
+    let (tls, scheme) = match config.tls {
+        Some(_) => (" with TLS", "https"),
+        None => ("", "http"),
+    };
+    // The address stays the first line's last word, for scripts.
     let banner = format!(
-        "patchbay-hub listening on {addr}\npatchbay-hub console and API on http://{http_addr}/\n"
+        "patchbay-hub listening{tls} on {addr}\npatchbay-hub console and API on {scheme}://{http_addr}/\n"
     );
     let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
     tracing::info!(%addr, %http_addr, auth = config.auth_required(), "hub started");
     patchbay_hub::service::ready(&format!(
-        "listening on {addr}, console on http://{http_addr}/"
+        "listening{tls} on {addr}, console on {scheme}://{http_addr}/"
     ));
     // The watchdog pings only while the hub's state can be taken: a hub
     // stuck holding it is restarted.

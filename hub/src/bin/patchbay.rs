@@ -35,6 +35,39 @@ struct Cli {
     /// Name this client gives the hub.
     #[arg(long, global = true, default_value = "patchbay-cli")]
     name: String,
+    /// Connect over TLS (implied by the other --tls options); the hub's
+    /// certificate is checked against the system's CAs unless --tls-ca is given.
+    #[arg(long, global = true, env = "PATCHBAY_TLS")]
+    tls: bool,
+    /// CA certificates (PEM) the hub's certificate must chain to.
+    #[arg(long, global = true, env = "PATCHBAY_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for hubs that require one.
+    #[arg(
+        long,
+        global = true,
+        env = "PATCHBAY_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "PATCHBAY_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<std::path::PathBuf>,
+    /// The name the hub's certificate must hold [default: the host of --hub].
+    #[arg(
+        long,
+        global = true,
+        env = "PATCHBAY_TLS_SERVER_NAME",
+        value_name = "NAME"
+    )]
+    tls_server_name: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -639,16 +672,21 @@ async fn run_scene(client: &Client, name: &str, json: bool) -> anyhow::Result<()
 }
 
 /// A hub on the LAN, found over mDNS (`--hub auto`).
-async fn find_hub() -> anyhow::Result<String> {
+async fn find_hub() -> anyhow::Result<patchbay_hub::mdns::Found> {
     let found =
         tokio::task::spawn_blocking(|| patchbay_hub::mdns::find(Duration::from_secs(3), true))
             .await??;
     eprintln!(
-        "found a hub at {}{}",
+        "found a hub at {}{}{}",
         found.wire,
-        found.api.map(|a| format!(" (API {a})")).unwrap_or_default()
+        if found.tls { " (TLS)" } else { "" },
+        found
+            .api
+            .as_ref()
+            .map(|a| format!(" (API {a})"))
+            .unwrap_or_default()
     );
-    Ok(found.wire.to_string())
+    Ok(found)
 }
 
 /// Asks the hub's journal (`hub/journal/<what>`), leaving out unset fields.
@@ -829,12 +867,25 @@ fn safe(s: &str) -> String {
 
 async fn run(mut cli: Cli) -> anyhow::Result<()> {
     if cli.hub == "auto" {
-        cli.hub = find_hub().await?;
+        let found = find_hub().await?;
+        cli.hub = found.wire.to_string();
+        cli.tls |= found.tls;
     }
     check_hub_address(&cli.hub)?;
     let mut builder = ClientBuilder::new(&cli.hub).name(&cli.name).no_reconnect();
     if let Some(t) = &cli.token {
         builder = builder.token(t);
+    }
+    if cli.tls || cli.tls_ca.is_some() || cli.tls_cert.is_some() || cli.tls_server_name.is_some() {
+        let options = patchbay_client::tls::TlsOptions {
+            ca: cli.tls_ca.clone(),
+            cert: cli.tls_cert.clone(),
+            key: cli.tls_key.clone(),
+        };
+        builder = builder.tls(options.client_config()?);
+        if let Some(name) = &cli.tls_server_name {
+            builder = builder.tls_server_name(name);
+        }
     }
     let client = builder.connect().await?;
     match cli.command {

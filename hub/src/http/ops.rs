@@ -99,6 +99,12 @@ pub async fn metrics(State(st): State<AppState>, caller: super::auth::Caller) ->
         &[("", get(&m.unauthenticated_dropped))],
     );
     metric(
+        "patchbay_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that failed, timed out, met plain text, or found every handshake slot taken (wire and HTTP).",
+        &[("", get(&m.tls_handshake_failures))],
+    );
+    metric(
         "patchbay_http_refused_total",
         "counter",
         "HTTP connections refused at max_http_connections.",

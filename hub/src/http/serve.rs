@@ -3,6 +3,8 @@
 //! - At most `max_http_connections` at once: one more is answered `503`
 //!   with a JSON body and closed, so idle or hostile HTTP clients cannot
 //!   use up the process's file descriptors and keep agents off the wire port.
+//! - With `[tls]`, the TLS handshake must finish within the TLS
+//!   `handshake_timeout_ms`, holding one of those connection slots.
 //! - Request headers must arrive within `http_header_timeout_ms` (hyper's
 //!   header-read timeout, which also ends idle keep-alive connections).
 //! - Every write, of a response, an event stream or a WebSocket, must make
@@ -30,6 +32,7 @@ use tower::ServiceExt;
 
 use super::error::ErrorResponse;
 use crate::server::{Hub, Metrics};
+use crate::tls::{Port, Stream};
 
 /// How long a refused connection gets to read its `503`.
 const REFUSAL_GRACE: Duration = Duration::from_secs(1);
@@ -58,17 +61,34 @@ pub async fn serve(
                 }
             },
         };
+        let tls = hub.tls();
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             Metrics::inc(&hub.metrics().http_refused);
             tracing::warn!(%peer, "refusing HTTP connection: at max_http_connections");
-            tokio::spawn(refuse(stream, cfg.max_http_connections));
+            // Over TLS a plain answer would be noise to the client: it is just closed.
+            if tls.is_none() {
+                tokio::spawn(refuse(stream, cfg.max_http_connections));
+            }
             continue;
         };
-        let io = ConnIo::new(stream, cfg.write_timeout(), hub.clone());
         let app = app.clone();
         let header_timeout = Duration::from_millis(cfg.http_header_timeout_ms);
         let mut stop = shutdown.clone();
+        let hub = hub.clone();
+        let write_timeout = cfg.write_timeout();
         tokio::spawn(async move {
+            let stream = match tls {
+                None => Stream::Plain(stream),
+                Some(tls) => match tls.accept(stream, Port::Http).await {
+                    Ok(a) => a.stream,
+                    Err(e) => {
+                        Metrics::inc(&hub.metrics().tls_handshake_failures);
+                        tracing::debug!(%peer, "http connection closed: {e}");
+                        return;
+                    }
+                },
+            };
+            let io = ConnIo::new(stream, write_timeout, hub);
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
                 app.clone().oneshot(req)
@@ -177,11 +197,11 @@ fn rewrite_bare_error(buf: &[u8]) -> Option<Vec<u8>> {
     Some(error_response(status, reason, code, message))
 }
 
-/// A TCP stream with a write deadline: a write that makes no progress for
+/// A client connection (TLS or not) with a write deadline: a write that makes no progress for
 /// the timeout fails with `TimedOut`. It also gives hyper's bare error
 /// answers a JSON body.
 pub struct ConnIo {
-    inner: TcpStream,
+    inner: Stream,
     timeout: Duration,
     /// The deadline timer, armed lazily (see `server::writer::Deadline`).
     stalled: Pin<Box<Sleep>>,
@@ -194,8 +214,8 @@ pub struct ConnIo {
 }
 
 impl ConnIo {
-    fn new(inner: TcpStream, timeout: Duration, hub: Arc<Hub>) -> Self {
-        let _ = inner.set_nodelay(true);
+    fn new(inner: Stream, timeout: Duration, hub: Arc<Hub>) -> Self {
+        inner.set_nodelay();
         ConnIo {
             inner,
             timeout,

@@ -6,17 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::hub::Hub;
+use super::metrics::Metrics;
 use super::outbox::Outbox;
 use super::session::{Flow, Session};
 use super::writer;
 use crate::protocol::ErrorCode;
+use crate::tls::Port;
 
 /// Initial read buffer; it grows for long frames and busy clients and shrinks back when idle.
 const READ_CHUNK: usize = 4096;
@@ -25,15 +27,54 @@ const MAX_READ_CHUNK: usize = 64 * 1024;
 /// How long a refused connection may take to read why.
 const REFUSAL_GRACE: Duration = Duration::from_secs(2);
 
-/// Serves one TCP client until it leaves, misbehaves or the hub shuts down.
+/// Serves one TCP client until it leaves, misbehaves or the hub shuts down;
+/// with `[tls]`, after the TLS handshake.
 pub async fn serve_tcp(
     hub: Arc<Hub>,
     stream: TcpStream,
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (rd, mut wr) = stream.into_split();
+    let tls = hub.tls();
+    let Some(tls) = tls else {
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        return serve(hub, rd, wr, peer, false, shutdown).await;
+    };
+    // Handshakes in progress are bounded like clients waiting to say `hello`.
+    let Some(slot) = hub.handshake_slot() else {
+        Metrics::inc(&hub.metrics().tls_handshake_failures);
+        tracing::warn!(%peer, "closing connection: max_unauthenticated TLS handshakes already under way");
+        return;
+    };
+    let accepted = tls.accept(stream, Port::Wire).await;
+    drop(slot);
+    let accepted = match accepted {
+        Ok(a) => a,
+        Err(e) => {
+            Metrics::inc(&hub.metrics().tls_handshake_failures);
+            tracing::debug!(%peer, "connection closed: {e}");
+            return;
+        }
+    };
+    accepted.stream.set_nodelay();
+    let missing_cert = tls.requires_client_certs() && !accepted.client_cert;
+    let (rd, wr) = tokio::io::split(accepted.stream);
+    serve(hub, rd, wr, peer, missing_cert, shutdown).await;
+}
+
+/// Runs the session over a connection's two halves.
+async fn serve<R, W>(
+    hub: Arc<Hub>,
+    rd: R,
+    mut wr: W,
+    peer: SocketAddr,
+    missing_cert: bool,
+    shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let outbox = Outbox::new(hub.config().outbound_queue_bytes);
     let session = match Session::open(
         hub.clone(),
@@ -41,7 +82,7 @@ pub async fn serve_tcp(
         outbox.clone(),
         crate::server::Transport::Tcp,
     ) {
-        Ok(s) => s,
+        Ok(s) => s.requiring_certificate(missing_cert),
         Err(e) => {
             tracing::warn!(%peer, code = %e.code, "refusing connection: {}", e.message);
             let _ =
@@ -70,9 +111,9 @@ pub async fn serve_tcp(
     .await
 }
 
-async fn read_loop(
+async fn read_loop<R: AsyncRead + Unpin>(
     mut session: Session,
-    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut rd: R,
     outbox: &Outbox,
     mut shutdown: watch::Receiver<bool>,
 ) {

@@ -691,6 +691,10 @@ pub struct Hub {
     automation_limit: Arc<tokio::sync::Semaphore>,
     /// Automation's own wire connection to this hub.
     link: crate::automation::bus::Link,
+    /// TLS on the hub's ports (`[tls]`), loaded by [`crate::server::open_hub`] and at each reload.
+    tls: std::sync::RwLock<Option<Arc<crate::tls::ServerTls>>>,
+    /// TLS handshakes under way on the wire port (at most `max_unauthenticated`).
+    handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 impl Hub {
@@ -702,6 +706,7 @@ impl Hub {
             ..State::default()
         };
         let group_concurrency = config.group_concurrency.max(1);
+        let unauth = config.max_unauthenticated.max(1);
         Arc::new(Hub {
             state: Mutex::new(state),
             config: std::sync::RwLock::new(Arc::new(config)),
@@ -714,6 +719,8 @@ impl Hub {
             scenes: crate::automation::scenes::Runner::new(),
             automation_limit: Arc::new(tokio::sync::Semaphore::new(group_concurrency)),
             link: crate::automation::bus::Link::new(),
+            tls: std::sync::RwLock::new(None),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(unauth)),
         })
     }
 
@@ -766,6 +773,7 @@ impl Hub {
         }
         state.journal = Some(journal.sink().clone());
         let group_concurrency = config.group_concurrency.max(1);
+        let unauth = config.max_unauthenticated.max(1);
         let hub = Arc::new(Hub {
             state: Mutex::new(state),
             config: std::sync::RwLock::new(Arc::new(config)),
@@ -778,6 +786,8 @@ impl Hub {
             scenes: crate::automation::scenes::Runner::new(),
             automation_limit: Arc::new(tokio::sync::Semaphore::new(group_concurrency)),
             link: crate::automation::bus::Link::new(),
+            tls: std::sync::RwLock::new(None),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(unauth)),
         });
         hub.audit_hub("hub_started", format!("instance {}", hub.instance));
         hub
@@ -902,6 +912,21 @@ impl Hub {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// TLS on the hub's ports, when configured.
+    pub fn tls(&self) -> Option<Arc<crate::tls::ServerTls>> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts (renewed) TLS files in force for new connections.
+    pub fn set_tls(&self, tls: Option<Arc<crate::tls::ServerTls>>) {
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+    }
+
+    /// A slot for one TLS handshake on the wire port, if one is free.
+    pub fn handshake_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.handshakes.clone().try_acquire_owned().ok()
     }
 
     /// Puts `new` in force: token reservations follow it, and connections

@@ -33,6 +33,14 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         hub.automation_link().set_listener(addr);
     }
+    if hub.tls().is_some() {
+        // Automation trusts the hub's own certificate, renewed or not, whatever names it holds.
+        let weak = Arc::downgrade(&hub);
+        hub.automation_link()
+            .set_tls(crate::tls::PinnedServer::client_config(move || {
+                Some(weak.upgrade()?.tls()?.own_certificate().clone())
+            }));
+    }
     let timer = tokio::spawn(hub.clone().run_request_timer());
     tokio::spawn(crate::automation::scenes::tidy_after_restart(hub.clone()));
     // Each engine starts again when a reload changes its part of the configuration.
@@ -64,7 +72,7 @@ pub async fn serve(
         listener.local_addr(),
         http.as_ref().map(TcpListener::local_addr),
     ) {
-        (true, Ok(wire), Some(Ok(web))) => crate::mdns::advertise(wire, web)
+        (true, Ok(wire), Some(Ok(web))) => crate::mdns::advertise(wire, web, hub.tls().is_some())
             .map_err(|e| tracing::warn!("not advertised on the LAN: {e}"))
             .ok(),
         _ => None,
@@ -193,18 +201,27 @@ pub enum StartError {
     /// The journal could not be opened.
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
+    /// The TLS files could not be used.
+    #[error("tls: {0}")]
+    Tls(#[from] patchbay_client::tls::TlsError),
 }
 
-/// The hub for `config`: with its journal (and the retained values it kept)
-/// when `data_dir` is set.
-pub fn open_hub(config: HubConfig) -> Result<Arc<Hub>, crate::journal::JournalError> {
-    match config.journal() {
+/// The hub for `config`: with its TLS files read when `[tls]` is set, and
+/// its journal (and the retained values it kept) when `data_dir` is set.
+pub fn open_hub(config: HubConfig) -> Result<Arc<Hub>, StartError> {
+    let tls = match &config.tls {
+        Some(t) => Some(Arc::new(crate::tls::ServerTls::load(t)?)),
+        None => None,
+    };
+    let hub = match config.journal() {
         Some(jc) => {
             let (journal, restored) = crate::journal::Journal::open(&jc)?;
-            Ok(Hub::with_journal(config, journal, restored))
+            Hub::with_journal(config, journal, restored)
         }
-        None => Ok(Hub::new(config)),
-    }
+        None => Hub::new(config),
+    };
+    hub.set_tls(tls);
+    Ok(hub)
 }
 
 /// Binds `config.listen` and `config.http_listen` and serves in a background task.

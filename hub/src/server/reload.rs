@@ -2,8 +2,8 @@
 //! `POST /api/admin/reload`), and restarting what depends on a section of
 //! it when that section changes.
 //!
-//! Tokens, limits, groups and scenes from the file, alert rules, schedules
-//! and the MQTT bridge change in place. What is only read at start (the
+//! Tokens, limits, groups and scenes from the file, alert rules, schedules,
+//! the MQTT bridge and TLS files (a renewed certificate) change in place. What is only read at start (the
 //! listen addresses, the journal's folder and settings, the concurrency of
 //! group commands) keeps its running value and is reported as needing a
 //! restart. A file that does not parse or check leaves everything as it was.
@@ -83,6 +83,25 @@ pub fn reload(hub: &Hub, who: Who) -> Result<ReloadReport, ReloadError> {
         hub.audit("config_reload_failed", who, String::new(), e.to_string());
         return Err(e);
     }
+    // TLS goes on or off only at a restart (what the ports speak); its files
+    // are read again at every reload, so a renewed certificate takes effect.
+    let mut tls_toggled = false;
+    if old.tls.is_some() != new.tls.is_some() {
+        tls_toggled = true;
+        new.tls = old.tls.clone();
+    }
+    let tls = match &new.tls {
+        Some(t) => match crate::tls::ServerTls::load(t) {
+            Ok(l) => Some(Arc::new(l)),
+            Err(e) => {
+                let e = ReloadError::Invalid(format!("tls: {e}"));
+                tracing::warn!("configuration not reloaded: {e}");
+                hub.audit("config_reload_failed", who, String::new(), e.to_string());
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let as_json = |c: &HubConfig| serde_json::to_value(c).unwrap_or(Value::Null);
     let (o, n) = (as_json(&old), as_json(&new));
     let mut report = ReloadReport::default();
@@ -98,6 +117,16 @@ pub fn reload(hub: &Hub, who: Who) -> Result<ReloadReport, ReloadError> {
             }
         }
     }
+    if tls_toggled {
+        report.need_restart.push("tls".into());
+    }
+    let renewed = match (&tls, hub.tls()) {
+        (Some(n), Some(o)) => n.own_certificate() != o.own_certificate(),
+        _ => false,
+    };
+    if renewed && !report.changed.iter().any(|c| c == "tls") {
+        report.changed.push("tls".into());
+    }
     new.listen = old.listen;
     new.http_listen = old.http_listen;
     new.listen_backlog = old.listen_backlog;
@@ -108,6 +137,9 @@ pub fn reload(hub: &Hub, who: Who) -> Result<ReloadReport, ReloadError> {
     new.journal_max_bytes = old.journal_max_bytes;
     new.group_concurrency = old.group_concurrency;
     report.closed = hub.apply_config(new);
+    if tls.is_some() {
+        hub.set_tls(tls);
+    }
     let words = |v: &[String]| {
         if v.is_empty() {
             "nothing".to_owned()

@@ -48,7 +48,13 @@ pub struct Session {
     /// A complete frame arrived since the transport last called [`Session::heard`].
     fresh: bool,
     pinged: bool,
+    /// The hub requires a client certificate on this port and none was presented:
+    /// only the hub's own automation may go on (on its token).
+    cert_missing: bool,
 }
+
+/// Why a connection without the client certificate the hub requires is refused.
+const CERT_REQUIRED: &str = "this hub requires a client certificate signed by its client CA on the wire port; connect with one (`--tls-cert`/`--tls-key`, an agent's `tls_cert`/`tls_key`)";
 
 /// Longest line accepted before a client has authenticated: enough for any
 /// `hello`, too little to make idle sockets expensive.
@@ -85,7 +91,18 @@ impl Session {
             last_heard: now,
             fresh: false,
             pinged: false,
+            cert_missing: false,
         })
+    }
+
+    /// Marks a connection that did not present the client certificate the
+    /// hub requires: nothing but the hub's own automation gets past `hello`.
+    pub fn requiring_certificate(mut self, missing: bool) -> Self {
+        if missing {
+            self.cert_missing = true;
+            self.role = None;
+        }
+        self
     }
 
     /// The hub this session belongs to.
@@ -246,6 +263,9 @@ impl Session {
             return self.hello(id, name, token);
         }
         let Some(role) = self.role else {
+            if self.cert_missing {
+                return self.refuse_certless();
+            }
             return self.close_with(
                 ErrorCode::Unauthorized,
                 "this hub requires a token: send {\"op\":\"hello\",\"token\":\"...\"} first",
@@ -543,6 +563,25 @@ impl Session {
         })
     }
 
+    /// Refuses a client without the certificate the hub requires, audited like a bad token.
+    fn refuse_certless(&mut self) -> Flow {
+        tracing::warn!(conn = self.conn, peer = %self.peer, "authentication failed: no client certificate");
+        self.hub.audit_auth_failure(
+            Who {
+                client: self
+                    .hub
+                    .identity(self.conn)
+                    .map(|i| i.name.to_string())
+                    .unwrap_or_default(),
+                peer: self.peer.to_string(),
+                transport: self.transport.as_str().to_owned(),
+                ..Who::default()
+            },
+            "no client certificate",
+        );
+        self.close_with(ErrorCode::Unauthorized, CERT_REQUIRED)
+    }
+
     fn hello(
         &mut self,
         id: Option<&RawValue>,
@@ -580,6 +619,9 @@ impl Session {
                 .map(|i| i.name.clone())
                 .unwrap_or_else(|| Arc::from("anonymous")),
         };
+        if self.cert_missing && !system {
+            return self.refuse_certless();
+        }
         let mut access = None;
         let (role, may_claim, principal) = if system {
             (Role::Admin, None, Arc::from(crate::automation::bus::NAME))

@@ -13,8 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 
@@ -27,6 +26,7 @@ use super::{
 };
 use crate::backoff::Backoff;
 use crate::protocol::{ClientOut, ErrorBody};
+use crate::tls::Stream;
 
 /// Read-buffer growth per read.
 const READ_CHUNK: usize = 64 * 1024;
@@ -59,13 +59,14 @@ pub(crate) async fn start(opts: ClientBuilder) -> Result<Client, Error> {
 }
 
 /// Connects, sends `hello` and reads up to `welcome`; returns what was read beyond it.
-async fn open(opts: &ClientBuilder) -> Result<(TcpStream, BytesMut, Welcome), Error> {
+async fn open(opts: &ClientBuilder) -> Result<(Stream, BytesMut, Welcome), Error> {
     let addr = opts.addr.clone();
     let connect_err = |source| Error::Connect {
         addr: addr.clone(),
         source,
     };
-    let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(&opts.addr))
+    let deadline = tokio::time::Instant::now() + opts.connect_timeout;
+    let stream = tokio::time::timeout_at(deadline, TcpStream::connect(&opts.addr))
         .await
         .map_err(|_| connect_err(std::io::ErrorKind::TimedOut.into()))?
         .map_err(connect_err)?;
@@ -74,7 +75,29 @@ async fn open(opts: &ClientBuilder) -> Result<(TcpStream, BytesMut, Welcome), Er
         return Err(connect_err(std::io::ErrorKind::ConnectionRefused.into()));
     }
     let _ = stream.set_nodelay(true);
-    let mut stream = stream;
+    let mut stream = match &opts.tls {
+        None => Stream::Plain(stream),
+        Some(config) => {
+            let name = match &opts.tls_server_name {
+                Some(n) => crate::tls::server_name(n),
+                None => crate::tls::server_name(&opts.addr),
+            }
+            .map_err(|e| Error::Tls(format!("{addr}: {e}")))?;
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            let tls = tokio::time::timeout_at(deadline, connector.connect(name, stream))
+                .await
+                .map_err(|_| Error::Timeout(opts.connect_timeout))?
+                .map_err(|e| {
+                    let hint = if crate::tls::is_not_tls(&e) {
+                        " (the hub did not answer in TLS: is its wire port plain TCP?)"
+                    } else {
+                        ""
+                    };
+                    Error::Tls(format!("handshake with {addr} failed: {e}{hint}"))
+                })?;
+            Stream::Tls(Box::new(tls))
+        }
+    };
     let mut hello = Vec::new();
     ClientOut::Hello {
         id: 0,
@@ -84,7 +107,6 @@ async fn open(opts: &ClientBuilder) -> Result<(TcpStream, BytesMut, Welcome), Er
     .encode(&mut hello);
     stream.write_all(&hello).await.map_err(connect_err)?;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let deadline = tokio::time::Instant::now() + opts.connect_timeout;
     loop {
         while let Some(nl) = memchr::memchr(b'\n', &buf) {
             let line = buf.split_to(nl + 1);
@@ -180,7 +202,7 @@ enum End {
 }
 
 /// Runs connections until every handle is gone, reconnecting as configured.
-async fn drive(shared: Arc<Shared>, stream: TcpStream, buf: BytesMut, handle: Weak<Handle>) {
+async fn drive(shared: Arc<Shared>, stream: Stream, buf: BytesMut, handle: Weak<Handle>) {
     let mut next = Some((stream, buf));
     let policy = shared.opts.reconnect;
     let mut backoff = policy.map(|p| Backoff::new(p.min, p.max));
@@ -252,21 +274,32 @@ fn resubscribe(shared: &Shared) {
 }
 
 /// Runs one connection until it ends.
-async fn run(shared: &Shared, stream: TcpStream, buf: BytesMut, handle: &Weak<Handle>) -> End {
-    let (rd, wr) = stream.into_split();
+async fn run(shared: &Shared, stream: Stream, buf: BytesMut, handle: &Weak<Handle>) -> End {
     lock(&shared.out).open = true;
     let mut closing = shared.closing.subscribe();
-    tokio::select! {
-        r = read_loop(shared, rd, buf, handle) => End::Lost(r),
-        r = write_loop(shared, wr, &mut closing) => r,
+    match stream {
+        Stream::Plain(tcp) => {
+            let (rd, wr) = tcp.into_split();
+            tokio::select! {
+                r = read_loop(shared, rd, buf, handle) => End::Lost(r),
+                r = write_loop(shared, wr, &mut closing) => r,
+            }
+        }
+        Stream::Tls(tls) => {
+            let (rd, wr) = tokio::io::split(*tls);
+            tokio::select! {
+                r = read_loop(shared, rd, buf, handle) => End::Lost(r),
+                r = write_loop(shared, wr, &mut closing) => r,
+            }
+        }
     }
 }
 
 /// Writes what the handles queue, one batch per wake-up; on closing,
 /// writes what is left and hangs up.
-async fn write_loop(
+async fn write_loop<W: AsyncWrite + Unpin>(
     shared: &Shared,
-    mut wr: OwnedWriteHalf,
+    mut wr: W,
     closing: &mut watch::Receiver<bool>,
 ) -> End {
     let mut local = Vec::new();
@@ -315,9 +348,9 @@ impl Batches {
 }
 
 /// Reads lines, routes them, and returns why the connection ended.
-async fn read_loop(
+async fn read_loop<R: AsyncRead + Unpin>(
     shared: &Shared,
-    mut rd: OwnedReadHalf,
+    mut rd: R,
     mut buf: BytesMut,
     handle: &Weak<Handle>,
 ) -> String {
@@ -370,6 +403,10 @@ async fn read_loop(
         match rd.read_buf(&mut buf).await {
             Ok(0) => return "the hub closed the connection".into(),
             Ok(_) => {}
+            // A TLS peer that went away without saying goodbye (a killed hub).
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return "the hub closed the connection".into()
+            }
             Err(e) => return format!("read failed: {e}"),
         }
         if discarding {

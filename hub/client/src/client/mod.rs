@@ -58,6 +58,10 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// TLS could not be set up: a handshake that failed (an untrusted
+    /// certificate, a name it does not hold, a hub that does not speak TLS).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The hub refused the operation (or the request failed); `code` says why.
     #[error("{0}")]
     Hub(ErrorBody),
@@ -222,6 +226,8 @@ pub struct ClientBuilder {
     pub(crate) connect_timeout: Duration,
     pub(crate) max_frame_bytes: usize,
     pub(crate) reconnect: Option<Reconnect>,
+    pub(crate) tls: Option<std::sync::Arc<crate::tls::ClientConfig>>,
+    pub(crate) tls_server_name: Option<String>,
 }
 
 impl ClientBuilder {
@@ -241,6 +247,8 @@ impl ClientBuilder {
                 min: Duration::from_millis(100),
                 max: Duration::from_secs(10),
             }),
+            tls: None,
+            tls_server_name: None,
         }
     }
 
@@ -303,6 +311,21 @@ impl ClientBuilder {
     /// [`Error::Disconnected`] and subscriptions end.
     pub fn no_reconnect(mut self) -> Self {
         self.reconnect = None;
+        self
+    }
+
+    /// Connects over TLS with `config` (see [`crate::tls::TlsOptions`]);
+    /// the hub's certificate is checked against the host of the address.
+    pub fn tls(mut self, config: std::sync::Arc<crate::tls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// The name the hub's certificate must hold, when it differs from the
+    /// host of the address (connecting by IP address to a hub whose
+    /// certificate names its DNS name).
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        self.tls_server_name = Some(name.into());
         self
     }
 

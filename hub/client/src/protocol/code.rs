@@ -43,6 +43,8 @@ pub enum ErrorCode {
     RetainedLimit,
     /// The connection already waits for `max_pending_requests` answers.
     TooManyRequests,
+    /// The port speaks TLS and the client spoke plain text; the hub closes the connection.
+    TlsRequired,
 }
 
 impl ErrorCode {
@@ -67,6 +69,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::RetainedLimit => "retained_limit",
             ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::TlsRequired => "tls_required",
         }
     }
 }
