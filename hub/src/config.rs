@@ -140,6 +140,8 @@ pub struct HubConfig {
     pub alerts: std::collections::BTreeMap<String, crate::automation::alerts::Rule>,
     /// How long one webhook delivery attempt may take, in milliseconds.
     pub webhook_timeout_ms: u64,
+    /// CA certificates (PEM) an `https://` webhook's certificate must chain to; none: the system's.
+    pub webhook_ca: Option<std::path::PathBuf>,
     /// Schedules by name (`[schedules.<name>]`).
     pub schedules: std::collections::BTreeMap<String, crate::automation::schedules::Schedule>,
     /// The MQTT bridge (`[mqtt]`); none without the section.
@@ -192,6 +194,7 @@ impl Default for HubConfig {
             mdns: false,
             tls: None,
             webhook_timeout_ms: 5_000,
+            webhook_ca: None,
         }
     }
 }
@@ -343,6 +346,9 @@ impl HubConfig {
         }
         if let Some(t) = &self.tls {
             t.check().map_err(|e| format!("tls: {e}"))?;
+        }
+        if let Some(ca) = &self.webhook_ca {
+            patchbay_client::tls::load_roots(ca).map_err(|e| format!("webhook_ca: {e}"))?;
         }
         for (name, rule) in &self.alerts {
             if !crate::automation::groups::valid_name(name) {

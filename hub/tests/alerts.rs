@@ -325,7 +325,7 @@ async fn alerts_are_posted_to_the_webhook_with_retries() {
     hub.stop().await;
 
     let e = HubConfig::from_toml(
-        "[alerts.x]\noffline_minutes = 1\nwebhook = \"https://x\"\n",
+        "[alerts.x]\noffline_minutes = 1\nwebhook = \"ftp://x\"\n",
         "hub.toml",
     )
     .unwrap_err();

@@ -357,15 +357,42 @@ async fn devices_appear_in_home_assistant_and_take_commands_over_mqtt() {
 async fn the_bridge_recovers_after_the_broker_restarts() {
     let port = free_port();
     let mut broker_proc = broker(port).await;
-    let _demo = demo(port).await;
+    let (_demo, console) = demo(port).await;
     let mut w = Watch::new(port, &["patchbay/bridge/state"]).await;
     w.topic_where("patchbay/bridge/state", |m| m.payload == "online")
         .await;
     drop(w);
+    let health = |want: &'static str| {
+        let url = format!("{console}healthz");
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let h: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+                if h["status"] == want {
+                    return h;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "/healthz never said {want}: {h}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let h = health("ok").await;
+    assert_eq!(h["mqtt"]["connected"], true, "{h}");
+    assert_eq!(h["mqtt"]["broker"], format!("127.0.0.1:{port}"), "{h}");
 
     // Without persistence the new broker knows nothing: the bridge
-    // reconnects and publishes everything retained again.
+    // reconnects and publishes everything retained again. While it is
+    // away, /healthz says the hub is degraded and why.
     broker_proc.kill().await.unwrap();
+    let h = health("degraded").await;
+    assert_eq!(h["mqtt"]["connected"], false, "{h}");
+    assert!(
+        h["mqtt"]["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{h}"
+    );
     let _broker = broker(port).await;
     let mut w = Watch::new(
         port,
@@ -383,6 +410,7 @@ async fn the_bridge_recovers_after_the_broker_restarts() {
     ] {
         w.topic_where(topic, |m| !m.payload.is_empty()).await;
     }
+    assert_eq!(health("ok").await["mqtt"]["connected"], true);
 }
 
 #[tokio::test]
@@ -562,4 +590,126 @@ async fn sighup_reloads_the_config_and_turns_the_bridge_on() {
     .await;
     let done = audit("config_reloaded").await;
     assert!(done["detail"].as_str().unwrap().contains("mqtt"), "{done}");
+}
+
+#[tokio::test]
+async fn the_bridge_reaches_a_broker_over_tls_with_a_client_certificate() {
+    use patchbay_client::{Body, ClientBuilder, PublishOptions};
+    use patchbay_tests::pki::Ca;
+
+    let dir = patchbay_tests::temp_dir("mqtt-tls");
+    let ca = Ca::new(&dir, "broker");
+    let broker_leaf = ca.leaf(&dir, "broker", &["localhost"]);
+    let client_leaf = ca.leaf(&dir, "hub-client", &["patchbay-hub"]);
+    // One broker, two listeners: TLS with client certificates for the
+    // bridge, plain on loopback for the test's own mosquitto_sub/pub.
+    let (plain, tls) = (free_port(), free_port());
+    let conf = temp_file(
+        &format!("mosquitto-tls-{tls}.conf"),
+        &format!(
+            "per_listener_settings false\nallow_anonymous true\npersistence false\n\
+             listener {plain} 127.0.0.1\n\
+             listener {tls} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            ca.cert.display(),
+            broker_leaf.cert.display(),
+            broker_leaf.key.display()
+        ),
+    );
+    let _broker = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto is installed");
+    for port in [plain, tls] {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "mosquitto never listened"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut w = Watch::new(plain, &["patchbay/bridge/state", "patchbay/tls-1/state"]).await;
+
+    let hub = patchbay_hub::server::start(patchbay_hub::config::HubConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        mqtt: Some(patchbay_hub::mqtt::MqttConfig {
+            url: format!("mqtts://localhost:{tls}"),
+            ca: Some(ca.cert.clone()),
+            client_cert: Some(client_leaf.cert.clone()),
+            client_key: Some(client_leaf.key.clone()),
+            client_id: format!("patchbay-tls-{tls}"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // A device, published the way an agent does.
+    let agent = ClientBuilder::new(hub.addr.to_string())
+        .name("tls-agent")
+        .connect()
+        .await
+        .unwrap();
+    agent.claim("dev/tls-1").await.unwrap();
+    let retain = PublishOptions {
+        retain: true,
+        cid: None,
+    };
+    let meta = json!({"id": "tls-1", "name": "TLS lamp", "settings": [
+        {"name": "power", "label": "Power", "type": "enum", "values": ["on", "off"], "writable": true}]});
+    for (tag, body) in [
+        ("dev/tls-1/meta", meta),
+        ("dev/tls-1/online", json!({"online": true})),
+        ("dev/tls-1/state", json!({"power": "off"})),
+    ] {
+        agent
+            .publish_acked(tag, &Body::json(&body).unwrap(), retain.clone())
+            .await
+            .unwrap();
+    }
+    w.topic_where("patchbay/bridge/state", |m| m.payload == "online")
+        .await;
+    let state = w.topic("patchbay/tls-1/state").await;
+    assert_eq!(state.json()["power"], "off");
+
+    // A command from MQTT crosses the TLS link and reaches the device.
+    let requests = agent.requests();
+    mqtt_pub(plain, "patchbay/tls-1/set/power", "on").await;
+    let req = tokio::time::timeout(WAIT, requests.next())
+        .await
+        .expect("the command never arrived")
+        .unwrap();
+    assert_eq!(req.tag(), "dev/tls-1/set");
+    assert_eq!(req.json::<Value>().unwrap(), json!({"power": "on"}));
+    req.respond(&Body::json(&json!({"power": "on"})).unwrap())
+        .await
+        .unwrap();
+    hub.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_mqtts_section_with_unreadable_files_is_refused_naming_them() {
+    let cfg = patchbay_hub::mqtt::MqttConfig {
+        url: "mqtts://broker.example".into(),
+        ca: Some("/nonexistent/broker-ca.pem".into()),
+        ..Default::default()
+    };
+    let err = cfg.check().unwrap_err();
+    assert!(err.contains("/nonexistent/broker-ca.pem"), "{err}");
+    let cfg = patchbay_hub::mqtt::MqttConfig {
+        url: "mqtt://broker.example".into(),
+        ca: Some("/etc/ssl/ca.pem".into()),
+        ..Default::default()
+    };
+    assert!(cfg.check().unwrap_err().contains("mqtts://"));
 }

@@ -518,3 +518,100 @@ async fn a_hub_with_a_missing_or_mismatched_key_does_not_start_and_names_the_fil
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An HTTPS receiver written with Python's standard library (its own TLS,
+/// OpenSSL): prints its port, then each POST body on a line.
+const HTTPS_RECEIVER: &str = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers['content-length']))
+        print(self.path, body.decode(), flush=True)
+        self.send_response(200)
+        self.send_header('content-length', '0')
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+srv = http.server.HTTPServer(('127.0.0.1', 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+#[tokio::test]
+async fn alert_webhooks_are_posted_over_https() {
+    use patchbay_client::{Body, PublishOptions};
+
+    let dir = temp_dir("tls-webhook");
+    let ca = Ca::new(&dir, "receiver");
+    let leaf = ca.leaf(&dir, "receiver", &["localhost"]);
+    let mut receiver = Command::new("python3")
+        .arg("-c")
+        .arg(HTTPS_RECEIVER)
+        .arg(&leaf.cert)
+        .arg(&leaf.key)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 is installed");
+    let mut lines = BufReader::new(receiver.stdout.take().unwrap()).lines();
+    let port = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("the receiver printed no port")
+        .unwrap()
+        .unwrap();
+
+    let config = HubConfig::from_toml(
+        &format!(
+            "listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\nwebhook_ca = {:?}\n\n\
+             [alerts.lamp]\nfield = \"lamp_hours\"\nabove = 2000\nwebhook = \"https://localhost:{port}/hooks/av\"\n",
+            ca.cert
+        ),
+        "test",
+    )
+    .unwrap();
+    let hub = patchbay_hub::server::start(config).await.unwrap();
+    let agent = ClientBuilder::new(hub.addr.to_string())
+        .name("lamp-agent")
+        .connect()
+        .await
+        .unwrap();
+    agent.claim("dev/proj-w").await.unwrap();
+    let retain = PublishOptions {
+        retain: true,
+        cid: None,
+    };
+    for (tag, body) in [
+        (
+            "dev/proj-w/meta",
+            serde_json::json!({"id": "proj-w", "name": "Projector", "settings": []}),
+        ),
+        ("dev/proj-w/online", serde_json::json!({"online": true})),
+        ("dev/proj-w/state", serde_json::json!({"lamp_hours": 2500})),
+    ] {
+        agent
+            .publish_acked(tag, &Body::json(&body).unwrap(), retain.clone())
+            .await
+            .unwrap();
+    }
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("no webhook arrived over HTTPS")
+        .unwrap()
+        .unwrap();
+    let (path, body) = line.split_once(' ').unwrap();
+    assert_eq!(path, "/hooks/av");
+    let posted: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(posted["event"], "opened", "{posted}");
+    assert_eq!(posted["alert"]["device"], "proj-w", "{posted}");
+    hub.stop().await;
+
+    // A webhook CA that cannot be read stops the configuration, naming it.
+    let err = HubConfig::from_toml("webhook_ca = \"/nonexistent/hooks-ca.pem\"\n", "hub.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent/hooks-ca.pem"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -197,8 +197,7 @@ pub fn acknowledge(hub: &Hub, rule: &str, device: &str, who: Who) -> Option<Aler
         .get(rule)
         .and_then(|r| r.webhook.clone())
     {
-        let timeout = Duration::from_millis(hub.config().webhook_timeout_ms);
-        super::webhook::Webhooks::new(timeout)
+        super::webhook::Webhooks::new(&hub.config())
             .send(url, json!({"event": "acknowledged", "alert": a}));
     }
     Some(a)
@@ -507,9 +506,7 @@ pub async fn run(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
         }
     };
     let mut engine = Engine {
-        webhooks: super::webhook::Webhooks::new(Duration::from_millis(
-            hub.config().webhook_timeout_ms,
-        )),
+        webhooks: super::webhook::Webhooks::new(&hub.config()),
         hub,
         bus,
         rules,

@@ -30,7 +30,7 @@ pub struct JournalHealth {
 /// Health answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// `ok`, or `degraded` when the journal cannot keep up or cannot write (routing goes on).
+    /// `ok`, or `degraded` when the journal cannot keep up or cannot write, or the MQTT bridge has lost its broker (routing goes on).
     pub status: String,
     /// The journal, when the hub keeps one.
     pub journal: Option<JournalHealth>,
@@ -40,6 +40,8 @@ pub struct Health {
     pub retained: usize,
     /// This hub process's id, new at every start.
     pub instance: String,
+    /// The MQTT bridge's link to its broker, when the bridge runs; `degraded` while it is not connected.
+    pub mqtt: Option<crate::mqtt::MqttStatus>,
 }
 
 /// Is the hub up?
@@ -56,13 +58,16 @@ pub async fn healthz(State(st): State<AppState>) -> Json<Health> {
             file_bytes: s.file_bytes.load(Relaxed),
         }
     });
-    let degraded = journal.as_ref().is_some_and(|j| j.degraded.is_some());
+    let mqtt = st.hub.mqtt_status();
+    let degraded = journal.as_ref().is_some_and(|j| j.degraded.is_some())
+        || mqtt.as_ref().is_some_and(|m| !m.connected);
     Json(Health {
         status: if degraded { "degraded" } else { "ok" }.into(),
         journal,
         connections: st.hub.connection_count(),
         retained: st.hub.retained_count(),
         instance: st.hub.instance().to_owned(),
+        mqtt,
     })
 }
 

@@ -14,13 +14,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use patchbay_client::{Body, Message, RequestOptions};
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::Instrument;
 
 use super::discovery::{self, Topics};
-use super::MqttConfig;
+use super::{Broker, MqttConfig};
 use crate::journal::Who;
 use crate::schema::Setting;
 use crate::server::{now_ms, Hub};
@@ -466,8 +468,13 @@ impl Bridge {
     }
 }
 
-fn options(cfg: &MqttConfig, host: String, port: u16, topics: &Topics) -> MqttOptions {
-    let mut o = MqttOptions::new(cfg.client_id.clone(), host, port);
+fn options(cfg: &MqttConfig, broker: &Broker, topics: &Topics) -> Result<MqttOptions, String> {
+    let mut o = MqttOptions::new(cfg.client_id.clone(), broker.host.clone(), broker.port);
+    if broker.tls {
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            cfg.tls()?,
+        )));
+    }
     o.set_keep_alive(Duration::from_secs(cfg.keep_alive_s));
     o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
     o.set_clean_session(true);
@@ -480,15 +487,16 @@ fn options(cfg: &MqttConfig, host: String, port: u16, topics: &Topics) -> MqttOp
     if let Some(user) = &cfg.username {
         o.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
     }
-    o
+    Ok(o)
 }
 
 /// Runs the bridge until `shutdown` turns true.
 pub async fn run(hub: Arc<Hub>, cfg: MqttConfig, mut shutdown: watch::Receiver<bool>) {
-    let Ok((host, port)) = cfg.broker() else {
+    let Ok(broker) = cfg.broker() else {
         return;
     };
-    let span = tracing::info_span!("mqtt", broker = %format!("{host}:{port}"));
+    let peer = format!("{}:{}", broker.host, broker.port);
+    let span = tracing::info_span!("mqtt", broker = %peer, tls = broker.tls);
     async move {
         let client = loop {
             match hub.automation_link().client("mqtt").await {
@@ -517,8 +525,14 @@ pub async fn run(hub: Arc<Hub>, cfg: MqttConfig, mut shutdown: watch::Receiver<b
             base: cfg.base_topic.clone(),
             prefix: cfg.discovery_prefix.clone(),
         };
-        let (mq, mut eventloop) =
-            AsyncClient::new(options(&cfg, host.clone(), port, &topics), 1024);
+        let options = match options(&cfg, &broker, &topics) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!("the MQTT bridge cannot start: {e}");
+                return;
+            }
+        };
+        let (mq, mut eventloop) = AsyncClient::new(options, 1024);
         let (tx, mut rx) = mpsc::channel(1024);
         let broker = tokio::spawn(
             async move {
@@ -560,7 +574,7 @@ pub async fn run(hub: Arc<Hub>, cfg: MqttConfig, mut shutdown: watch::Receiver<b
             who: Who {
                 client: "mqtt".into(),
                 transport: "mqtt".into(),
-                peer: format!("{host}:{port}"),
+                peer: peer.clone(),
                 ..Who::default()
             },
             cid_prefix: format!("mqtt-{:x}", now_ms()),
@@ -575,6 +589,15 @@ pub async fn run(hub: Arc<Hub>, cfg: MqttConfig, mut shutdown: watch::Receiver<b
             Err(e) => tracing::warn!("the MQTT bridge's first view of the devices failed: {e}"),
         }
         let mut lost_said = false;
+        let status = |connected: bool, error: Option<String>| {
+            hub.set_mqtt_status(Some(super::MqttStatus {
+                broker: peer.clone(),
+                connected,
+                since_ms: now_ms(),
+                error,
+            }));
+        };
+        status(false, Some("connecting".into()));
         loop {
             if b.connected {
                 b.out.drain(&b.mq);
@@ -588,6 +611,7 @@ pub async fn run(hub: Arc<Hub>, cfg: MqttConfig, mut shutdown: watch::Receiver<b
                 e = rx.recv() => match e {
                     Some(FromBroker::Connected) => {
                         tracing::info!("connected to the broker");
+                        status(true, None);
                         lost_said = false;
                         b.on_connected();
                     }
@@ -595,6 +619,7 @@ pub async fn run(hub: Arc<Hub>, cfg: MqttConfig, mut shutdown: watch::Receiver<b
                         if !lost_said {
                             tracing::warn!("lost the broker, reconnecting: {why}");
                             lost_said = true;
+                            status(false, Some(why));
                         }
                         b.connected = false;
                     }
@@ -608,6 +633,7 @@ pub async fn run(hub: Arc<Hub>, cfg: MqttConfig, mut shutdown: watch::Receiver<b
                 _ = shutdown.changed() => break,
             }
         }
+        hub.set_mqtt_status(None);
         // Say goodbye properly: the will is for when this cannot happen.
         if b.connected {
             let _ = tokio::time::timeout(Duration::from_secs(1), async {

@@ -695,6 +695,8 @@ pub struct Hub {
     tls: std::sync::RwLock<Option<Arc<crate::tls::ServerTls>>>,
     /// TLS handshakes under way on the wire port (at most `max_unauthenticated`).
     handshakes: Arc<tokio::sync::Semaphore>,
+    /// The MQTT bridge's link to its broker, while the bridge runs.
+    mqtt_status: std::sync::Mutex<Option<crate::mqtt::MqttStatus>>,
 }
 
 impl Hub {
@@ -721,6 +723,7 @@ impl Hub {
             link: crate::automation::bus::Link::new(),
             tls: std::sync::RwLock::new(None),
             handshakes: Arc::new(tokio::sync::Semaphore::new(unauth)),
+            mqtt_status: std::sync::Mutex::new(None),
         })
     }
 
@@ -788,6 +791,7 @@ impl Hub {
             link: crate::automation::bus::Link::new(),
             tls: std::sync::RwLock::new(None),
             handshakes: Arc::new(tokio::sync::Semaphore::new(unauth)),
+            mqtt_status: std::sync::Mutex::new(None),
         });
         hub.audit_hub("hub_started", format!("instance {}", hub.instance));
         hub
@@ -922,6 +926,19 @@ impl Hub {
     /// Puts (renewed) TLS files in force for new connections.
     pub fn set_tls(&self, tls: Option<Arc<crate::tls::ServerTls>>) {
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+    }
+
+    /// The MQTT bridge's link to its broker, while the bridge runs.
+    pub fn mqtt_status(&self) -> Option<crate::mqtt::MqttStatus> {
+        self.mqtt_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records the MQTT bridge's link (`None`: the bridge stopped).
+    pub fn set_mqtt_status(&self, status: Option<crate::mqtt::MqttStatus>) {
+        *self.mqtt_status.lock().unwrap_or_else(|p| p.into_inner()) = status;
     }
 
     /// A slot for one TLS handshake on the wire port, if one is free.
