@@ -590,6 +590,71 @@ async fn sighup_reloads_the_config_and_turns_the_bridge_on() {
     .await;
     let done = audit("config_reloaded").await;
     assert!(done["detail"].as_str().unwrap().contains("mqtt"), "{done}");
+
+    // A device, and its discovery configs.
+    let agent = patchbay_client::ClientBuilder::new(hub.addr())
+        .name("reload-agent")
+        .connect()
+        .await
+        .unwrap();
+    agent.claim("dev/rl-1").await.unwrap();
+    let retain = patchbay_client::PublishOptions {
+        retain: true,
+        cid: None,
+    };
+    for (tag, body) in [
+        (
+            "dev/rl-1/meta",
+            json!({"id": "rl-1", "name": "Lamp", "settings": [
+            {"name": "power", "label": "Power", "type": "enum", "values": ["on", "off"], "writable": true}]}),
+        ),
+        ("dev/rl-1/online", json!({"online": true})),
+        ("dev/rl-1/state", json!({"power": "off"})),
+    ] {
+        agent
+            .publish_acked(
+                tag,
+                &patchbay_client::Body::json(&body).unwrap(),
+                retain.clone(),
+            )
+            .await
+            .unwrap();
+    }
+    let old_config = "homeassistant/switch/patchbay_rl-1/power/config";
+    let new_config = "ha2/switch/patchbay_rl-1/power/config";
+    let mut w = Watch::new(port, &["homeassistant/#", "ha2/#", "patchbay/#"]).await;
+    w.topic_where(old_config, |m| !m.payload.is_empty()).await;
+
+    // A new discovery prefix: the configs move, the old ones are removed.
+    std::fs::write(
+        &config,
+        format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"reload-{port}\"\ndiscovery_prefix = \"ha2\"\n"),
+    )
+    .unwrap();
+    hup().await;
+    w.topic_where(old_config, |m| m.payload.is_empty()).await;
+    w.topic_where(new_config, |m| !m.payload.is_empty()).await;
+    assert!(!w.latest["patchbay/rl-1/state"].payload.is_empty());
+
+    // The bridge removed: what it published leaves the broker with it.
+    std::fs::write(&config, "max_connections = 100\n").unwrap();
+    hup().await;
+    for topic in [
+        new_config,
+        "patchbay/rl-1/state",
+        "patchbay/rl-1/online",
+        "patchbay/bridge/state",
+    ] {
+        w.topic_where(topic, |m| m.payload.is_empty()).await;
+    }
+    // Nothing of it is retained any more: a new subscriber gets none of it.
+    let mut fresh = Watch::new(port, &["ha2/#", "patchbay/#"]).await;
+    assert!(
+        fresh.latest.keys().all(|t| t.starts_with("probe/")),
+        "left retained: {:?}",
+        fresh.latest.keys().collect::<Vec<_>>()
+    );
+    let _ = &mut fresh;
 }
 
 #[tokio::test]

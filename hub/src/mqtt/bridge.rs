@@ -187,7 +187,54 @@ fn online_word(v: Option<&Value>) -> &'static str {
     }
 }
 
+/// What a stopping bridge takes off its broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Withdraw {
+    /// The discovery configs.
+    configs: bool,
+    /// Every retained state and reachability, and the bridge's own state.
+    retained: bool,
+}
+
+/// What the configuration `now` no longer publishes where `was` did.
+fn withdrawn(was: &MqttConfig, now: Option<&MqttConfig>) -> Withdraw {
+    match now {
+        None => Withdraw {
+            configs: was.discovery,
+            retained: true,
+        },
+        Some(now) => {
+            let elsewhere = now.url != was.url;
+            Withdraw {
+                configs: was.discovery
+                    && (elsewhere
+                        || !now.discovery
+                        || now.discovery_prefix != was.discovery_prefix),
+                retained: elsewhere || now.base_topic != was.base_topic,
+            }
+        }
+    }
+}
+
 impl Bridge {
+    /// The retained topics this bridge published that `what` takes away.
+    fn topics_to_clear(&self, what: Withdraw) -> Vec<String> {
+        let mut out = Vec::new();
+        for (id, d) in &self.devices {
+            if what.configs {
+                out.extend(d.configs.iter().cloned());
+            }
+            if what.retained {
+                out.push(self.topics.device(id, "state"));
+                out.push(self.topics.device(id, "online"));
+            }
+        }
+        if what.retained {
+            out.push(self.topics.bridge_state());
+        }
+        out
+    }
+
     /// Queues a device's discovery configs, removing the ones it no longer has.
     fn queue_configs(&mut self, id: &str) {
         let Some(d) = self.devices.get_mut(id) else {
@@ -636,10 +683,22 @@ pub async fn run(hub: Arc<Hub>, cfg: MqttConfig, mut shutdown: watch::Receiver<b
         hub.set_mqtt_status(None);
         // Say goodbye properly: the will is for when this cannot happen.
         if b.connected {
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                let _ = mq
-                    .publish(b.topics.bridge_state(), QoS::AtLeastOnce, true, "offline")
-                    .await;
+            // A reload that removed the bridge, or moved what it published
+            // (another broker, base topic or discovery prefix), takes that
+            // off this broker; a hub that stops leaves it, marked offline.
+            let left = withdrawn(&cfg, hub.config().mqtt.as_ref());
+            let clear = b.topics_to_clear(left);
+            // Within the time a reload waits for the old bridge to stop.
+            let goodbye = if clear.is_empty() { 1 } else { 4 };
+            let _ = tokio::time::timeout(Duration::from_secs(goodbye), async {
+                for topic in clear {
+                    let _ = mq.publish(topic, QoS::AtLeastOnce, true, Vec::new()).await;
+                }
+                if !left.retained {
+                    let _ = mq
+                        .publish(b.topics.bridge_state(), QoS::AtLeastOnce, true, "offline")
+                        .await;
+                }
                 let _ = mq.disconnect().await;
             })
             .await;
@@ -652,4 +711,70 @@ pub async fn run(hub: Arc<Hub>, cfg: MqttConfig, mut shutdown: watch::Receiver<b
     }
     .instrument(span)
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_withdraws_what_the_new_configuration_no_longer_publishes() {
+        let was = MqttConfig::default();
+        let same = withdrawn(&was, Some(&was));
+        assert_eq!(
+            same,
+            Withdraw::default(),
+            "a stopping hub leaves everything"
+        );
+        let tuned = MqttConfig {
+            keep_alive_s: 60,
+            ..was.clone()
+        };
+        assert_eq!(withdrawn(&was, Some(&tuned)), Withdraw::default());
+        let prefix = MqttConfig {
+            discovery_prefix: "ha2".into(),
+            ..was.clone()
+        };
+        assert_eq!(
+            withdrawn(&was, Some(&prefix)),
+            Withdraw {
+                configs: true,
+                retained: false
+            }
+        );
+        let base = MqttConfig {
+            base_topic: "av".into(),
+            ..was.clone()
+        };
+        assert_eq!(
+            withdrawn(&was, Some(&base)),
+            Withdraw {
+                configs: false,
+                retained: true
+            }
+        );
+        let elsewhere = MqttConfig {
+            url: "mqtt://other:1883".into(),
+            ..was.clone()
+        };
+        assert_eq!(
+            withdrawn(&was, Some(&elsewhere)),
+            Withdraw {
+                configs: true,
+                retained: true
+            }
+        );
+        assert_eq!(
+            withdrawn(&was, None),
+            Withdraw {
+                configs: true,
+                retained: true
+            }
+        );
+        let quiet = MqttConfig {
+            discovery: false,
+            ..was.clone()
+        };
+        assert!(!withdrawn(&quiet, None).configs);
+    }
 }
