@@ -462,7 +462,15 @@ impl HubConfig {
 
     /// How many file descriptors these limits may need at once.
     pub fn descriptors_needed(&self) -> u64 {
-        (self.max_connections + self.max_unauthenticated + self.max_http_connections) as u64 + 64
+        // With TLS, handshakes under way are bounded apart from sessions waiting for `hello`.
+        let handshakes = if self.tls.is_some() {
+            self.max_unauthenticated
+        } else {
+            0
+        };
+        (self.max_connections + self.max_unauthenticated + handshakes + self.max_http_connections)
+            as u64
+            + 64
     }
 
     /// Ping interval as a duration.

@@ -6,10 +6,11 @@
 //! The files are read at start and again at every reload, so a renewed
 //! certificate takes effect without a restart (for new connections).
 
+use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -71,6 +72,12 @@ pub struct ServerTls {
     own: CertificateDer<'static>,
     /// How long a handshake may take.
     handshake_timeout: Duration,
+    /// The CA certificates client certificates must chain to.
+    client_roots: Vec<CertificateDer<'static>>,
+    /// When the hub's certificate stops being valid (Unix seconds), if it could be read.
+    not_after: Option<i64>,
+    /// Why the hub's certificate is not valid now (expired, not yet valid).
+    invalid_now: Option<String>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -107,8 +114,10 @@ impl ServerTls {
             config.alpn_protocols = Vec::new();
             Ok::<_, TlsError>(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
         };
+        let mut client_roots = Vec::new();
         let verifier = match &cfg.client_ca {
             Some(path) => {
+                client_roots = load_certs(path)?;
                 let roots = load_roots(path)?;
                 // Certificates are checked by rustls when presented; one that is
                 // missing is refused by the session, which lets the hub's own
@@ -124,13 +133,48 @@ impl ServerTls {
             }
             None => None,
         };
+        let validity = validity(&own);
+        let now = chrono::Utc::now().timestamp();
+        let invalid_now = match validity {
+            Some((_, after)) if after < now => Some(format!(
+                "{}: the certificate expired at {}",
+                cfg.cert.display(),
+                utc(after)
+            )),
+            Some((before, _)) if before > now => Some(format!(
+                "{}: the certificate is not valid before {}",
+                cfg.cert.display(),
+                utc(before)
+            )),
+            _ => None,
+        };
         Ok(ServerTls {
             wire: server(verifier)?,
             http: server(None)?,
             client_certs: cfg.client_ca.is_some(),
             own,
             handshake_timeout: cfg.handshake_timeout(),
+            client_roots,
+            not_after: validity.map(|(_, after)| after),
+            invalid_now,
         })
+    }
+
+    /// Whether `other` trusts and presents the same as this one (what a reload reports).
+    pub fn same_as(&self, other: &ServerTls) -> bool {
+        self.own == other.own
+            && self.client_roots == other.client_roots
+            && self.client_certs == other.client_certs
+    }
+
+    /// When the hub's certificate stops being valid (Unix seconds).
+    pub fn not_after(&self) -> Option<i64> {
+        self.not_after
+    }
+
+    /// Why the hub's certificate is not valid now, if it is not.
+    pub fn invalid_now(&self) -> Option<&str> {
+        self.invalid_now.as_deref()
     }
 
     /// Whether wire clients must present a certificate.
@@ -182,6 +226,160 @@ impl ServerTls {
         .await
         .map_err(|_| HandshakeError::Timeout(timeout))?
     }
+}
+
+/// A date for people: `2026-12-05 04:00:00 UTC`.
+fn utc(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| secs.to_string())
+}
+
+/// A certificate's validity (not before, not after) in Unix seconds, read
+/// from its DER: TBSCertificate's fifth field (sixth with a version).
+fn validity(cert: &CertificateDer<'_>) -> Option<(i64, i64)> {
+    let (_, cert_body, _) = der_item(cert.as_ref())?;
+    let (_, tbs, _) = der_item(cert_body)?;
+    let mut rest = tbs;
+    let mut fields = Vec::new();
+    while !rest.is_empty() && fields.len() < 6 {
+        let (tag, body, after) = der_item(rest)?;
+        fields.push((tag, body));
+        rest = after;
+    }
+    // An explicit version ([0]) comes first in v3 certificates.
+    let skip = usize::from(fields.first()?.0 == 0xa0);
+    let (tag, validity) = *fields.get(3 + skip)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (t1, b1, rest) = der_item(validity)?;
+    let (t2, b2, _) = der_item(rest)?;
+    Some((der_time(t1, b1)?, der_time(t2, b2)?))
+}
+
+/// One DER item: its tag, its contents and what follows it.
+fn der_item(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |l, b| (l << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// A UTCTime (`YYMMDDHHMMSSZ`, tag 0x17) or GeneralizedTime (`YYYYMMDDHHMMSSZ`, tag 0x18).
+fn der_time(tag: u8, body: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(body).ok()?;
+    let full = match tag {
+        0x17 => {
+            let yy: i32 = text.get(..2)?.parse().ok()?;
+            format!("{}{text}", if yy >= 50 { "19" } else { "20" })
+        }
+        0x18 => text.to_owned(),
+        _ => return None,
+    };
+    chrono::NaiveDateTime::parse_from_str(full.trim_end_matches('Z'), "%Y%m%d%H%M%S")
+        .ok()
+        .map(|t| t.and_utc().timestamp())
+}
+
+/// TLS handshakes under way on the wire port, oldest first. Past the limit
+/// (`max_unauthenticated`) the oldest is cancelled to make room, as
+/// connections waiting to say `hello` are, so idle sockets cannot keep
+/// clients (or the hub's own automation) out.
+#[derive(Debug, Default)]
+pub struct Handshakes {
+    inner: Mutex<HandshakesInner>,
+}
+
+#[derive(Debug, Default)]
+struct HandshakesInner {
+    next: u64,
+    waiting: VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>,
+}
+
+/// One handshake's place; dropping it gives the place back.
+pub struct HandshakeTicket {
+    id: u64,
+    owner: Arc<Handshakes>,
+    /// Resolves when a newer handshake took this one's place.
+    pub evicted: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Handshakes {
+    /// A place for a new handshake, cancelling the oldest past `limit`;
+    /// also says how many were cancelled.
+    pub fn admit(self: &Arc<Self>, limit: usize) -> (HandshakeTicket, usize) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut evicted = 0;
+        while inner.waiting.len() >= limit.max(1) {
+            if let Some((_, oldest)) = inner.waiting.pop_front() {
+                let _ = oldest.send(());
+                evicted += 1;
+            }
+        }
+        inner.next += 1;
+        let id = inner.next;
+        inner.waiting.push_back((id, tx));
+        (
+            HandshakeTicket {
+                id,
+                owner: self.clone(),
+                evicted: rx,
+            },
+            evicted,
+        )
+    }
+
+    /// Handshakes under way.
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .waiting
+            .len()
+    }
+
+    /// Whether none is under way.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for HandshakeTicket {
+    fn drop(&mut self) {
+        let mut inner = self.owner.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = inner.waiting.iter().position(|(id, _)| *id == self.id) {
+            inner.waiting.remove(i);
+        }
+    }
+}
+
+/// Whether a failed handshake was about certificates (one the hub does not
+/// trust, or none where one is needed): worth a warning, unlike scanners.
+pub fn is_certificate_refusal(e: &HandshakeError) -> bool {
+    let HandshakeError::Io(e) = e else {
+        return false;
+    };
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| {
+            matches!(
+                r,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            )
+        })
 }
 
 /// Which of the hub's ports a connection came in on.
@@ -389,5 +587,40 @@ impl rustls::client::danger::ServerCertVerifier for PinnedServer {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_the_limit_the_oldest_handshake_makes_room() {
+        let hs = Arc::new(Handshakes::default());
+        let (mut a, _) = hs.admit(2);
+        let (b, _) = hs.admit(2);
+        assert_eq!(hs.len(), 2);
+        let (_c, evicted) = hs.admit(2);
+        assert_eq!(evicted, 1);
+        assert!(a.evicted.try_recv().is_ok(), "the oldest was told");
+        drop(b);
+        assert_eq!(hs.len(), 1, "b gave its place back; a's was taken");
+        // A lower limit after a reload applies to the next one.
+        let (_d, evicted) = hs.admit(1);
+        assert_eq!(evicted, 1);
+        assert_eq!(hs.len(), 1);
+    }
+
+    #[test]
+    fn certificate_validity_is_read_from_der() {
+        // UTCTime and GeneralizedTime.
+        assert_eq!(der_time(0x17, b"261205040000Z"), Some(1_796_443_200));
+        assert_eq!(der_time(0x17, b"700101000000Z"), Some(0));
+        assert_eq!(der_time(0x18, b"20261205040000Z"), Some(1_796_443_200));
+        assert_eq!(der_time(0x18, b"garbage"), None);
+        assert_eq!(
+            validity(&CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01])),
+            None
+        );
     }
 }

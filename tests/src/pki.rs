@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
+/// A calendar date: year, month, day.
+pub type Date = (i32, u8, u8);
+
 /// A certificate authority that signs leaf certificates.
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
@@ -41,10 +44,25 @@ impl Ca {
     /// A certificate for `names` (DNS names or IP addresses), written to
     /// `dir/<file>.pem` and `dir/<file>-key.pem`.
     pub fn leaf(&self, dir: &Path, file: &str, names: &[&str]) -> Leaf {
+        self.leaf_valid(dir, file, names, None)
+    }
+
+    /// Like [`Ca::leaf`], valid only from `from` to `until` (year, month, day).
+    pub fn leaf_valid(
+        &self,
+        dir: &Path,
+        file: &str,
+        names: &[&str],
+        validity: Option<(Date, Date)>,
+    ) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).unwrap();
         params.distinguished_name.push(DnType::CommonName, file);
+        if let Some(((y1, m1, d1), (y2, m2, d2))) = validity {
+            params.not_before = rcgen::date_time_ymd(y1, m1, d1);
+            params.not_after = rcgen::date_time_ymd(y2, m2, d2);
+        }
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let leaf = Leaf {
             cert: dir.join(format!("{file}.pem")),

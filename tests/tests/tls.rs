@@ -173,6 +173,23 @@ async fn an_agent_the_cli_and_openssl_clients_work_over_tls_with_client_certific
     let (ok, _, err) = cli(&addr, &["devices"]).await;
     assert!(!ok);
     assert!(err.contains("speaks TLS"), "{err}");
+    // A certificate from a CA the hub does not trust for clients: refused, and said so.
+    let stranger = hub_ca.leaf(&dir, "stranger", &["stranger"]);
+    let (ok, _, err) = cli(
+        &addr,
+        &[
+            "--tls-ca",
+            ca,
+            "--tls-cert",
+            stranger.cert.to_str().unwrap(),
+            "--tls-key",
+            stranger.key.to_str().unwrap(),
+            "devices",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("refused this connection's TLS"), "{err}");
     // Trusting another CA: the hub's certificate is refused.
     let (ok, _, err) = cli(
         &addr,
@@ -320,51 +337,62 @@ async fn the_client_library_says_why_a_tls_connection_fails() {
 }
 
 #[tokio::test]
-async fn handshakes_are_bounded_in_number_and_time() {
+async fn idle_handshakes_make_room_for_new_clients_and_time_out() {
     let dir = temp_dir("tls-limits");
     let ca = Ca::new(&dir, "limits");
     let leaf = ca.leaf(&dir, "hub", &["localhost"]);
-    let hub = tls_hub(&leaf, None, |c| {
-        c.max_unauthenticated = 2;
-        if let Some(t) = c.tls.as_mut() {
-            t.handshake_timeout_ms = 500;
-        }
-    })
-    .await;
-    // Two silent connections take both handshake slots; a third is closed at once.
+    let hub = tls_hub(&leaf, None, |c| c.max_unauthenticated = 2).await;
+    let connect = || {
+        ClientBuilder::new(hub.addr.to_string())
+            .tls(client_tls(&ca, None))
+            .tls_server_name("localhost")
+            .no_reconnect()
+            .connect()
+    };
+    // Silent sockets fill every handshake place; a real client still gets
+    // in, and the oldest silent one is closed to make room.
     let mut silent = Vec::new();
     for _ in 0..2 {
         silent.push(tokio::net::TcpStream::connect(hub.addr).await.unwrap());
     }
-    // Wait until the hub has taken both (their handshakes are under way).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let mut third = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
-        let mut buf = [0u8; 16];
-        let n = tokio::time::timeout(WAIT, third.read(&mut buf))
-            .await
-            .expect("the connection over the limit was left open")
-            .unwrap_or(0);
-        assert_eq!(n, 0, "nothing is sent to a connection over the limit");
-        let failures = hub
-            .hub
-            .metrics()
-            .tls_handshake_failures
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if failures >= 1 {
-            break;
+    // Each has been taken in once a probe client has passed them.
+    connect().await.unwrap();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(hub.addr).await.unwrap());
+    }
+    let client = connect()
+        .await
+        .expect("a client gets in past idle handshakes");
+    let mut oldest = silent.remove(0);
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(WAIT, oldest.read(&mut buf))
+        .await
+        .expect("the oldest idle handshake was left open")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    client.flush().await.unwrap();
+    let dropped = hub
+        .hub
+        .metrics()
+        .unauthenticated_dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(dropped >= 1, "evictions are counted");
+    hub.stop().await;
+
+    // A handshake that does not finish in time is closed.
+    let hub = tls_hub(&leaf, None, |c| {
+        if let Some(t) = c.tls.as_mut() {
+            t.handshake_timeout_ms = 300;
         }
-        assert!(tokio::time::Instant::now() < deadline);
-    }
-    // The silent ones are closed when their handshake time is up.
-    for mut s in silent {
-        let mut buf = [0u8; 16];
-        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
-            .await
-            .expect("a silent connection outlived the handshake timeout")
-            .unwrap_or(0);
-        assert_eq!(n, 0);
-    }
+    })
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    slow.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let n = tokio::time::timeout(WAIT, slow.read(&mut buf))
+        .await
+        .expect("a half handshake outlived the handshake timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
     // Plain text on the wire port: an `err tls_required` frame, then closed.
     let mut plain = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
     plain
@@ -378,14 +406,98 @@ async fn handshakes_are_bounded_in_number_and_time() {
         .unwrap();
     let frame: Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(frame["code"], "tls_required", "{text}");
-    // And the hub still serves TLS clients.
-    ClientBuilder::new(hub.addr.to_string())
-        .tls(client_tls(&ca, None))
-        .tls_server_name("localhost")
-        .no_reconnect()
-        .connect()
+    let failures = hub
+        .hub
+        .metrics()
+        .tls_handshake_failures
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(failures >= 2, "{failures}");
+    hub.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A WebSocket client over TLS (no client certificate) that says `hello` with `token`.
+async fn ws_hello(hub: &patchbay_hub::server::RunningHub, ca: &Ca, token: Option<&str>) -> Value {
+    use futures_util::{SinkExt, StreamExt};
+    let tcp = tokio::net::TcpStream::connect(hub.http_addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client_tls(ca, None))
+        .connect(rustls_name("localhost"), tcp)
         .await
         .unwrap();
+    let url = format!("wss://localhost:{}/ws", hub.http_addr.port());
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    let hello = match token {
+        Some(t) => serde_json::json!({"op": "hello", "id": 1, "name": "ws", "token": t}),
+        None => serde_json::json!({"op": "hello", "id": 1, "name": "ws"}),
+    };
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        hello.to_string().into(),
+    ))
+    .await
+    .unwrap();
+    loop {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no answer over WebSocket")
+            .expect("closed without an answer")
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+fn rustls_name(name: &str) -> tokio_rustls::rustls::pki_types::ServerName<'static> {
+    tokio_rustls::rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap()
+}
+
+#[tokio::test]
+async fn with_a_client_ca_nobody_becomes_an_agent_over_websocket() {
+    let dir = temp_dir("tls-ws");
+    let ca = Ca::new(&dir, "ws");
+    let leaf = ca.leaf(&dir, "hub", &["localhost"]);
+    let clients = Ca::new(&dir, "ws-clients");
+    // Without tokens, a WebSocket client is an operator, not an agent.
+    let hub = tls_hub(&leaf, Some(&clients), |_| {}).await;
+    let welcome = ws_hello(&hub, &ca, None).await;
+    assert_eq!(welcome["op"], "welcome", "{welcome}");
+    assert_eq!(welcome["role"], "operator", "{welcome}");
+    hub.stop().await;
+    // With tokens, an agent token is refused over WebSocket; an operator's is not.
+    let hub = tls_hub(&leaf, Some(&clients), |c| {
+        c.tokens = vec![
+            patchbay_hub::config::TokenConfig {
+                name: None,
+                token: "agent-secret-1".into(),
+                role: patchbay_hub::config::Role::Agent,
+                claims: vec!["dev/ws-1".into()],
+                read: vec![],
+                write: vec![],
+                deny: vec![],
+            },
+            patchbay_hub::config::TokenConfig {
+                name: None,
+                token: "operator-secret-1".into(),
+                role: patchbay_hub::config::Role::Operator,
+                claims: vec![],
+                read: vec![],
+                write: vec![],
+                deny: vec![],
+            },
+        ];
+    })
+    .await;
+    let refused = ws_hello(&hub, &ca, Some("agent-secret-1")).await;
+    assert_eq!(refused["code"], "unauthorized", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("client certificate"),
+        "{refused}"
+    );
+    let welcome = ws_hello(&hub, &ca, Some("operator-secret-1")).await;
+    assert_eq!(welcome["role"], "operator", "{welcome}");
     hub.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -466,6 +578,34 @@ async fn a_renewed_certificate_takes_effect_at_reload_and_a_broken_one_is_refuse
         )
         .await
         .unwrap();
+
+    // The expiry is a metric, for alerting before it comes.
+    let (status, metrics) = curl(&[
+        "--cacert",
+        new_ca.cert.to_str().unwrap(),
+        "-H",
+        "authorization: Bearer admin-secret-1",
+        &format!("{api}metrics"),
+    ])
+    .await;
+    assert_eq!(status, 200, "{metrics}");
+    assert!(
+        metrics.contains("patchbay_tls_certificate_not_after_seconds "),
+        "{metrics}"
+    );
+    // An expired certificate is refused, and the running one stays.
+    let expired = new_ca.leaf_valid(
+        &dir,
+        "hub-expired",
+        &["localhost", "127.0.0.1"],
+        Some(((2020, 1, 1), (2021, 1, 1))),
+    );
+    std::fs::copy(&expired.cert, &cert).unwrap();
+    std::fs::copy(&expired.key, &key).unwrap();
+    let (status, body) = reload(&new_ca).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("expired at 2021-01-01"), "{body}");
+    connect(&new_ca).await.unwrap();
 
     // A broken file: the reload is refused with the file's name, and the
     // running certificate stays.

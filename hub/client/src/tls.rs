@@ -84,10 +84,20 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 /// Reads the private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsError::Pem {
-            path: path.display().to_string(),
-            message: "no `BEGIN PRIVATE KEY` (or RSA / EC PRIVATE KEY) block found".into(),
-        },
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            let encrypted = std::fs::read(path).is_ok_and(|b| {
+                b.windows(29)
+                    .any(|w| w == b"BEGIN ENCRYPTED PRIVATE KEY--")
+            });
+            TlsError::Pem {
+                path: path.display().to_string(),
+                message: if encrypted {
+                    "the key is encrypted, which is not supported: decrypt it (`openssl pkey -in KEY -out PLAIN`) and keep the file readable only by the service".into()
+                } else {
+                    "no `BEGIN PRIVATE KEY` (or RSA / EC PRIVATE KEY) block found".into()
+                },
+            }
+        }
         other => pem_error(path, other),
     })
 }
@@ -183,6 +193,18 @@ pub fn is_not_tls(e: &std::io::Error) -> bool {
         })
 }
 
+/// The alert a peer sent when it refused this connection's TLS (a client
+/// certificate it does not trust, or an expired one).
+pub fn refusal_alert(e: &std::io::Error) -> Option<String> {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())?
+    {
+        rustls::Error::AlertReceived(alert) => Some(format!("{alert:?}")),
+        _ => None,
+    }
+}
+
 /// A connection to the hub, with or without TLS.
 pub(crate) enum Stream {
     /// Plain TCP.
@@ -264,6 +286,14 @@ mod tests {
         assert!(e.to_string().contains("no `BEGIN CERTIFICATE`"), "{e}");
         let e = load_key(&empty).unwrap_err();
         assert!(e.to_string().contains("PRIVATE KEY"), "{e}");
+        let encrypted = dir.join("encrypted.pem");
+        std::fs::write(
+            &encrypted,
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let e = load_key(&encrypted).unwrap_err();
+        assert!(e.to_string().contains("encrypted"), "{e}");
         let e = TlsOptions {
             ca: Some(empty.clone()),
             ..TlsOptions::default()

@@ -37,7 +37,7 @@ struct Cli {
     name: String,
     /// Connect over TLS (implied by the other --tls options); the hub's
     /// certificate is checked against the system's CAs unless --tls-ca is given.
-    #[arg(long, global = true, env = "PATCHBAY_TLS")]
+    #[arg(long, global = true, env = "PATCHBAY_TLS", value_parser = clap::builder::BoolishValueParser::new())]
     tls: bool,
     /// CA certificates (PEM) the hub's certificate must chain to.
     #[arg(long, global = true, env = "PATCHBAY_TLS_CA", value_name = "FILE")]

@@ -106,9 +106,17 @@ pub async fn metrics(State(st): State<AppState>, caller: super::auth::Caller) ->
     metric(
         "patchbay_tls_handshake_failures_total",
         "counter",
-        "TLS handshakes that failed, timed out, met plain text, or found every handshake slot taken (wire and HTTP).",
+        "TLS handshakes that failed, timed out, met plain text, or were cancelled to make room for newer ones (wire and HTTP).",
         &[("", get(&m.tls_handshake_failures))],
     );
+    if let Some(after) = st.hub.tls().and_then(|t| t.not_after()) {
+        metric(
+            "patchbay_tls_certificate_not_after_seconds",
+            "gauge",
+            "When the hub's TLS certificate expires, in Unix seconds (alert on it minus time()).",
+            &[("", after.max(0) as u64)],
+        );
+    }
     metric(
         "patchbay_http_refused_total",
         "counter",

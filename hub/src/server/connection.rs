@@ -41,19 +41,27 @@ pub async fn serve_tcp(
         let (rd, wr) = stream.into_split();
         return serve(hub, rd, wr, peer, false, shutdown).await;
     };
-    // Handshakes in progress are bounded like clients waiting to say `hello`.
-    let Some(slot) = hub.handshake_slot() else {
-        Metrics::inc(&hub.metrics().tls_handshake_failures);
-        tracing::warn!(%peer, "closing connection: max_unauthenticated TLS handshakes already under way");
-        return;
+    // Handshakes in progress are bounded like clients waiting to say `hello`:
+    // past the limit the oldest makes room.
+    let mut ticket = hub.admit_handshake();
+    let accepted = tokio::select! {
+        a = tls.accept(stream, Port::Wire) => a,
+        _ = &mut ticket.evicted => {
+            Metrics::inc(&hub.metrics().tls_handshake_failures);
+            tracing::debug!(%peer, "connection closed: its TLS handshake made room for a newer one (max_unauthenticated)");
+            return;
+        }
     };
-    let accepted = tls.accept(stream, Port::Wire).await;
-    drop(slot);
+    drop(ticket);
     let accepted = match accepted {
         Ok(a) => a,
         Err(e) => {
             Metrics::inc(&hub.metrics().tls_handshake_failures);
-            tracing::debug!(%peer, "connection closed: {e}");
+            if crate::tls::is_certificate_refusal(&e) {
+                tracing::warn!(%peer, "connection refused: {e}");
+            } else {
+                tracing::debug!(%peer, "connection closed: {e}");
+            }
             return;
         }
     };

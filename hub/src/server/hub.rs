@@ -694,7 +694,7 @@ pub struct Hub {
     /// TLS on the hub's ports (`[tls]`), loaded by [`crate::server::open_hub`] and at each reload.
     tls: std::sync::RwLock<Option<Arc<crate::tls::ServerTls>>>,
     /// TLS handshakes under way on the wire port (at most `max_unauthenticated`).
-    handshakes: Arc<tokio::sync::Semaphore>,
+    handshakes: Arc<crate::tls::Handshakes>,
     /// The MQTT bridge's link to its broker, while the bridge runs.
     mqtt_status: std::sync::Mutex<Option<crate::mqtt::MqttStatus>>,
 }
@@ -708,7 +708,6 @@ impl Hub {
             ..State::default()
         };
         let group_concurrency = config.group_concurrency.max(1);
-        let unauth = config.max_unauthenticated.max(1);
         Arc::new(Hub {
             state: Mutex::new(state),
             config: std::sync::RwLock::new(Arc::new(config)),
@@ -722,7 +721,7 @@ impl Hub {
             automation_limit: Arc::new(tokio::sync::Semaphore::new(group_concurrency)),
             link: crate::automation::bus::Link::new(),
             tls: std::sync::RwLock::new(None),
-            handshakes: Arc::new(tokio::sync::Semaphore::new(unauth)),
+            handshakes: Arc::default(),
             mqtt_status: std::sync::Mutex::new(None),
         })
     }
@@ -776,7 +775,6 @@ impl Hub {
         }
         state.journal = Some(journal.sink().clone());
         let group_concurrency = config.group_concurrency.max(1);
-        let unauth = config.max_unauthenticated.max(1);
         let hub = Arc::new(Hub {
             state: Mutex::new(state),
             config: std::sync::RwLock::new(Arc::new(config)),
@@ -790,7 +788,7 @@ impl Hub {
             automation_limit: Arc::new(tokio::sync::Semaphore::new(group_concurrency)),
             link: crate::automation::bus::Link::new(),
             tls: std::sync::RwLock::new(None),
-            handshakes: Arc::new(tokio::sync::Semaphore::new(unauth)),
+            handshakes: Arc::default(),
             mqtt_status: std::sync::Mutex::new(None),
         });
         hub.audit_hub("hub_started", format!("instance {}", hub.instance));
@@ -941,9 +939,14 @@ impl Hub {
         *self.mqtt_status.lock().unwrap_or_else(|p| p.into_inner()) = status;
     }
 
-    /// A slot for one TLS handshake on the wire port, if one is free.
-    pub fn handshake_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.handshakes.clone().try_acquire_owned().ok()
+    /// A place for one TLS handshake on the wire port; past
+    /// `max_unauthenticated` the oldest under way is cancelled.
+    pub fn admit_handshake(&self) -> crate::tls::HandshakeTicket {
+        let (ticket, evicted) = self.handshakes.admit(self.config().max_unauthenticated);
+        if evicted > 0 {
+            Metrics::add(&self.metrics.unauthenticated_dropped, evicted as u64);
+        }
+        ticket
     }
 
     /// Puts `new` in force: token reservations follow it, and connections

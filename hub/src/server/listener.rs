@@ -210,7 +210,17 @@ pub enum StartError {
 /// its journal (and the retained values it kept) when `data_dir` is set.
 pub fn open_hub(config: HubConfig) -> Result<Arc<Hub>, StartError> {
     let tls = match &config.tls {
-        Some(t) => Some(Arc::new(crate::tls::ServerTls::load(t)?)),
+        Some(t) => {
+            let tls = crate::tls::ServerTls::load(t)?;
+            if let Some(why) = tls.invalid_now() {
+                // Started anyway: the hub's own automation still runs, and a
+                // renewed certificate is taken at the next reload.
+                tracing::error!(
+                    "{why}: clients will refuse to connect until it is renewed (then reload)"
+                );
+            }
+            Some(Arc::new(tls))
+        }
         None => None,
     };
     let hub = match config.journal() {

@@ -84,7 +84,7 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
     /// Unauthenticated connections closed to make room for new ones, or for not saying `hello` in time.
     pub unauthenticated_dropped: AtomicU64,
-    /// TLS handshakes that failed, timed out, met plain text, or found every handshake slot taken.
+    /// TLS handshakes that failed, timed out, met plain text, or were cancelled to make room for newer ones.
     pub tls_handshake_failures: AtomicU64,
     /// Messages routed (each `pub`, counted once).
     pub messages_routed: AtomicU64,

@@ -91,7 +91,11 @@ pub fn reload(hub: &Hub, who: Who) -> Result<ReloadReport, ReloadError> {
         new.tls = old.tls.clone();
     }
     let tls = match &new.tls {
-        Some(t) => match crate::tls::ServerTls::load(t) {
+        Some(t) => match crate::tls::ServerTls::load(t).and_then(|l| match l.invalid_now() {
+            // The running certificate may still be good: keep it.
+            Some(why) => Err(patchbay_client::tls::TlsError::Config(why.to_owned())),
+            None => Ok(l),
+        }) {
             Ok(l) => Some(Arc::new(l)),
             Err(e) => {
                 let e = ReloadError::Invalid(format!("tls: {e}"));
@@ -121,7 +125,7 @@ pub fn reload(hub: &Hub, who: Who) -> Result<ReloadReport, ReloadError> {
         report.need_restart.push("tls".into());
     }
     let renewed = match (&tls, hub.tls()) {
-        (Some(n), Some(o)) => n.own_certificate() != o.own_certificate(),
+        (Some(n), Some(o)) => !n.same_as(&o),
         _ => false,
     };
     if renewed && !report.changed.iter().any(|c| c == "tls") {

@@ -51,6 +51,9 @@ pub struct Session {
     /// The hub requires a client certificate on this port and none was presented:
     /// only the hub's own automation may go on (on its token).
     cert_missing: bool,
+    /// The hub requires client certificates of wire clients, and this
+    /// connection came another way (WebSocket): it may not act as an agent.
+    agent_needs_cert: bool,
 }
 
 /// Why a connection without the client certificate the hub requires is refused.
@@ -76,7 +79,15 @@ impl Session {
         transport: Transport,
     ) -> Result<Self, OpError> {
         let conn = hub.connect(peer, outbox.clone(), transport)?;
-        let role = (!hub.config().auth_required()).then_some(Role::Agent);
+        // Device ownership needs a certificate where the hub asks for one:
+        // over WebSocket (no client certificates) nobody becomes an agent.
+        let agent_needs_cert =
+            transport != Transport::Tcp && hub.tls().is_some_and(|t| t.requires_client_certs());
+        let role = (!hub.config().auth_required()).then_some(if agent_needs_cert {
+            Role::Operator
+        } else {
+            Role::Agent
+        });
         let now = Instant::now();
         Ok(Session {
             hub,
@@ -92,6 +103,7 @@ impl Session {
             fresh: false,
             pinged: false,
             cert_missing: false,
+            agent_needs_cert,
         })
     }
 
@@ -655,8 +667,19 @@ impl Session {
                 }
             }
         } else {
-            (Role::Agent, None, Arc::from(format!("client `{name}`")))
+            let role = if self.agent_needs_cert {
+                Role::Operator
+            } else {
+                Role::Agent
+            };
+            (role, None, Arc::from(format!("client `{name}`")))
         };
+        if role == Role::Agent && self.agent_needs_cert && !system {
+            return self.close_with(
+                ErrorCode::Unauthorized,
+                "this hub requires agents to present a client certificate: connect agents to the wire port over TLS with one, not over WebSocket",
+            );
+        }
         // Checked after the token, so a wrong token is an authentication
         // failure (audited, closed) whatever name comes with it.
         if !system

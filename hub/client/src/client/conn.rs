@@ -61,9 +61,16 @@ pub(crate) async fn start(opts: ClientBuilder) -> Result<Client, Error> {
 /// Connects, sends `hello` and reads up to `welcome`; returns what was read beyond it.
 async fn open(opts: &ClientBuilder) -> Result<(Stream, BytesMut, Welcome), Error> {
     let addr = opts.addr.clone();
-    let connect_err = |source| Error::Connect {
-        addr: addr.clone(),
-        source,
+    let connect_err = |source: std::io::Error| {
+        match crate::tls::refusal_alert(&source) {
+        Some(alert) => Error::Tls(format!(
+            "the hub at {addr} refused this connection's TLS ({alert}): does it trust this client's certificate, and is the certificate still valid?"
+        )),
+        None => Error::Connect {
+            addr: addr.clone(),
+            source,
+        },
+    }
     };
     let deadline = tokio::time::Instant::now() + opts.connect_timeout;
     let stream = tokio::time::timeout_at(deadline, TcpStream::connect(&opts.addr))
