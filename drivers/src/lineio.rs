@@ -111,6 +111,38 @@ impl LineIo {
 }
 
 impl LineIo {
+    /// Reads until `cut` takes a whole frame from what has arrived.
+    pub async fn read_frame(
+        &mut self,
+        mut cut: impl FnMut(&mut Vec<u8>) -> Option<Vec<u8>>,
+        timeout: Duration,
+        command: &str,
+    ) -> Result<Vec<u8>, DriverError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(frame) = cut(&mut self.buf) {
+                return Ok(frame);
+            }
+            if self.buf.len() > MAX_REPLY {
+                return Err(DriverError::Protocol(format!(
+                    "reply to `{command}` longer than {MAX_REPLY} bytes without a whole frame"
+                )));
+            }
+            let mut chunk = [0u8; 1024];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => {
+                    return Err(DriverError::Timeout {
+                        command: command.to_owned(),
+                        timeout_ms: timeout.as_millis() as u64,
+                    })
+                }
+                Ok(Ok(0)) => return Err(self.gone("end of stream".into())),
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(Err(e)) => return Err(self.gone(e.to_string())),
+            }
+        }
+    }
+
     /// Reads exactly `n` bytes (binary handshakes).
     pub async fn read_exact(
         &mut self,

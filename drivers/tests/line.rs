@@ -159,7 +159,7 @@ async fn bad_profiles_name_the_problem() {
     let head = "manufacturer = \"x\"\nmodel = \"y\"\n[[setting]]\nname = \"power\"\n";
     assert_eq!(
         bad(&format!("{head}type = \"enum\"\nvalues = [\"on\"]\nquery = \"p?\"\nreply = \"(\"\n")),
-        "configuration: setting `power`: `reply` is not a valid regex: regex parse error:\n    (\n    ^\nerror: unclosed group"
+        "configuration: setting `power`: `reply` is not a valid regex: regex parse error:     (     ^ error: unclosed group"
     );
     assert_eq!(
         bad(&format!(
