@@ -66,6 +66,7 @@ struct DeviceFile {
     profile: Option<PathBuf>,
     connect_timeout_ms: Option<u64>,
     sources: Option<std::collections::BTreeMap<String, String>>,
+    vars: Option<std::collections::BTreeMap<String, String>>,
 }
 
 fn default_poll_ms() -> u64 {
@@ -124,6 +125,8 @@ pub struct DeviceConfig {
     pub sources: Option<Vec<(String, String)>>,
     /// Line-protocol profile, loaded and checked with the configuration.
     pub profile: Option<LineProfile>,
+    /// The profile's variables for this device (`id`, ...), over its defaults.
+    pub vars: std::collections::BTreeMap<String, String>,
 }
 
 impl DeviceConfig {
@@ -161,7 +164,11 @@ impl DeviceConfig {
                 let profile = self.profile.clone().ok_or_else(|| {
                     patchbay_drivers::DriverError::Config("the line driver needs a profile".into())
                 })?;
-                AnyDriver::Line(LineDriver::new(self.transport.clone(), profile)?)
+                let mut vars = self.vars.clone();
+                if let Some(p) = &self.password {
+                    vars.entry("password".into()).or_insert_with(|| p.clone());
+                }
+                AnyDriver::Line(LineDriver::new(self.transport.clone(), profile)?.with_vars(&vars))
             }
         })
     }
@@ -336,14 +343,32 @@ fn check_device(d: DeviceFile, base: &Path) -> Result<DeviceConfig, String> {
         }
         (DriverKind::Line, Some(p)) => {
             let p = if p.is_absolute() { p } else { base.join(p) };
-            let profile = LineDriver::load_profile(&p).map_err(|e| e.to_string())?;
-            LineDriver::new(Transport::tcp("127.0.0.1:1"), profile.clone())
-                .map_err(|e| format!("profile {}: {e}", p.display()))?;
+            // Errors name the file and line: `profile /path/x.toml:12: setting ...`.
+            let profile = LineDriver::load_profile(&p).map_err(|e| match e {
+                patchbay_drivers::DriverError::Config(m) => format!("profile {m}"),
+                other => other.to_string(),
+            })?;
             Some(profile)
         }
         (_, Some(_)) => return Err("`profile` applies to the line driver only".into()),
         (_, None) => None,
     };
+    let vars = d.vars.unwrap_or_default();
+    if let Some(p) = &profile {
+        if let Some(k) = vars.keys().find(|k| !p.vars.contains_key(*k)) {
+            let known: Vec<&str> = p.vars.keys().map(String::as_str).collect();
+            return Err(format!(
+                "`vars.{k}`: the profile has no such variable (it has: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        }
+    } else if !vars.is_empty() {
+        return Err("`vars` applies to the line driver only".into());
+    }
     Ok(DeviceConfig {
         name: d.name.unwrap_or_else(|| d.id.clone()),
         location: d.location.unwrap_or_default(),
@@ -354,6 +379,7 @@ fn check_device(d: DeviceFile, base: &Path) -> Result<DeviceConfig, String> {
         password: d.password,
         sources,
         profile,
+        vars,
     })
 }
 

@@ -18,8 +18,8 @@ use tokio::sync::watch;
 
 use crate::config::{AgentConfig, DeviceConfig, DriverKind};
 
-/// The LG display profile shipped in `drivers/profiles`, built in so the demo needs no files.
-const LG_PROFILE: &str = include_str!("../../drivers/profiles/lg-display.toml");
+/// The LG display profile shipped in `profiles/`, built in so the demo needs no files.
+const LG_PROFILE: &str = include_str!("../../profiles/lg-display.toml");
 
 /// Where the demo listens.
 #[derive(Debug, Clone)]
@@ -70,6 +70,7 @@ fn device(
         password: None,
         sources: None,
         profile: None,
+        vars: Default::default(),
     }
 }
 

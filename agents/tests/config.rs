@@ -151,9 +151,7 @@ fn a_bad_line_profile_is_named() {
     let (ok, err) = check("profile", "[[device]]\nid = \"sw\"\ndriver = \"line\"\ntcp = \"h:23\"\nprofile = \"../patchbay-agent-cfg-PID-profile/bad.toml\"\n".replace("PID", &std::process::id().to_string()).as_str());
     assert!(!ok);
     assert!(
-        err.ends_with(
-            "bad.toml: configuration: setting `power`: `reply` needs a capture group for the value"
-        ),
+        err.ends_with("bad.toml:7: setting `power`: `reply` needs a capture group for the value"),
         "{err}"
     );
     assert!(

@@ -17,6 +17,67 @@ pub struct LineIo {
     stream: BoxStream,
     buf: Vec<u8>,
     serial_path: Option<String>,
+    /// Telnet option requests are answered and taken out of what is read.
+    telnet: Option<Telnet>,
+}
+
+/// Where a Telnet command cut by a read stands.
+#[derive(Debug, Default)]
+struct Telnet {
+    /// Bytes of an unfinished command (`IAC ...`).
+    pending: Vec<u8>,
+}
+
+const IAC: u8 = 0xff;
+const SB: u8 = 0xfa;
+const SE: u8 = 0xf0;
+const WILL: u8 = 0xfb;
+const WONT: u8 = 0xfc;
+const DO: u8 = 0xfd;
+const DONT: u8 = 0xfe;
+
+impl Telnet {
+    /// Takes Telnet commands out of `input`, returning the data and the answers to send.
+    fn filter(&mut self, input: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let mut bytes = std::mem::take(&mut self.pending);
+        bytes.extend_from_slice(input);
+        let (mut data, mut answers) = (Vec::with_capacity(bytes.len()), Vec::new());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] != IAC {
+                data.push(bytes[i]);
+                i += 1;
+                continue;
+            }
+            let Some(&cmd) = bytes.get(i + 1) else {
+                break;
+            };
+            match cmd {
+                IAC => {
+                    data.push(IAC);
+                    i += 2;
+                }
+                DO | DONT | WILL | WONT => {
+                    let Some(&opt) = bytes.get(i + 2) else {
+                        break;
+                    };
+                    match cmd {
+                        DO => answers.extend([IAC, WONT, opt]),
+                        WILL => answers.extend([IAC, DONT, opt]),
+                        _ => {}
+                    }
+                    i += 3;
+                }
+                SB => match bytes[i..].windows(2).position(|w| w == [IAC, SE]) {
+                    Some(end) => i += end + 2,
+                    None => break,
+                },
+                _ => i += 2,
+            }
+        }
+        self.pending = bytes[i..].to_vec();
+        (data, answers)
+    }
 }
 
 impl LineIo {
@@ -26,7 +87,29 @@ impl LineIo {
             stream,
             buf: Vec::with_capacity(256),
             serial_path,
+            telnet: None,
         }
+    }
+
+    /// Treats the stream as Telnet: refuses every option the device asks for
+    /// (DO → WONT, WILL → DONT) and keeps the commands out of replies.
+    pub fn refuse_telnet_options(&mut self) {
+        self.telnet = Some(Telnet::default());
+    }
+
+    /// Adds what was read to the buffer (through the Telnet filter, answering it).
+    async fn take(&mut self, chunk: &[u8]) -> Result<(), DriverError> {
+        match self.telnet.as_mut() {
+            None => self.buf.extend_from_slice(chunk),
+            Some(t) => {
+                let (data, answers) = t.filter(chunk);
+                self.buf.extend_from_slice(&data);
+                if !answers.is_empty() {
+                    self.send(&answers).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn gone(&self, reason: String) -> DriverError {
@@ -103,7 +186,7 @@ impl LineIo {
                     })
                 }
                 Ok(Ok(0)) => return Err(self.gone("end of stream".into())),
-                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(Ok(n)) => self.take(&chunk[..n]).await?,
                 Ok(Err(e)) => return Err(self.gone(e.to_string())),
             }
         }
@@ -137,7 +220,7 @@ impl LineIo {
                     })
                 }
                 Ok(Ok(0)) => return Err(self.gone("end of stream".into())),
-                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(Ok(n)) => self.take(&chunk[..n]).await?,
                 Ok(Err(e)) => return Err(self.gone(e.to_string())),
             }
         }
@@ -161,7 +244,7 @@ impl LineIo {
                     })
                 }
                 Ok(Ok(0)) => return Err(self.gone("end of stream".into())),
-                Ok(Ok(k)) => self.buf.extend_from_slice(&chunk[..k]),
+                Ok(Ok(k)) => self.take(&chunk[..k]).await?,
                 Ok(Err(e)) => return Err(self.gone(e.to_string())),
             }
         }
@@ -175,4 +258,22 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         return None;
     }
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn telnet_options_are_refused_and_removed() {
+        let mut t = Telnet::default();
+        // DO TTYPE, WILL ECHO, then text with an escaped 0xFF, cut mid-command.
+        let (data, answers) =
+            t.filter(&[IAC, DO, 0x18, IAC, WILL, 0x01, b'h', b'i', IAC, IAC, IAC]);
+        assert_eq!(data, vec![b'h', b'i', 0xff]);
+        assert_eq!(answers, vec![IAC, WONT, 0x18, IAC, DONT, 0x01]);
+        let (data, answers) = t.filter(&[DO, 0x1f, IAC, SB, 0x18, 0x01, IAC, SE, b'!']);
+        assert_eq!(data, vec![b'!']);
+        assert_eq!(answers, vec![IAC, WONT, 0x1f]);
+    }
 }

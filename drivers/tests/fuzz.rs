@@ -194,7 +194,7 @@ fn the_escvp21_driver_survives_any_replies() {
 
 #[test]
 fn the_line_driver_survives_any_replies() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/lg-display.toml");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/lg-display.toml");
     let profile: LineProfile = LineDriver::load_profile(&path).unwrap();
     let rt = rt();
     each_peer(48, |replies| {

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 fn profile(name: &str) -> patchbay_drivers::line::LineProfile {
     LineDriver::load_profile(
         &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("profiles")
+            .join("../profiles")
             .join(name),
     )
     .unwrap()

@@ -412,8 +412,8 @@ async fn an_unreachable_device_is_retried_with_backoff_and_reported_once() {
             drop(s);
         }
     });
-    let profile = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../drivers/profiles/lg-display.toml");
+    let profile =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/lg-display.toml");
     let device = format!(
         "id = \"tv-1\"\ndriver = \"line\"\ntcp = \"{addr}\"\nprofile = \"{}\"\npoll_ms = 200",
         profile.display()

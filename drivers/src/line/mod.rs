@@ -46,9 +46,13 @@ pub struct SettingProfile {
     /// For `enum`: the allowed values, when they go on the wire as they are.
     #[serde(default)]
     pub values: Vec<String>,
-    /// For `enum`/`bool`: value → wire string (hex bytes in binary profiles).
+    /// For `enum`/`bool`: value → wire string (hex bytes in binary profiles;
+    /// numbers may be written `0x11`).
     #[serde(default)]
     pub map: BTreeMap<String, String>,
+    /// The map for `set` and its reply, when it differs from the one for `query`.
+    #[serde(default)]
+    pub set_map: BTreeMap<String, String>,
     /// For `enum`: values of `map` that are only ever read (`warming`, `cooling`).
     #[serde(default)]
     pub transitional: Vec<String>,
@@ -81,6 +85,9 @@ pub struct NotifyProfile {
     pub reply: Spanned<String>,
     /// The setting it reports (its value decoded as that setting's).
     pub setting: Option<String>,
+    /// Its own value → wire map, when it differs from the setting's.
+    #[serde(default)]
+    pub map: BTreeMap<String, String>,
     /// Or: the event code it raises.
     pub event: Option<String>,
     /// The event's level: `info`, `warning` or `error` (default `warning`).
@@ -144,6 +151,10 @@ pub struct LineProfile {
     /// Binary frames (byte templates) instead of text lines.
     #[serde(default)]
     pub binary: bool,
+    /// The device speaks Telnet: option requests are refused (DO → WONT,
+    /// WILL → DONT) and taken out of what is read.
+    #[serde(default)]
+    pub telnet: bool,
     /// Text: appended to every command (default CR).
     #[serde(default = "default_terminator")]
     pub terminator: String,
@@ -174,6 +185,9 @@ pub struct LineProfile {
     /// A reply that means the device refused the command; its first group
     /// (text) or `{value}` (binary) is an error code.
     pub error_reply: Option<Spanned<String>>,
+    /// More replies that mean a refusal (as `error_reply`).
+    #[serde(default)]
+    pub error_replies: Vec<Spanned<String>>,
     /// Error codes → what they mean.
     #[serde(default)]
     pub error_codes: BTreeMap<String, String>,
@@ -271,6 +285,7 @@ struct CompiledSetting {
 #[derive(Debug, Clone)]
 struct CompiledNotify {
     reply: Matcher,
+    map: BTreeMap<String, String>,
     setting: Option<usize>,
     event: Option<(String, Level, Option<String>)>,
 }
@@ -280,7 +295,7 @@ struct CompiledNotify {
 struct Compiled {
     profile: LineProfile,
     settings: Vec<CompiledSetting>,
-    error: Option<Matcher>,
+    errors: Vec<Matcher>,
     notify: Vec<CompiledNotify>,
     login: Vec<(Option<Regex>, Option<Command>)>,
     framing: Option<Framing>,
@@ -417,6 +432,16 @@ fn compile(p: &LineProfile) -> Result<Compiled, ProfileError> {
                 ))
             }
         }
+        if let Some(v) = s
+            .set_map
+            .keys()
+            .find(|v| !s.map.contains_key(*v) && !s.values.contains(v))
+        {
+            return Err(bad(
+                None,
+                format!("`set_map` names `{v}`, which `map` does not"),
+            ));
+        }
         if let Some(t) = s.transitional.iter().find(|t| !s.map.contains_key(*t)) {
             return Err(bad(
                 None,
@@ -455,7 +480,7 @@ fn compile(p: &LineProfile) -> Result<Compiled, ProfileError> {
             .map_err(|e| bad(e.span, e.message))?;
         let mut value_width = None;
         if p.binary {
-            for (value, wire) in &s.map {
+            for (value, wire) in s.map.iter().chain(&s.set_map) {
                 let bytes = template::parse_hex(wire)
                     .map_err(|e| bad(None, format!("`map.{value}`: {e}")))?;
                 if value_width.is_some_and(|w| w != bytes.len()) {
@@ -492,11 +517,18 @@ fn compile(p: &LineProfile) -> Result<Compiled, ProfileError> {
     if settings.is_empty() {
         return Err(plain("a profile needs at least one [[setting]]".into()));
     }
-    let error = p
-        .error_reply
-        .as_ref()
-        .map(|e| matcher(p.binary, e, "`error_reply`"))
-        .transpose()?;
+    let mut errors = Vec::new();
+    for (i, e) in p.error_reply.iter().chain(&p.error_replies).enumerate() {
+        let what = if p.error_reply.is_some() && i == 0 {
+            "`error_reply`".to_owned()
+        } else {
+            format!(
+                "`error_replies[{}]`",
+                i - usize::from(p.error_reply.is_some())
+            )
+        };
+        errors.push(matcher(p.binary, e, &what)?);
+    }
     let mut notify = Vec::new();
     for (i, n) in p.notify.iter().enumerate() {
         let what = format!("notify[{i}]");
@@ -535,6 +567,7 @@ fn compile(p: &LineProfile) -> Result<Compiled, ProfileError> {
         }
         notify.push(CompiledNotify {
             reply,
+            map: n.map.clone(),
             setting,
             event,
         });
@@ -577,7 +610,7 @@ fn compile(p: &LineProfile) -> Result<Compiled, ProfileError> {
     Ok(Compiled {
         profile: p.clone(),
         settings,
-        error,
+        errors,
         notify,
         login,
         framing,
@@ -678,19 +711,48 @@ impl Matcher {
     }
 }
 
+/// A number written `17` or `0x11`.
+fn number(s: &str) -> Option<i64> {
+    let s = s.trim();
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => i64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
 impl CompiledSetting {
-    /// The wire string for a value.
-    fn encode(&self, value: &Value) -> String {
+    /// The map for `set` (and its reply) or for `query`.
+    fn map(&self, setting: bool) -> &BTreeMap<String, String> {
+        if setting && !self.profile.set_map.is_empty() {
+            &self.profile.set_map
+        } else {
+            &self.profile.map
+        }
+    }
+
+    /// The wire string for a value (`0x` numbers written in decimal, as formats take them).
+    fn encode(&self, value: &Value, setting: bool) -> String {
         let key = match value {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        self.profile.map.get(&key).cloned().unwrap_or(key)
+        match self.map(setting).get(&key) {
+            Some(w) if w.starts_with("0x") || w.starts_with("0X") => {
+                number(w).map_or_else(|| w.clone(), |n| n.to_string())
+            }
+            Some(w) => w.clone(),
+            None => key,
+        }
     }
 
     /// The value for a wire string.
-    fn decode(&self, wire: &str, binary: bool) -> Value {
+    fn decode(&self, wire: &str, binary: bool, map: &BTreeMap<String, String>) -> Value {
         let same = |w: &str| {
+            if !binary || w.starts_with("0x") {
+                if let (Some(a), Some(b)) = (number(w), number(wire)) {
+                    return a == b;
+                }
+            }
             if binary {
                 w.split_whitespace()
                     .collect::<String>()
@@ -699,19 +761,16 @@ impl CompiledSetting {
                 w == wire
             }
         };
-        let mapped = self
-            .profile
-            .map
-            .iter()
-            .find(|(_, w)| same(w))
-            .map(|(v, _)| v.as_str());
+        let mapped = map.iter().find(|(_, w)| same(w)).map(|(v, _)| v.as_str());
         let text = mapped.unwrap_or(wire);
         match self.profile.kind.as_str() {
             "bool" => json!(text == "true"),
             "int" => text
                 .trim()
-                .parse::<i64>()
-                .map(|n| json!(n))
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(|f| json!(f.round() as i64))
                 .unwrap_or(Value::Null),
             _ => json!(text),
         }
@@ -849,6 +908,9 @@ impl LineDriver {
         }
         let stream = self.transport.open().await?;
         let mut io = LineIo::new(stream, self.transport.serial_path().map(str::to_owned));
+        if self.c.profile.telnet {
+            io.refuse_telnet_options();
+        }
         let timeout = Duration::from_millis(self.c.profile.timeout_ms);
         let c = self.c.clone();
         for (expect, send) in &c.login {
@@ -974,7 +1036,7 @@ impl LineDriver {
         let mut unexpected = Vec::new();
         while unexpected.len() < MAX_UNEXPECTED {
             let frame = self.read_reply(lines, timeout, shown).await?;
-            if let Some(err) = &c.error {
+            for err in &c.errors {
                 if let Outcome::Yes(code) = err.check(&frame, &self.vars, &c.rules, None) {
                     let meaning = code.as_deref().and_then(|k| {
                         c.profile
@@ -1021,8 +1083,13 @@ impl LineDriver {
             if let Outcome::Yes(v) = n.reply.check(frame, &self.vars, &c.rules, width) {
                 if let (Some(i), Some(v)) = (n.setting, v.as_deref()) {
                     let s = &c.settings[i];
+                    let map = if n.map.is_empty() {
+                        &s.profile.map
+                    } else {
+                        &n.map
+                    };
                     self.notified
-                        .insert(s.profile.name.clone(), s.decode(v, c.profile.binary));
+                        .insert(s.profile.name.clone(), s.decode(v, c.profile.binary, map));
                 }
                 if let Some((code, level, message)) = &n.event {
                     self.events.push(DeviceEvent {
@@ -1089,7 +1156,7 @@ impl LineDriver {
             }
             let wire = self.exchange(idx, q, None, false).await?;
             let v = wire
-                .map(|w| s.decode(&w, c.profile.binary))
+                .map(|w| s.decode(&w, c.profile.binary, s.map(false)))
                 .unwrap_or(Value::Null);
             state.insert(name.clone(), v);
         }
@@ -1127,9 +1194,9 @@ impl LineDriver {
                 .set
                 .as_ref()
                 .ok_or_else(|| DriverError::Schema(SchemaError::ReadOnly(name.clone())))?;
-            let wire = s.encode(value);
+            let wire = s.encode(value, true);
             let confirmed = match self.exchange(idx, cmd, Some(&wire), true).await? {
-                Some(w) => s.decode(&w, c.profile.binary),
+                Some(w) => s.decode(&w, c.profile.binary, s.map(true)),
                 // An acknowledgement without the value: the device took it.
                 None => value.clone(),
             };

@@ -1,5 +1,5 @@
 //! An LG commercial display speaking its RS-232 text protocol over TCP, for
-//! the demo's line-protocol device (`drivers/profiles/lg-display.toml`).
+//! the demo's line-protocol device (`profiles/lg-display.toml`).
 //! Commands: `ka 01 <data>` power, `xb 01 <data>` input, `ke 01 <data>` audio
 //! mute; `ff` asks. Replies `a 01 OK<data>x`, or `NG` when refused (input
 //! changes in standby).
