@@ -478,8 +478,13 @@ fn compile(p: &LineProfile) -> Result<Compiled, ProfileError> {
             .map(|q| command(p.binary, q, "`set`"))
             .transpose()
             .map_err(|e| bad(e.span, e.message))?;
-        let mut value_width = None;
-        if p.binary {
+                let mut value_width = None;
+        // Map values are hex bytes where `{value}` is written in the default (hex) format.
+        let hex_value = [Some(&s.reply), s.query.as_ref(), s.set.as_ref(), s.set_reply.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(|t| t.get_ref().contains("{value}") || t.get_ref().contains("{value:hex}"));
+        if p.binary && hex_value {
             for (value, wire) in s.map.iter().chain(&s.set_map) {
                 let bytes = template::parse_hex(wire)
                     .map_err(|e| bad(None, format!("`map.{value}`: {e}")))?;
