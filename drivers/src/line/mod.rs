@@ -452,7 +452,7 @@ fn compile(p: &LineProfile) -> Result<Compiled, ProfileError> {
             return Err(bad(None, "needs `query`, `set` or both".into()));
         }
         let reply = matcher(p.binary, &s.reply, "`reply`").map_err(|e| bad(e.span, e.message))?;
-        if let Matcher::Regex(r) = &reply {
+        if let (Matcher::Regex(r), Some(_)) = (&reply, &s.query) {
             if r.captures_len() < 2 {
                 return Err(bad(
                     Some(s.reply.span()),
@@ -478,12 +478,17 @@ fn compile(p: &LineProfile) -> Result<Compiled, ProfileError> {
             .map(|q| command(p.binary, q, "`set`"))
             .transpose()
             .map_err(|e| bad(e.span, e.message))?;
-                let mut value_width = None;
+        let mut value_width = None;
         // Map values are hex bytes where `{value}` is written in the default (hex) format.
-        let hex_value = [Some(&s.reply), s.query.as_ref(), s.set.as_ref(), s.set_reply.as_ref()]
-            .into_iter()
-            .flatten()
-            .any(|t| t.get_ref().contains("{value}") || t.get_ref().contains("{value:hex}"));
+        let hex_value = [
+            Some(&s.reply),
+            s.query.as_ref(),
+            s.set.as_ref(),
+            s.set_reply.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|t| t.get_ref().contains("{value}") || t.get_ref().contains("{value:hex}"));
         if p.binary && hex_value {
             for (value, wire) in s.map.iter().chain(&s.set_map) {
                 let bytes = template::parse_hex(wire)
@@ -701,9 +706,11 @@ impl Matcher {
     ) -> Outcome {
         match self {
             Matcher::Regex(r) => match r.captures(frame) {
+                // An empty or absent group: an acknowledgement without the value.
                 Some(c) => Outcome::Yes(
                     c.get(1)
-                        .map(|m| String::from_utf8_lossy(m.as_bytes()).trim().to_owned()),
+                        .map(|m| String::from_utf8_lossy(m.as_bytes()).trim().to_owned())
+                        .filter(|v| !v.is_empty()),
                 ),
                 None => Outcome::No,
             },
@@ -1145,6 +1152,10 @@ impl LineDriver {
         let warming = self.warming();
         for (idx, s) in c.settings.iter().enumerate() {
             let Some(q) = &s.query else {
+                // A setting that cannot be read keeps the value last set.
+                if let Some(v) = self.last_state.get(&s.profile.name) {
+                    state.insert(s.profile.name.clone(), v.clone());
+                }
                 continue;
             };
             let name = &s.profile.name;
@@ -1210,6 +1221,9 @@ impl LineDriver {
                 return Err(DriverError::DeviceFailure(format!(
                     "set {name} to {value} (device reports {confirmed})"
                 )));
+            }
+            if s.query.is_none() {
+                self.last_state.insert(name.clone(), confirmed.clone());
             }
             if let Some(po) = &c.profile.power_on {
                 if &po.setting == name && value == &json!(po.value) {
