@@ -211,3 +211,94 @@ fn the_line_driver_survives_any_replies() {
         Ok(())
     });
 }
+
+/// A peer that answers every read from the driver with the next reply.
+async fn chatty_peer(replies: Vec<Vec<u8>>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        let mut replies = replies.into_iter();
+        // Some devices speak first (a greeting, Telnet options).
+        if let Some(first) = replies.next() {
+            let _ = s.write_all(&first).await;
+        }
+        let mut buf = [0u8; 256];
+        for reply in replies {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if s.write_all(&reply).await.is_err() {
+                return;
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn every_library_profile_survives_any_replies() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+    let mut profiles = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            let mut p: LineProfile = LineDriver::load_profile(&path).unwrap();
+            // Short waits, so garbage is judged quickly.
+            p.timeout_ms = 100;
+            p.delay_ms = 0;
+            p.power_on = None;
+            for s in &mut p.settings {
+                s.timeout_ms = None;
+            }
+            profiles.push(p);
+        }
+    }
+    assert!(profiles.len() >= 10);
+    let rt = rt();
+    each_peer(12, |replies| {
+        rt.block_on(async {
+            for profile in &profiles {
+                let addr = chatty_peer(replies.clone()).await;
+                let mut d = LineDriver::new(Transport::tcp(&addr), profile.clone()).unwrap();
+                exercise!(d);
+            }
+        });
+        Ok(())
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn templates_and_frames_take_any_input(
+        source in "[0-9A-Fa-f {}:\"a-z]{0,40}",
+        frame in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        use patchbay_drivers::line::checksum::Checksum;
+        use patchbay_drivers::line::frame::Framing;
+        use patchbay_drivers::line::template::{Rules, Template};
+        let vars = std::collections::BTreeMap::from([("id".to_owned(), "01".to_owned())]);
+        let rules = Rules { length_adjust: 0, checksum: Checksum::Sum8, checksum_from: 1 };
+        if let Ok(t) = Template::parse(&source) {
+            let _ = t.encode(Some("01"), &vars, &rules);
+            let _ = t.matches(&frame, &vars, &rules, None);
+            let _ = t.matches(&frame, &vars, &rules, Some(1));
+        }
+        for framing in [
+            Framing::End(vec![0x0d]),
+            Framing::Length { start: vec![0xaa], at: 3, add: 5 },
+            Framing::Length { start: vec![], at: 4, add: 6 },
+            Framing::Fixed { start: b"*S".to_vec(), len: 24 },
+        ] {
+            let mut buf = frame.clone();
+            let before = buf.len();
+            let _ = framing.cut(&mut buf);
+            prop_assert!(buf.len() <= before);
+        }
+    }
+}

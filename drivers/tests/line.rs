@@ -188,3 +188,52 @@ async fn d_timeout() -> DriverError {
     let mut d = LineDriver::new(Transport::tcp(&addr), profile("lg-display.toml")).unwrap();
     d.poll().await.unwrap_err()
 }
+
+#[test]
+fn profile_mistakes_are_named_with_file_line_and_key() {
+    let dir = std::env::temp_dir().join(format!("patchbay-profile-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let check = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        patchbay_drivers::line::LineProfile::load(&path)
+            .err()
+            .unwrap_or_else(|| panic!("{name} was accepted"))
+            .to_string()
+    };
+    let head = "manufacturer = \"x\"\nmodel = \"y\"\n";
+    // An unknown key, on line 5.
+    let e = check(
+        "unknown.toml",
+        &format!("{head}[[setting]]\nname = \"power\"\nreplyy = \"(.*)\"\n"),
+    );
+    assert!(
+        e.contains("unknown.toml:5:") && e.contains("unknown field `replyy`"),
+        "{e}"
+    );
+    // A bad hex template in a binary profile, on line 10.
+    let e = check(
+        "hex.toml",
+        &format!("{head}binary = true\nframe_end = \"0D\"\n[[setting]]\nname = \"power\"\ntype = \"enum\"\nmap = {{ on = \"01\" }}\nquery = \"AA GG {{sum}}\"\nreply = \"AA {{value}} 0D\"\n"),
+    );
+    assert!(
+        e.contains("hex.toml:9:") && e.contains("setting `power`: `query`") && e.contains("`GG`"),
+        "{e}"
+    );
+    // A regex that does not compile.
+    let e = check(
+        "regex.toml",
+        &format!("{head}[[setting]]\nname = \"input\"\ntype = \"text\"\nquery = \"I?\"\nreply = \"(unclosed\"\n"),
+    );
+    assert!(
+        e.contains("regex.toml:7:") && e.contains("`reply` is not a valid regex"),
+        "{e}"
+    );
+    // A checksum placeholder without a checksum.
+    let e = check(
+        "sum.toml",
+        &format!("{head}binary = true\nframe_end = \"0D\"\n[[setting]]\nname = \"power\"\ntype = \"enum\"\nmap = {{ on = \"01\" }}\nquery = \"AA {{sum}}\"\nreply = \"AA {{value}} 0D\"\n"),
+    );
+    assert!(e.contains("names no `checksum`"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
