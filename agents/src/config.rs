@@ -278,6 +278,11 @@ impl AgentConfig {
     }
 }
 
+/// A bare name (no folder, no `.toml`) names a profile in the built-in library.
+fn is_library_name(p: &Path) -> bool {
+    p.components().count() == 1 && p.extension().is_none()
+}
+
 fn check_device(d: DeviceFile, base: &Path) -> Result<DeviceConfig, String> {
     let id_ok = !d.id.is_empty()
         && d.id.len() <= 64
@@ -340,6 +345,15 @@ fn check_device(d: DeviceFile, base: &Path) -> Result<DeviceConfig, String> {
     let profile = match (d.driver, d.profile) {
         (DriverKind::Line, None) => {
             return Err("the line driver needs `profile = \"path/to/profile.toml\"`".into())
+        }
+        (DriverKind::Line, Some(p)) if is_library_name(&p) => {
+            let name = p.to_string_lossy();
+            let profile = patchbay_drivers::library::get(&name)
+                .ok_or_else(|| {
+                    format!("`profile = \"{name}\"`: no such profile in the library (`patchbay-agent profiles` lists them; a file needs its .toml)")
+                })?
+                .map_err(|e| e.to_string())?;
+            Some(profile)
         }
         (DriverKind::Line, Some(p)) => {
             let p = if p.is_absolute() { p } else { base.join(p) };

@@ -159,3 +159,59 @@ fn a_bad_line_profile_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn library_profiles_are_listed_and_named_by_devices() {
+    let out = Command::new(env!("CARGO_BIN_EXE_patchbay-agent"))
+        .args(["profiles", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = list.as_array().unwrap();
+    assert!(list.len() >= 10, "{list:?}");
+    let samsung = list.iter().find(|p| p["name"] == "samsung-mdc").unwrap();
+    assert_eq!(samsung["manufacturer"], "Samsung");
+    assert_eq!(samsung["category"], "display");
+    assert!(samsung["source"]
+        .as_str()
+        .unwrap()
+        .contains("Multiple Display Control"));
+    let table = Command::new(env!("CARGO_BIN_EXE_patchbay-agent"))
+        .arg("profiles")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("kramer-p3000") && l.contains("Protocol 3000")),
+        "{table}"
+    );
+
+    // A device names a library profile, with its variables.
+    let (ok, err) = check(
+        "library",
+        "[[device]]\nid = \"wall\"\ndriver = \"line\"\ntcp = \"10.0.0.5:1515\"\nprofile = \"samsung-mdc\"\nvars = { id = \"02\" }\n",
+    );
+    assert!(ok, "{err}");
+    let (ok, err) = check(
+        "library-unknown",
+        "[[device]]\nid = \"wall\"\ndriver = \"line\"\ntcp = \"10.0.0.5:1515\"\nprofile = \"samsung-mcd\"\n",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("`profile = \"samsung-mcd\"`: no such profile in the library"),
+        "{err}"
+    );
+    let (ok, err) = check(
+        "library-var",
+        "[[device]]\nid = \"wall\"\ndriver = \"line\"\ntcp = \"10.0.0.5:1515\"\nprofile = \"samsung-mdc\"\nvars = { display = \"02\" }\n",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("`vars.display`: the profile has no such variable (it has: id)"),
+        "{err}"
+    );
+}

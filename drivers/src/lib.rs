@@ -1,11 +1,12 @@
-//! Device drivers for patchbay agents: PJLink, Epson ESC/VP21, and a line
-//! protocol configured in TOML, each generic over any byte stream, plus the
+//! Device drivers for patchbay agents: PJLink, Epson ESC/VP21, and devices
+//! described by TOML profiles (with a built-in library of them), each generic over any byte stream, plus the
 //! transports that open those streams (TCP, serial) and simulators of the
 //! devices for tests and the demo.
 
 pub mod driver;
 mod error;
 pub mod escvp21;
+pub mod library;
 pub mod line;
 pub mod lineio;
 pub mod pjlink;

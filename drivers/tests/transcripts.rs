@@ -223,3 +223,25 @@ fn every_profile_cites_its_source_and_has_transcripts() {
     }
     assert!(missing.is_empty(), "{missing:#?}");
 }
+
+#[test]
+fn the_built_in_library_holds_every_profile() {
+    let mut files: Vec<String> = std::fs::read_dir(profiles_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let built_in: Vec<String> = patchbay_drivers::library::PROFILES
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    assert_eq!(
+        built_in, files,
+        "add new profiles to drivers/src/library.rs"
+    );
+    for (name, p) in patchbay_drivers::library::all() {
+        p.unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}

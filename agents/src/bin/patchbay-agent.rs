@@ -40,6 +40,12 @@ enum Command {
     },
     /// Check the configuration file and exit.
     Check,
+    /// List the device profiles built in (`profile = "<name>"` in a device).
+    Profiles {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -87,6 +93,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Some(Command::Profiles { json }) => profiles(json),
         Some(Command::Check) => {
             let cfg = load(cli.config)?;
             println!(
@@ -108,6 +115,65 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             patchbay_agents::runtime::run(cfg, stop_rx).await
         }
     }
+}
+
+/// Prints the built-in profile library.
+fn profiles(json: bool) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for (name, profile) in patchbay_drivers::library::all() {
+        let p = profile?;
+        rows.push(serde_json::json!({
+            "name": name,
+            "manufacturer": p.manufacturer,
+            "model": p.model,
+            "models": p.models,
+            "protocol": p.protocol,
+            "category": p.category,
+            "source": p.source,
+        }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let cell = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("").to_owned();
+    let widths = ["name", "manufacturer", "category", "protocol"].map(|k| {
+        rows.iter()
+            .map(|r| cell(r, k).len())
+            .max()
+            .unwrap_or(0)
+            .max(k.len())
+    });
+    println!(
+        "{:w0$}  {:w1$}  {:w2$}  {:w3$}  MODELS",
+        "NAME",
+        "MANUFACTURER",
+        "KIND",
+        "PROTOCOL",
+        w0 = widths[0],
+        w1 = widths[1],
+        w2 = widths[2],
+        w3 = widths[3]
+    );
+    for r in &rows {
+        let models: Vec<&str> = r["models"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|m| m.as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "{:w0$}  {:w1$}  {:w2$}  {:w3$}  {}",
+            cell(r, "name"),
+            cell(r, "manufacturer"),
+            cell(r, "category"),
+            cell(r, "protocol"),
+            models.join(", "),
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3]
+        );
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -308,8 +308,12 @@ impl LineProfile {
         let text = std::fs::read_to_string(path).map_err(|e| {
             DriverError::Config(format!("cannot read profile {}: {e}", path.display()))
         })?;
-        let file = path.display().to_string();
-        let profile: LineProfile = toml::from_str(&text).map_err(|e| {
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks profile text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<LineProfile, DriverError> {
+        let profile: LineProfile = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
@@ -318,7 +322,7 @@ impl LineProfile {
                 None => format!("{file}: {}", e.message()),
             })
         })?;
-        compile(&profile).map_err(|e| DriverError::Config(e.locate(&file, &text)))?;
+        compile(&profile).map_err(|e| DriverError::Config(e.locate(file, text)))?;
         Ok(profile)
     }
 }
