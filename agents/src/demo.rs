@@ -260,6 +260,30 @@ pub async fn run(opts: DemoOptions, shutdown: watch::Receiver<bool>) -> anyhow::
     tokio::spawn(serve_controls(control_client.requests(), controls));
     let (l4, a4) = local_listener().await?;
     tokio::spawn(lg_display::serve(l4));
+    // A display and a switcher from the profile library, simulated from their profiles.
+    let mut library_devices = Vec::new();
+    for (id, name, profile) in [
+        ("wall-1", "Control room video wall", "samsung-mdc"),
+        ("matrix-1", "Control room matrix", "kramer-p3000"),
+    ] {
+        let profile = patchbay_drivers::library::get(profile)
+            .ok_or_else(|| anyhow::anyhow!("the library has no {profile}"))??;
+        let sim = Arc::new(patchbay_drivers::line::sim::Simulator::new(
+            &profile,
+            &Default::default(),
+        )?);
+        let (l, a) = local_listener().await?;
+        tokio::spawn(patchbay_drivers::line::sim::serve(l, sim));
+        let mut d = device(
+            id,
+            name,
+            "Control Room",
+            DriverKind::Line,
+            Transport::tcp(&a),
+        );
+        d.profile = Some(profile);
+        library_devices.push((d, a));
+    }
 
     let lg: LineProfile = toml::from_str(LG_PROFILE)?;
     let mut proj2 = device(
@@ -299,6 +323,15 @@ pub async fn run(opts: DemoOptions, shutdown: watch::Receiver<bool>) -> anyhow::
         ),
         display,
     ];
+    let library_line = library_devices
+        .iter()
+        .map(|(d, a)| format!("{} at {a}", d.id))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let devices: Vec<DeviceConfig> = devices
+        .into_iter()
+        .chain(library_devices.into_iter().map(|(d, _)| d))
+        .collect();
     let cli = "cargo run -q --release -p patchbay-hub --bin patchbay --";
     println!("patchbay demo is running");
     println!("  console              http://{}/", hub.http_addr);
@@ -309,9 +342,10 @@ pub async fn run(opts: DemoOptions, shutdown: watch::Receiver<bool>) -> anyhow::
     );
     println!("  devices              proj-1 PJLink at {a1}, proj-2 PJLink (password) at {a2},");
     println!(
-        "                       proj-3 ESC/VP21 on serial port {}, display-1 LG display at {a4}",
+        "                       proj-3 ESC/VP21 on serial port {}, display-1 LG display at {a4},",
         pty_path.display()
     );
+    println!("                       from the profile library: {library_line}");
     println!("  fault injection      {cli} req sim/proj-1/control '\"silent on\"'   (drop, silent on|off, failure on|off, lamp-error on|off; proj-3 also unplug, plug)");
     println!("try, in another terminal:");
     println!("  {cli} devices");

@@ -77,7 +77,10 @@ impl Proc {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("PATCHBAY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));

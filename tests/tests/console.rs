@@ -99,7 +99,14 @@ async fn console_lists_controls_and_reports_devices() {
     c.goto(&console).await.unwrap();
 
     // The page lists the simulated devices, grouped by location.
-    for id in ["proj-1", "proj-2", "proj-3", "display-1"] {
+    for id in [
+        "proj-1",
+        "proj-2",
+        "proj-3",
+        "display-1",
+        "wall-1",
+        "matrix-1",
+    ] {
         c.wait()
             .at_most(WAIT)
             .for_element(Locator::Css(&format!("article.card[data-id='{id}']")))
@@ -118,7 +125,77 @@ async fn console_lists_controls_and_reports_devices() {
         }
         out
     };
-    assert_eq!(rooms, ["Auditorium", "Boardroom", "Classroom 2", "Lobby"]);
+    assert_eq!(
+        rooms,
+        [
+            "Auditorium",
+            "Boardroom",
+            "Classroom 2",
+            "Control Room",
+            "Lobby"
+        ]
+    );
+    // Two device types from the profile library, shown from their schema
+    // alone: a Samsung display (power buttons, an input list, a volume
+    // number, a mute switch) and a Kramer matrix (an input number, a mute switch).
+    for (css, what) in [
+        (
+            "article[data-id='wall-1'] button[data-setting='power'][data-value='on']",
+            "wall-1 power buttons",
+        ),
+        (
+            "article[data-id='wall-1'] select[data-setting='input'] option[value='hdmi2']",
+            "wall-1 input list",
+        ),
+        (
+            "article[data-id='wall-1'] input[type='number'][data-setting='volume'][max='100']",
+            "wall-1 volume",
+        ),
+        (
+            "article[data-id='wall-1'] input[type='checkbox'][data-setting='mute']",
+            "wall-1 mute",
+        ),
+        (
+            "article[data-id='matrix-1'] input[type='number'][data-setting='input'][max='64']",
+            "matrix-1 input",
+        ),
+        (
+            "article[data-id='matrix-1'] input[type='checkbox'][data-setting='mute']",
+            "matrix-1 mute",
+        ),
+    ] {
+        c.wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+    // Power on from the card reaches the simulated display and comes back.
+    let wall_on = "article[data-id='wall-1'] button[data-setting='power'][data-value='on']";
+    c.find(Locator::Css(wall_on))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let pressed = c
+            .find(Locator::Css(wall_on))
+            .await
+            .unwrap()
+            .attr("aria-pressed")
+            .await
+            .unwrap();
+        if pressed.as_deref() == Some("true") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "wall-1 never showed power on"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     text_until(
         &c,
         "article[data-id='proj-1'] .online-badge",

@@ -27,7 +27,14 @@ async fn demo_runs_every_device_and_takes_commands() {
     let hub = hub_line.split_whitespace().last().unwrap().to_owned();
     assert!(hub_line.contains("hub (wire protocol)"), "{hub_line}");
 
-    let ids = ["proj-1", "proj-2", "proj-3", "display-1"];
+    let ids = [
+        "proj-1",
+        "proj-2",
+        "proj-3",
+        "display-1",
+        "wall-1",
+        "matrix-1",
+    ];
     let mut w = Watcher::new(&hub).await;
     w.until("every demo device online", |d| {
         ids.iter().all(|id| online(d, id))
@@ -37,7 +44,28 @@ async fn demo_runs_every_device_and_takes_commands() {
         .iter()
         .map(|id| w.devices[*id].meta_str("driver"))
         .collect();
-    assert_eq!(drivers, ["pjlink", "pjlink", "escvp21", "line"]);
+    assert_eq!(
+        drivers,
+        ["pjlink", "pjlink", "escvp21", "line", "line", "line"]
+    );
+    // The library's display and switcher, simulated from their profiles.
+    let (ok, out, err) = cli(
+        &hub,
+        &["set", "wall-1", "power=on", "input=hdmi2", "volume=30"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().eq(["volume", "30"])),
+        "{out}"
+    );
+    let (ok, out, err) = cli(&hub, &["set", "matrix-1", "input=3"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.lines().any(|l| l.split_whitespace().eq(["input", "3"])),
+        "{out}"
+    );
 
     let (ok, out, err) = cli(&hub, &["set", "display-1", "power=on", "input=hdmi2"]).await;
     assert!(ok, "{err}");

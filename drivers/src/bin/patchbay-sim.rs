@@ -56,6 +56,23 @@ enum Protocol {
         #[command(flatten)]
         common: Common,
     },
+    /// A device simulated from a profile: a library name (`samsung-mdc`) or a file.
+    Profile {
+        /// The profile.
+        profile: String,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// A profile variable, `name=value` (repeatable), e.g. `--var id=02`.
+        #[arg(long = "var", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
+    },
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}`: give name=value"))
 }
 
 #[derive(Args)]
@@ -109,6 +126,14 @@ async fn run() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let mut pty = None;
+    if let Protocol::Profile {
+        profile,
+        listen,
+        vars,
+    } = &cli.protocol
+    {
+        return run_profile(profile, *listen, vars).await;
+    }
     let sim = match cli.protocol {
         Protocol::Pjlink {
             listen,
@@ -160,6 +185,7 @@ async fn run() -> anyhow::Result<()> {
             }
             sim
         }
+        Protocol::Profile { .. } => unreachable!("handled above"),
     };
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
@@ -180,4 +206,44 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Serves a device simulated from a profile until Ctrl-C; `state` on stdin prints its values.
+async fn run_profile(
+    name: &str,
+    listen: SocketAddr,
+    vars: &[(String, String)],
+) -> anyhow::Result<()> {
+    use patchbay_drivers::line::{sim, LineProfile};
+    let path = std::path::Path::new(name);
+    let profile = if path.extension().is_some() || path.components().count() > 1 {
+        LineProfile::load(path)?
+    } else {
+        patchbay_drivers::library::get(name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no profile `{name}` in the library (patchbay-agent profiles lists them)"
+            )
+        })??
+    };
+    let vars = vars.iter().cloned().collect();
+    let sim = std::sync::Arc::new(sim::Simulator::new(&profile, &vars)?);
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    println!("{name} simulator listening on {}", listener.local_addr()?);
+    tokio::spawn(sim::serve(listener, sim.clone()));
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            line = stdin.next_line(), if stdin_open => match line {
+                Ok(Some(line)) => match line.trim() {
+                    "state" => println!("{}", serde_json::to_string(&sim.state())?),
+                    other => println!("error: unknown command `{other}` (state)"),
+                },
+                _ => stdin_open = false,
+            },
+        }
+    }
 }

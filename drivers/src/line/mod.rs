@@ -11,6 +11,7 @@
 
 pub mod checksum;
 pub mod frame;
+pub mod sim;
 pub mod template;
 
 use std::collections::BTreeMap;
@@ -75,6 +76,9 @@ pub struct SettingProfile {
     pub timeout_ms: Option<u64>,
     /// Lines the reply spans (text), matched joined by `\n` (default 1).
     pub reply_lines: Option<usize>,
+    /// For the simulator of a text profile: the answer it sends to a query
+    /// or a set (`{value}` and variables replaced).
+    pub sim_reply: Option<String>,
 }
 
 /// A reply the device sends by itself.

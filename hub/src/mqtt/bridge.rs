@@ -580,20 +580,47 @@ pub async fn run(hub: Arc<Hub>, cfg: MqttConfig, mut shutdown: watch::Receiver<b
             }
         };
         let (mq, mut eventloop) = AsyncClient::new(options, 1024);
+        // Publish acknowledgements from the broker, counted for the goodbye.
+        let acks = Arc::new((
+            std::sync::atomic::AtomicU64::new(0),
+            tokio::sync::Notify::new(),
+        ));
+        let broker_acks = acks.clone();
         let (tx, mut rx) = mpsc::channel(1024);
         let broker = tokio::spawn(
             async move {
                 let mut backoff = Duration::from_millis(200);
+                let mut said_goodbye = false;
                 loop {
                     let sent = match eventloop.poll().await {
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
                             backoff = Duration::from_millis(200);
                             tx.send(FromBroker::Connected).await
                         }
+                        // During the goodbye nobody reads these (the broker echoes
+                        // the clears back): keep polling until the DISCONNECT is out.
                         Ok(Event::Incoming(Packet::Publish(p))) => {
-                            tx.send(FromBroker::Publish(p.topic, p.payload, p.retain))
-                                .await
+                            let _ = tx
+                                .send(FromBroker::Publish(p.topic, p.payload, p.retain))
+                                .await;
+                            Ok(())
                         }
+                        Ok(Event::Incoming(Packet::PubAck(_))) => {
+                            broker_acks
+                                .0
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            broker_acks.1.notify_waiters();
+                            Ok(())
+                        }
+                        // The goodbye is out (rumqttc flushes a packet before
+                        // reporting it); the broker closing the connection then
+                        // says it took everything before it, so a bridge that
+                        // replaces this one (same client id) cannot overtake it.
+                        Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                            said_goodbye = true;
+                            Ok(())
+                        }
+                        Err(_) if said_goodbye => return,
                         Ok(_) => Ok(()),
                         Err(e) => {
                             let sent = tx.send(FromBroker::Lost(e.to_string())).await;
@@ -681,6 +708,14 @@ pub async fn run(hub: Arc<Hub>, cfg: MqttConfig, mut shutdown: watch::Receiver<b
             }
         }
         hub.set_mqtt_status(None);
+        // News the loop did not get to (a connection made just now) counts.
+        while let Ok(e) = rx.try_recv() {
+            match e {
+                FromBroker::Connected => b.connected = true,
+                FromBroker::Lost(_) => b.connected = false,
+                FromBroker::Publish(..) => {}
+            }
+        }
         // Say goodbye properly: the will is for when this cannot happen.
         if b.connected {
             // A reload that removed the bridge, or moved what it published
@@ -688,11 +723,21 @@ pub async fn run(hub: Arc<Hub>, cfg: MqttConfig, mut shutdown: watch::Receiver<b
             // off this broker; a hub that stops leaves it, marked offline.
             let left = withdrawn(&cfg, hub.config().mqtt.as_ref());
             let clear = b.topics_to_clear(left);
+            tracing::debug!(topics = clear.len(), ?left, "saying goodbye to the broker");
             // Within the time a reload waits for the old bridge to stop.
             let goodbye = if clear.is_empty() { 1 } else { 4 };
             let _ = tokio::time::timeout(Duration::from_secs(goodbye), async {
+                // Every clear acknowledged before the DISCONNECT, so none is lost with the connection.
+                let want = acks.0.load(std::sync::atomic::Ordering::Relaxed) + clear.len() as u64;
                 for topic in clear {
                     let _ = mq.publish(topic, QoS::AtLeastOnce, true, Vec::new()).await;
+                }
+                loop {
+                    let acked = acks.1.notified();
+                    if acks.0.load(std::sync::atomic::Ordering::Relaxed) >= want {
+                        break;
+                    }
+                    acked.await;
                 }
                 if !left.retained {
                     let _ = mq
@@ -702,9 +747,15 @@ pub async fn run(hub: Arc<Hub>, cfg: MqttConfig, mut shutdown: watch::Receiver<b
                 let _ = mq.disconnect().await;
             })
             .await;
-            // Let the event loop send them; it ends when it can no longer report.
+            // Let the event loop send them; it ends once the DISCONNECT is out.
             drop(rx);
-            let _ = tokio::time::timeout(Duration::from_secs(1), broker).await;
+            let mut broker = broker;
+            if tokio::time::timeout(Duration::from_secs(2), &mut broker)
+                .await
+                .is_err()
+            {
+                broker.abort();
+            }
         } else {
             broker.abort();
         }

@@ -1,0 +1,60 @@
+//! A device from the profile library end to end: `patchbay-sim profile`
+//! plays it, an agent names it by its library name with its variables, and
+//! the CLI drives it through the hub.
+
+use patchbay_tests::{agent, cli, hub, online, temp_file, Proc, Watcher};
+
+#[tokio::test]
+async fn a_library_profile_device_runs_through_agent_hub_and_cli() {
+    let hub = hub().await;
+    let mut sim = Proc::start(
+        "patchbay-sim",
+        &[
+            "profile",
+            "samsung-mdc",
+            "--listen",
+            "127.0.0.1:0",
+            "--var",
+            "id=02",
+        ],
+    )
+    .await;
+    assert!(
+        sim.first_line
+            .starts_with("samsung-mdc simulator listening on"),
+        "{}",
+        sim.first_line
+    );
+    let cfg = temp_file(
+        "library-agent.toml",
+        &format!(
+            "hub = \"{}\"\nname = \"library-agent\"\nreconnect_max_ms = 300\n\n[[device]]\nid = \"wall-2\"\nname = \"Wall\"\nlocation = \"Hall\"\ndriver = \"line\"\ntcp = \"{}\"\nprofile = \"samsung-mdc\"\nvars = {{ id = \"02\" }}\npoll_ms = 300\n",
+            hub.addr(),
+            sim.addr()
+        ),
+    );
+    let _agent = agent(&cfg);
+    let mut w = Watcher::new(&hub.addr()).await;
+    w.until("wall-2 online", |d| online(d, "wall-2")).await;
+    assert_eq!(w.devices["wall-2"].meta_str("manufacturer"), "Samsung");
+
+    let (ok, out, err) = cli(&hub.addr(), &["set", "wall-2", "power=on", "input=hdmi2"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().eq(["input", "hdmi2"])),
+        "{out}"
+    );
+    // The simulated display (ID 02) holds MDC's code for HDMI2.
+    let state: serde_json::Value = serde_json::from_str(&sim.control("state").await).unwrap();
+    assert_eq!(state["input"], "23", "{state}");
+    assert_eq!(state["power"], "01", "{state}");
+
+    // A value the display's schema does not have is refused before it is sent.
+    let (ok, _, err) = cli(&hub.addr(), &["set", "wall-2", "input=scart"]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("invalid_value") || err.contains("scart"),
+        "{err}"
+    );
+}
