@@ -326,16 +326,8 @@ fn check_device(d: DeviceFile, base: &Path) -> Result<DeviceConfig, String> {
             }
         }
     };
-    match (d.driver, &d.password, &d.serial) {
-        (DriverKind::Line, Some(_), _) => {
-            return Err("`password` applies to the pjlink and escvp21 drivers only".into())
-        }
-        (DriverKind::Escvp21, Some(_), Some(_)) => {
-            return Err(
-                "`password` applies to ESC/VP.net over `tcp`; the serial port has none".into(),
-            )
-        }
-        _ => {}
+    if let (DriverKind::Escvp21, Some(_), Some(_)) = (d.driver, &d.password, &d.serial) {
+        return Err("`password` applies to ESC/VP.net over `tcp`; the serial port has none".into());
     }
     let sources = match (d.driver, d.sources) {
         (_, None) => None,
@@ -368,6 +360,13 @@ fn check_device(d: DeviceFile, base: &Path) -> Result<DeviceConfig, String> {
         (_, None) => None,
     };
     let vars = d.vars.unwrap_or_default();
+    if let (Some(p), Some(_)) = (&profile, &d.password) {
+        if !p.uses_var("password") {
+            return Err(
+                "`password`: the profile sends no `{password}` (in its login or commands)".into(),
+            );
+        }
+    }
     if let Some(p) = &profile {
         if let Some(k) = vars.keys().find(|k| !p.vars.contains_key(*k)) {
             let known: Vec<&str> = p.vars.keys().map(String::as_str).collect();

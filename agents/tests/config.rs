@@ -215,3 +215,27 @@ fn library_profiles_are_listed_and_named_by_devices() {
         "{err}"
     );
 }
+
+#[test]
+fn a_line_device_password_goes_to_a_profile_that_sends_it() {
+    let dir = std::env::temp_dir().join(format!("patchbay-agent-cfg-{}-pw", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("login.toml"),
+        "manufacturer = \"x\"\nmodel = \"y\"\n[[login]]\nexpect = 'Password:'\nsend = \"{password}\"\n[[setting]]\nname = \"input\"\ntype = \"text\"\nquery = \"I?\"\nreply = '^I(.*)$'\n",
+    )
+    .unwrap();
+    let pid = std::process::id().to_string();
+    let (ok, err) = check(
+        "pw-ok",
+        &"[[device]]\nid = \"sw\"\ndriver = \"line\"\ntcp = \"h:23\"\npassword = \"secret\"\nprofile = \"../patchbay-agent-cfg-PID-pw/login.toml\"\n".replace("PID", &pid),
+    );
+    assert!(ok, "{err}");
+    // A library profile that sends no password: the password is a mistake.
+    let (ok, err) = check(
+        "pw-unused",
+        "[[device]]\nid = \"sw\"\ndriver = \"line\"\ntcp = \"h:23\"\npassword = \"secret\"\nprofile = \"kramer-p3000\"\n",
+    );
+    assert!(!ok);
+    assert!(err.contains("the profile sends no `{password}`"), "{err}");
+}

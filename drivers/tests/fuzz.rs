@@ -291,8 +291,9 @@ proptest! {
         }
         for framing in [
             Framing::End(vec![0x0d]),
-            Framing::Length { start: vec![0xaa], at: 3, add: 5 },
-            Framing::Length { start: vec![], at: 4, add: 6 },
+            Framing::Length { start: vec![0xaa], at: 3, add: 5, hex2: false },
+            Framing::Length { start: vec![0x01], at: 5, add: 9, hex2: true },
+            Framing::Length { start: vec![], at: 4, add: 6, hex2: false },
             Framing::Fixed { start: b"*S".to_vec(), len: 24 },
         ] {
             let mut buf = frame.clone();

@@ -235,5 +235,80 @@ fn profile_mistakes_are_named_with_file_line_and_key() {
         &format!("{head}binary = true\nframe_end = \"0D\"\n[[setting]]\nname = \"power\"\ntype = \"enum\"\nmap = {{ on = \"01\" }}\nquery = \"AA {{sum}}\"\nreply = \"AA {{value}} 0D\"\n"),
     );
     assert!(e.contains("names no `checksum`"), "{e}");
+    // A variable the profile does not declare, in a text command.
+    let e = check(
+        "var.toml",
+        &format!("{head}[[setting]]\nname = \"power\"\ntype = \"text\"\nquery = \"ka {{idd}} ff\"\nreply = '^a (.*)$'\n"),
+    );
+    assert!(
+        e.contains("var.toml:6:") && e.contains("`idd` is not in `[vars]`"),
+        "{e}"
+    );
+    // A query that would need the value it asks for.
+    let e = check(
+        "query.toml",
+        &format!("{head}[[setting]]\nname = \"power\"\ntype = \"text\"\nquery = \"P {{value}}\"\nreply = '^P (.*)$'\n"),
+    );
+    assert!(e.contains("`query` cannot send `{value}`"), "{e}");
+    // A length without a fixed width.
+    let e = check(
+        "len.toml",
+        &format!("{head}binary = true\nframe_end = \"0D\"\n[[setting]]\nname = \"power\"\ntype = \"enum\"\nmap = {{ on = \"01\" }}\nquery = \"AA {{len:ascii}} 0D\"\nreply = \"AA {{value}} 0D\"\n"),
+    );
+    assert!(e.contains("needs a fixed width"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A one-setting text profile: `P?` answered `P=<value>`.
+fn tiny_profile() -> patchbay_drivers::line::LineProfile {
+    toml::from_str(
+        "manufacturer = \"x\"\nmodel = \"y\"\ntimeout_ms = 500\n[[notify]]\nreply = '^N=(\\d)$'\nsetting = \"power\"\n[[setting]]\nname = \"power\"\ntype = \"enum\"\nvalues = [\"0\", \"1\"]\nquery = \"P?\"\nset = \"P={value}\"\nreply = '^P=(\\d)$'\n",
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_device_that_closes_after_every_reply_is_reconnected_each_time() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 64];
+            if let Ok(n) = s.read(&mut buf).await {
+                if n > 0 {
+                    let _ = s.write_all(b"P=1\r\n").await;
+                }
+            }
+            // Closes after one reply, as some projectors do.
+        }
+    });
+    let mut d = LineDriver::new(Transport::tcp(&addr), tiny_profile()).unwrap();
+    for _ in 0..3 {
+        assert_eq!(d.poll().await.unwrap(), desired(json!({"power": "1"})));
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_notifications_cannot_hold_a_command_past_its_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf).await;
+        // Never the answer: only notifications, every 20 ms.
+        loop {
+            if s.write_all(b"N=1\r\n").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let mut d = LineDriver::new(Transport::tcp(&addr), tiny_profile()).unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(20), d.poll())
+        .await
+        .expect("the command outlived its timeout many times over")
+        .unwrap_err();
+    // The profile's timeout ends it, however much the device says meanwhile.
+    assert!(matches!(e, DriverError::Timeout { .. }), "{e:?}");
 }

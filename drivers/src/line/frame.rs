@@ -9,10 +9,12 @@ pub enum Framing {
     Length {
         /// The first bytes of every frame; anything before them is skipped.
         start: Vec<u8>,
-        /// Where the length byte is, counted from the frame's first byte.
+        /// Where the length is, counted from the frame's first byte.
         at: usize,
-        /// Added to the length byte to give the whole frame's size.
+        /// Added to the length to give the whole frame's size.
         add: usize,
+        /// The length as two ASCII hex digits (NEC displays) instead of one byte.
+        hex2: bool,
     },
     /// Frames begin with `start` and are `len` bytes long.
     Fixed {
@@ -40,11 +42,31 @@ impl Framing {
                 Some(at) => Cut::Frame(buf.drain(..at + end.len()).collect()),
                 None => Cut::More,
             },
-            Framing::Length { start, at, add } => {
-                if !resync(buf, start) || buf.len() <= *at {
+            Framing::Length {
+                start,
+                at,
+                add,
+                hex2,
+            } => {
+                let width = if *hex2 { 2 } else { 1 };
+                if !resync(buf, start) || buf.len() < at + width {
                     return Cut::More;
                 }
-                let len = usize::from(buf[*at]) + add;
+                let len = if *hex2 {
+                    let digits = std::str::from_utf8(&buf[*at..at + 2])
+                        .ok()
+                        .and_then(|d| usize::from_str_radix(d, 16).ok());
+                    match digits {
+                        Some(n) => n + add,
+                        None => {
+                            // Not a frame after all: look for the next start.
+                            buf.drain(..start.len().max(1));
+                            return Cut::More;
+                        }
+                    }
+                } else {
+                    usize::from(buf[*at]) + add
+                };
                 if len == 0 {
                     buf.drain(..start.len().max(1));
                     return Cut::More;
@@ -102,6 +124,7 @@ mod tests {
             start: vec![0xaa],
             at: 3,
             add: 5,
+            hex2: false,
         };
         let mut buf = vec![0x00, 0x13, 0xaa, 0xff, 0x01, 0x03, 0x41, 0x11];
         assert_eq!(f.cut(&mut buf), Cut::More);
@@ -112,6 +135,19 @@ mod tests {
             Cut::Frame(vec![0xaa, 0xff, 0x01, 0x03, 0x41, 0x11, 0x01, 0x56])
         );
         assert_eq!(buf, vec![0xaa]);
+        // NEC displays: the length as two hex digits; a BCC of 0D does not end the frame.
+        let nec = Framing::Length {
+            start: vec![0x01],
+            at: 5,
+            add: 9,
+            hex2: true,
+        };
+        let mut buf = b"\x0100A".to_vec();
+        buf.extend(b"B04\x02BE\x03\x0D\x0D");
+        assert_eq!(
+            nec.cut(&mut buf),
+            Cut::Frame(b"\x0100AB04\x02BE\x03\x0D\x0D".to_vec())
+        );
     }
 
     #[test]

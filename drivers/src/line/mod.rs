@@ -175,6 +175,8 @@ pub struct LineProfile {
     pub frame_length_at: Option<usize>,
     /// Binary: added to the length byte to give the whole frame's size.
     pub frame_length_add: Option<usize>,
+    /// Binary: `hex2` when the length is two ASCII hex digits (default: one byte).
+    pub frame_length_format: Option<String>,
     /// Binary: every reply frame's size.
     pub frame_size: Option<usize>,
     /// The checksum `{sum}` stands for.
@@ -315,6 +317,18 @@ impl LineProfile {
         Self::parse(&text, &path.display().to_string())
     }
 
+    /// Whether a login step or command names the variable `{name}`.
+    pub fn uses_var(&self, name: &str) -> bool {
+        let needle = format!("{{{name}");
+        let commands = self
+            .settings
+            .iter()
+            .flat_map(|s| [&s.query, &s.set])
+            .flatten();
+        let login = self.login.iter().filter_map(|l| l.send.as_ref());
+        commands.chain(login).any(|t| t.get_ref().contains(&needle))
+    }
+
     /// Parses and checks profile text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<LineProfile, DriverError> {
         let profile: LineProfile = toml::from_str(text).map_err(|e| {
@@ -326,13 +340,26 @@ impl LineProfile {
                 None => format!("{file}: {}", e.message()),
             })
         })?;
-        compile(&profile).map_err(|e| DriverError::Config(e.locate(file, text)))?;
+        compile(&profile, &profile.vars).map_err(|e| DriverError::Config(e.locate(file, text)))?;
         Ok(profile)
     }
 }
 
-fn regex(s: &Spanned<String>, what: &str) -> Result<Regex, ProfileError> {
-    Regex::new(s.get_ref()).map_err(|e| {
+/// A reply pattern with the device's variables put in (`{id}` → its value, escaped).
+fn put_vars(pattern: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = pattern.to_owned();
+    for (name, value) in vars {
+        out = out.replace(&format!("{{{name}}}"), &regex::escape(value));
+    }
+    out
+}
+
+fn regex(
+    s: &Spanned<String>,
+    what: &str,
+    vars: &BTreeMap<String, String>,
+) -> Result<Regex, ProfileError> {
+    Regex::new(&put_vars(s.get_ref(), vars)).map_err(|e| {
         ProfileError::at(
             Some(s.span()),
             format!(
@@ -348,11 +375,16 @@ fn template(s: &Spanned<String>, what: &str) -> Result<Template, ProfileError> {
         .map_err(|e| ProfileError::at(Some(s.span()), format!("{what}: {e}")))
 }
 
-fn matcher(binary: bool, s: &Spanned<String>, what: &str) -> Result<Matcher, ProfileError> {
+fn matcher(
+    binary: bool,
+    s: &Spanned<String>,
+    what: &str,
+    vars: &BTreeMap<String, String>,
+) -> Result<Matcher, ProfileError> {
     Ok(if binary {
         Matcher::Frame(template(s, what)?)
     } else {
-        Matcher::Regex(regex(s, what)?)
+        Matcher::Regex(regex(s, what, vars)?)
     })
 }
 
@@ -374,7 +406,7 @@ fn hex_field(v: &Option<String>, key: &str) -> Result<Option<Vec<u8>>, ProfileEr
         .transpose()
 }
 
-fn compile(p: &LineProfile) -> Result<Compiled, ProfileError> {
+fn compile(p: &LineProfile, vars: &BTreeMap<String, String>) -> Result<Compiled, ProfileError> {
     let plain = |m: String| ProfileError::at(None, m);
     let framing = if p.binary {
         let start = hex_field(&p.frame_start, "frame_start")?.unwrap_or_default();
@@ -385,10 +417,19 @@ fn compile(p: &LineProfile) -> Result<Compiled, ProfileError> {
                 p.frame_size,
             ) {
                 (Some(end), None, None) if !end.is_empty() => Framing::End(end),
-                (None, Some(at), None) => Framing::Length {
+                                (None, Some(at), None) => Framing::Length {
                     start,
                     at,
                     add: p.frame_length_add.unwrap_or(0),
+                    hex2: match p.frame_length_format.as_deref() {
+                        None | Some("u8") => false,
+                        Some("hex2") => true,
+                        Some(other) => {
+                            return Err(plain(format!(
+                                "`frame_length_format` is u8 or hex2, not {other:?}"
+                            )))
+                        }
+                    },
                 },
                 (None, None, Some(len)) if len > 0 => Framing::Fixed { start, len },
                 _ => {
@@ -459,7 +500,8 @@ fn compile(p: &LineProfile) -> Result<Compiled, ProfileError> {
         if s.query.is_none() && s.set.is_none() {
             return Err(bad(None, "needs `query`, `set` or both".into()));
         }
-        let reply = matcher(p.binary, &s.reply, "`reply`").map_err(|e| bad(e.span, e.message))?;
+        let reply =
+            matcher(p.binary, &s.reply, "`reply`", vars).map_err(|e| bad(e.span, e.message))?;
         if let (Matcher::Regex(r), Some(_)) = (&reply, &s.query) {
             if r.captures_len() < 2 {
                 return Err(bad(
@@ -471,7 +513,7 @@ fn compile(p: &LineProfile) -> Result<Compiled, ProfileError> {
         let set_reply = s
             .set_reply
             .as_ref()
-            .map(|r| matcher(p.binary, r, "`set_reply`"))
+            .map(|r| matcher(p.binary, r, "`set_reply`", vars))
             .transpose()
             .map_err(|e| bad(e.span, e.message))?;
         let query = s
@@ -514,14 +556,33 @@ fn compile(p: &LineProfile) -> Result<Compiled, ProfileError> {
             (s.query.as_ref().map(Spanned::span), query.as_ref()),
             (s.set.as_ref().map(Spanned::span), set.as_ref()),
         ] {
-            if let Some(Command::Frame(t)) = t {
-                if let Some(v) = t
-                    .vars()
-                    .find(|v| !p.vars.contains_key(*v) && *v != "password")
-                {
-                    return Err(bad(span, format!("`{v}` is not in `[vars]`")));
-                }
+            let names: Vec<String> = match t {
+                Some(Command::Frame(t)) => t.vars().map(str::to_owned).collect(),
+                Some(Command::Text(t)) => text_vars(t),
+                None => Vec::new(),
+            };
+            if let Some(v) = names
+                .iter()
+                .find(|v| !p.vars.contains_key(*v) && *v != "password")
+            {
+                return Err(bad(span, format!("`{v}` is not in `[vars]`")));
             }
+        }
+        if let Some(q) = &s.query {
+            if q.get_ref().contains("{value") {
+                return Err(bad(
+                    Some(q.span()),
+                    "`query` cannot send `{value}`: it asks for it".into(),
+                ));
+            }
+        }
+        if let (Some(min), Some(max)) = (s.min, s.max) {
+            if min > max {
+                return Err(bad(None, format!("`min` ({min}) is above `max` ({max})")));
+            }
+        }
+        if s.timeout_ms == Some(0) {
+            return Err(bad(None, "`timeout_ms` must be greater than 0".into()));
         }
         settings.push(CompiledSetting {
             profile: s.clone(),
@@ -535,6 +596,9 @@ fn compile(p: &LineProfile) -> Result<Compiled, ProfileError> {
     if settings.is_empty() {
         return Err(plain("a profile needs at least one [[setting]]".into()));
     }
+    if p.timeout_ms == 0 {
+        return Err(plain("`timeout_ms` must be greater than 0".into()));
+    }
     let mut errors = Vec::new();
     for (i, e) in p.error_reply.iter().chain(&p.error_replies).enumerate() {
         let what = if p.error_reply.is_some() && i == 0 {
@@ -545,12 +609,12 @@ fn compile(p: &LineProfile) -> Result<Compiled, ProfileError> {
                 i - usize::from(p.error_reply.is_some())
             )
         };
-        errors.push(matcher(p.binary, e, &what)?);
+        errors.push(matcher(p.binary, e, &what, vars)?);
     }
     let mut notify = Vec::new();
     for (i, n) in p.notify.iter().enumerate() {
         let what = format!("notify[{i}]");
-        let reply = matcher(p.binary, &n.reply, &format!("{what} `reply`"))?;
+        let reply = matcher(p.binary, &n.reply, &format!("{what} `reply`"), vars)?;
         let setting = match &n.setting {
             Some(name) => Some(
                 settings
@@ -595,7 +659,7 @@ fn compile(p: &LineProfile) -> Result<Compiled, ProfileError> {
         let expect = step
             .expect
             .as_ref()
-            .map(|e| regex(e, &format!("login[{i}] `expect`")))
+            .map(|e| regex(e, &format!("login[{i}] `expect`"), vars))
             .transpose()?;
         let send = step
             .send
@@ -638,6 +702,24 @@ fn compile(p: &LineProfile) -> Result<Compiled, ProfileError> {
             checksum_from: p.checksum_from,
         },
     })
+}
+
+/// The variables a text template names (every `{name}` but `{value}`).
+fn text_vars(t: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        let inner = &rest[open + 1..open + close];
+        let name = inner.split(':').next().unwrap_or_default().trim();
+        if name != "value" {
+            out.push(name.to_owned());
+        }
+        rest = &rest[open + close + 1..];
+    }
+    out
 }
 
 /// Checks the `{...}` placeholders of a text template.
@@ -825,7 +907,7 @@ impl LineDriver {
 
     /// A driver for `profile` at `transport`; fails on an unusable profile, naming the setting.
     pub fn new(transport: Transport, profile: LineProfile) -> Result<Self, DriverError> {
-        let c = compile(&profile).map_err(|e| DriverError::Config(e.message))?;
+        let c = compile(&profile, &profile.vars).map_err(|e| DriverError::Config(e.message))?;
         Ok(LineDriver {
             transport,
             vars: profile.vars.clone(),
@@ -843,6 +925,10 @@ impl LineDriver {
     pub fn with_vars(mut self, vars: &BTreeMap<String, String>) -> Self {
         self.vars
             .extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+        // Reply patterns name variables too (`^a {id} OK...`): put this device's in.
+        if let Ok(c) = compile(&self.c.profile, &self.vars) {
+            self.c = Arc::new(c);
+        }
         self
     }
 
@@ -1018,10 +1104,20 @@ impl LineDriver {
         let (bytes, shown) = self.render(cmd, value)?;
         let name = self.c.settings[idx].profile.name.clone();
         self.pace(&name).await;
+        let reused = self.io.is_some();
         self.connect().await?;
-        let result = self
+        let mut result = self
             .exchange_connected(idx, &bytes, &shown, setting_reply)
             .await;
+        // A device that closes its connection after each reply (or after
+        // being idle): once more on a fresh connection.
+        if reused && matches!(result, Err(DriverError::Closed)) {
+            self.io = None;
+            self.connect().await?;
+            result = self
+                .exchange_connected(idx, &bytes, &shown, setting_reply)
+                .await;
+        }
         self.last = Some(Instant::now());
         if result
             .as_ref()
@@ -1054,8 +1150,21 @@ impl LineDriver {
         };
         let lines = s.profile.reply_lines.unwrap_or(1);
         let mut unexpected = Vec::new();
+        // One deadline for the whole exchange, however much else the device says meanwhile.
+        let deadline = Instant::now() + timeout;
         while unexpected.len() < MAX_UNEXPECTED {
-            let frame = self.read_reply(lines, timeout, shown).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let frame = match self.read_reply(lines, left, shown).await {
+                Ok(f) => f,
+                Err(DriverError::Timeout { .. }) if !unexpected.is_empty() => {
+                    return Err(DriverError::Protocol(format!(
+                        "no reply to `{shown}` matched the profile within {} ms; the device sent: {}",
+                        timeout.as_millis(),
+                        unexpected.join(" | ")
+                    )))
+                }
+                Err(e) => return Err(e),
+            };
             for err in &c.errors {
                 if let Outcome::Yes(code) = err.check(&frame, &self.vars, &c.rules, None) {
                     let meaning = code.as_deref().and_then(|k| {
@@ -1178,7 +1287,16 @@ impl LineDriver {
                 }
                 continue;
             }
-            let wire = self.exchange(idx, q, None, false).await?;
+            // A setting the device will not report now (in standby, say)
+            // has no value this time; the others are still read.
+            let wire = match self.exchange(idx, q, None, false).await {
+                Ok(w) => w,
+                Err(DriverError::Busy { why, sent }) => {
+                    tracing::debug!(setting = %name, "not read: {why} {sent:?}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let v = wire
                 .map(|w| s.decode(&w, c.profile.binary, s.map(false)))
                 .unwrap_or(Value::Null);

@@ -65,9 +65,9 @@ impl Simulator {
         profile: &LineProfile,
         vars: &BTreeMap<String, String>,
     ) -> Result<Self, DriverError> {
-        let c = compile(profile).map_err(|e| DriverError::Config(e.message))?;
         let mut all = profile.vars.clone();
         all.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let c = compile(profile, &all).map_err(|e| DriverError::Config(e.message))?;
         if !c.login.is_empty() {
             return Err(DriverError::Config(
                 "profiles with a login cannot be simulated".into(),

@@ -232,8 +232,19 @@ impl Template {
                 let format = |default| fmt.map(Format::parse).unwrap_or(Ok(default));
                 parts.push(match name {
                     "value" => Part::Value(format(Format::Hex)?),
-                    "len" => Part::Len(format(Format::U8)?),
-                    "sum" => Part::Sum(format(Format::U8)?),
+                                        "len" | "sum" => {
+                        let f = format(Format::U8)?;
+                        if f.width().is_none() {
+                            return Err(format!(
+                                "`{{{inner}}}`: a length or checksum needs a fixed width (u8, u16be, u16le, hexN, decN)"
+                            ));
+                        }
+                        if name == "len" {
+                            Part::Len(f)
+                        } else {
+                            Part::Sum(f)
+                        }
+                    }
                     "any" => Part::Any(match fmt {
                         Some(n) => n
                             .parse::<usize>()
