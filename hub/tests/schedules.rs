@@ -205,3 +205,151 @@ fn wrong_schedules_are_refused_naming_the_schedule() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_schedule_defined_while_the_scheduler_runs_fires_on_time() {
+    let hub = Hub::new(config("[groups.all]\npattern = \"dev/+\"\n"));
+    common::wire_only(&hub).await;
+    let clock = Arc::new(Mutex::new(at("2026-11-25T21:59:59.500Z")));
+    let now = {
+        let clock = clock.clone();
+        move || *clock.lock().unwrap()
+    };
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(schedules::run(hub.clone(), stopped, now));
+    // Defined as PUT /api/schedules/late does it, after the scheduler started.
+    let spec = json!({"cron": "0 22 * * *", "group": "all", "set": {"power": "off"}});
+    let raw = serde_json::value::RawValue::from_string(spec.to_string()).unwrap();
+    hub.publish_as_hub("hub/schedules/late/spec", &raw, true);
+    hub.automation_link().schedules_changed();
+    let first = state_until(&hub, "late", "the scheduler takes it up", |_| true).await;
+    assert_eq!(first.last_run, None);
+    *clock.lock().unwrap() = at("2026-11-25T22:00:00.200Z");
+    let s = state_until(&hub, "late", "the run", |s| s.last_run.is_some()).await;
+    assert_eq!(
+        s.last_run,
+        Some(at("2026-11-25T22:00:00Z").timestamp_millis() as u64)
+    );
+    assert_eq!(s.missed_total, 0);
+}
+
+#[tokio::test]
+async fn schedules_are_defined_and_deleted_through_the_api_by_admins() {
+    let hub = hub_with(config(
+        r#"
+[[tokens]]
+name = "ops"
+token = "operator-secret"
+role = "operator"
+[[tokens]]
+name = "boss"
+token = "admin-secret"
+role = "admin"
+[groups.all]
+pattern = "dev/+"
+[scenes.pause]
+[[scenes.pause.steps]]
+delay_ms = 1
+[schedules.nightly]
+cron = "0 22 * * *"
+scene = "pause"
+"#,
+    ))
+    .await;
+    let base = format!("http://{}/api/schedules", hub.http_addr);
+    let http = reqwest::Client::new();
+    let put = |name: &str, token: &str, body: Value| {
+        http.put(format!("{base}/{name}"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let refused = |body: Value| async {
+        let r = put("x", "admin-secret", body).await.unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::BAD_REQUEST);
+        let e: Value = r.json().await.unwrap();
+        e["error"]["message"].as_str().unwrap().to_owned()
+    };
+    let e = refused(json!({"cron": "0 25 * * *", "scene": "pause"})).await;
+    assert!(e.contains("`cron`: `0 25 * * *` does not parse"), "{e}");
+    let e =
+        refused(json!({"cron": "0 22 * * *", "timezone": "Mars/Olympus", "scene": "pause"})).await;
+    assert!(e.contains("`Mars/Olympus` is not an IANA time zone"), "{e}");
+    let e = refused(json!({"cron": "0 22 * * *", "scene": "nope"})).await;
+    assert!(e.contains("no scene `nope`"), "{e}");
+    let e = refused(json!({"cron": "0 22 * * *", "group": "nope", "set": {"power": "off"}})).await;
+    assert!(e.contains("no group `nope`"), "{e}");
+    let e =
+        refused(json!({"cron": "0 22 * * *", "room": "Nowhere", "set": {"power": "off"}})).await;
+    assert!(e.contains("no room `Nowhere`"), "{e}");
+    let e = refused(json!({"cron": "0 22 * * *", "scene": "pause", "colour": "red"})).await;
+    assert!(e.contains("unknown field `colour`"), "{e}");
+
+    let tick = json!({"cron": "* * * * * *", "scene": "pause", "label": "every second"});
+    let r = put("tick", "operator-secret", tick.clone()).await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::FORBIDDEN);
+    let r = put("nightly", "admin-secret", tick.clone()).await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::CONFLICT, "config wins");
+    let r = put("tick", "admin-secret", tick.clone()).await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let made: Value = r.json().await.unwrap();
+    assert_eq!(made["origin"], "api");
+    assert_eq!(made["next_ms"].as_array().unwrap().len(), 3);
+
+    // It runs, on the hub's own clock, and is listed beside the config's.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let listed = loop {
+        let list: Value = http
+            .get(&base)
+            .bearer_auth("operator-secret")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let tick = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "tick")
+            .cloned()
+            .unwrap();
+        if tick["state"]["last_run"].is_u64() {
+            break list;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "tick never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let names: Vec<(&str, &str)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["origin"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, [("nightly", "config"), ("tick", "api")]);
+
+    let del = |name: &str, token: &str| {
+        http.delete(format!("{base}/{name}"))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(
+        del("tick", "operator-secret").await.unwrap().status(),
+        reqwest::StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        del("nightly", "admin-secret").await.unwrap().status(),
+        reqwest::StatusCode::CONFLICT
+    );
+    assert_eq!(
+        del("tick", "admin-secret").await.unwrap().status(),
+        reqwest::StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        del("tick", "admin-secret").await.unwrap().status(),
+        reqwest::StatusCode::NOT_FOUND
+    );
+    assert!(schedules::find(&hub.hub, "tick").is_none());
+    hub.stop().await;
+}

@@ -37,6 +37,8 @@ pub struct Link {
     /// With `[tls]`: trusts exactly the hub's own certificate.
     tls: OnceLock<Arc<patchbay_client::tls::ClientConfig>>,
     bus: tokio::sync::Mutex<Option<Arc<Bus>>>,
+    /// Rung when a schedule is defined or deleted through the API.
+    schedules_changed: tokio::sync::Notify,
 }
 
 impl Default for Link {
@@ -56,7 +58,19 @@ impl Link {
             addr: OnceLock::new(),
             tls: OnceLock::new(),
             bus: tokio::sync::Mutex::new(None),
+            schedules_changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Tells the scheduler that schedules were defined or deleted.
+    pub fn schedules_changed(&self) {
+        self.schedules_changed.notify_one();
+    }
+
+    /// Waits until schedules are defined or deleted (a change made before
+    /// the wait began is not lost).
+    pub async fn schedule_change(&self) {
+        self.schedules_changed.notified().await
     }
 
     /// Whether `token` is automation's own (compared in constant time).

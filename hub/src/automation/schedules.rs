@@ -2,6 +2,10 @@
 //! room command. A run whose time passed while the hub was down (or asleep
 //! for longer than [`TOLERANCE`]) is reported as missed, never run late.
 //!
+//! Schedules come from the hub config or the API (retained at
+//! `hub/schedules/<name>/spec`, see [`super::definitions`]); the scheduler
+//! follows API changes as they happen.
+//!
 //! Each schedule's state (the time up to which it has been looked at, its
 //! last run, the runs it missed) is a retained message,
 //! `hub/schedules/<name>/state`, kept across restarts by the journal; that
@@ -19,6 +23,7 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use super::bus::Bus;
+use super::definitions::{self, Origin as Defined};
 use super::groups::{self, GroupSpec};
 use crate::journal::Who;
 use crate::server::{Hub, Origin};
@@ -65,6 +70,33 @@ pub struct Schedule {
 
 fn utc() -> String {
     "UTC".into()
+}
+
+/// A schedule by name: the config's, else one defined through the API.
+pub fn find(hub: &Hub, name: &str) -> Option<(Defined, Schedule)> {
+    definitions::find(hub, &hub.config().schedules, SCHEDULES_PREFIX, name)
+}
+
+/// Every schedule, from the config and the API, in name order within each.
+pub fn all(hub: &Hub) -> Vec<(String, Defined, Schedule)> {
+    definitions::all(hub, &hub.config().schedules, SCHEDULES_PREFIX)
+}
+
+/// Refuses a schedule that does not parse or names a scene, group or room
+/// the hub does not know now (for schedules defined through the API).
+pub fn check_known(hub: &Hub, s: &Schedule) -> Result<(), String> {
+    let known_scene = |n: &str| super::scenes::find(hub, n).is_some();
+    let known_group = |n: &str| groups::find(hub, n).is_some();
+    s.check(&known_scene, &known_group)?;
+    if let Some(room) = &s.room {
+        if !groups::all_devices(hub)
+            .iter()
+            .any(|d| d.meta_str("location") == room)
+        {
+            return Err(format!("no room `{room}`"));
+        }
+    }
+    Ok(())
 }
 
 /// Parses a cron expression as schedules take it.
@@ -293,29 +325,34 @@ async fn fire(hub: &Arc<Hub>, name: &str, s: &Schedule, due_ms: u64) -> String {
     )
 }
 
+type Parsed = BTreeMap<String, (Schedule, Cron, chrono_tz::Tz)>;
+
+/// The schedules as they are defined now, parsed (one that does not parse
+/// was refused when it was defined; it is left out).
+fn current(hub: &Hub) -> Parsed {
+    all(hub)
+        .into_iter()
+        .filter_map(|(n, _, s)| {
+            let cron = parse_cron(&s.cron).ok()?;
+            let zone = parse_zone(&s.timezone).ok()?;
+            Some((n, (s, cron, zone)))
+        })
+        .collect()
+}
+
 /// Runs the schedules until `shutdown` turns true; `now` is the clock.
+/// Schedules defined or deleted through the API take effect at once.
 pub async fn run(
     hub: Arc<Hub>,
     mut shutdown: watch::Receiver<bool>,
     now: impl Fn() -> DateTime<Utc> + Send + 'static,
 ) {
-    let schedules: BTreeMap<String, (Schedule, Cron, chrono_tz::Tz)> = hub
-        .config()
-        .schedules
-        .iter()
-        .filter_map(|(n, s)| {
-            Some((
-                n.clone(),
-                (
-                    s.clone(),
-                    parse_cron(&s.cron).ok()?,
-                    parse_zone(&s.timezone).ok()?,
-                ),
-            ))
-        })
-        .collect();
-    if schedules.is_empty() {
-        return;
+    // Nothing to run: no connection until a schedule is defined.
+    while current(&hub).is_empty() {
+        tokio::select! {
+            _ = hub.automation_link().schedule_change() => {}
+            _ = shutdown.changed() => return,
+        }
     }
     let Some(bus) = hub
         .automation_link()
@@ -325,19 +362,21 @@ pub async fn run(
         return;
     };
     let mut saved = saved_states(&bus).await;
-    let start = now();
-    let mut states: BTreeMap<String, ScheduleState> = schedules
-        .keys()
-        .map(|n| {
-            let s = saved.remove(n).unwrap_or(ScheduleState {
-                checked_until: ms(start),
-                ..ScheduleState::default()
-            });
-            (n.clone(), s)
-        })
-        .collect();
+    let mut states: BTreeMap<String, ScheduleState> = BTreeMap::new();
     loop {
+        let schedules = current(&hub);
         let t = now();
+        // A schedule new to this run starts from its saved state, else from now.
+        states.retain(|n, _| schedules.contains_key(n));
+        for n in schedules.keys() {
+            if !states.contains_key(n) {
+                let s = saved.remove(n).unwrap_or(ScheduleState {
+                    checked_until: ms(t),
+                    ..ScheduleState::default()
+                });
+                states.insert(n.clone(), s);
+            }
+        }
         for (name, (s, cron, zone)) in &schedules {
             let state = states.get_mut(name).expect("one per schedule");
             let after = Utc
@@ -386,6 +425,7 @@ pub async fn run(
             .min(MAX_SLEEP);
         tokio::select! {
             _ = tokio::time::sleep(wait + Duration::from_millis(5)) => {}
+            _ = hub.automation_link().schedule_change() => {}
             _ = shutdown.changed() => return,
         }
     }

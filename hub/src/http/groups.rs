@@ -13,19 +13,24 @@ use axum::Json;
 use serde_json::Value;
 
 use super::auth::Caller;
+use super::definitions::{self, Asker, Kind};
 use super::devices::{correlation_id, PatchQuery};
 use super::error::{ApiError, ErrorResponse};
 use super::AppState;
 use crate::automation::fanout::{self, GroupOutcome};
-use crate::automation::groups::{self, GroupInfo, GroupSpec, Origin as Defined, RoomInfo};
+use crate::automation::groups::{self, GroupInfo, GroupSpec, RoomInfo};
 use crate::server::{now_ms, Origin};
 
+/// Groups, as definitions.
+const GROUP: Kind = Kind {
+    noun: "group",
+    prefix: groups::GROUPS_PREFIX,
+    defined: "group_defined",
+    deleted: "group_deleted",
+};
+
 fn unknown_group(name: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no group `{}`", groups::shown(name)),
-    )
+    definitions::unknown(&GROUP, name)
 }
 
 /// Every room (devices sharing a `location`), with its devices.
@@ -58,19 +63,6 @@ pub async fn show(
         .ok_or_else(|| unknown_group(&name))
 }
 
-fn audit(
-    st: &AppState,
-    caller: &Caller,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    kind: &'static str,
-    subject: &str,
-    detail: String,
-) {
-    st.hub
-        .audit(kind, caller.who(peer, headers), subject.to_owned(), detail);
-}
-
 /// Defines (or redefines) a group made through the API. Needs the `admin` role.
 #[utoipa::path(put, path = "/api/groups/{name}", tag = "venue",
     params(("name" = String, Path, description = "Group name: 1 to 64 letters, digits, `-`, `_`, `.`")),
@@ -85,31 +77,21 @@ pub async fn put(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<GroupInfo>, ApiError> {
-    caller.require_admin()?;
-    if !groups::valid_name(&name) {
-        return Err(ApiError::bad_request(format!(
-            "`{}` is not a group name: 1 to 64 letters, digits, `-`, `_` or `.`",
-            groups::shown(&name)
-        )));
-    }
-    if st.hub.config().groups.contains_key(&name) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("group `{name}` is defined in the hub's config file; change it there"),
-        ));
-    }
-    let spec: GroupSpec = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("the body is not a group: {e}")))?;
-    spec.check().map_err(ApiError::bad_request)?;
-    let text = serde_json::to_string(&spec).expect("a spec serializes");
-    let raw = serde_json::value::RawValue::from_string(text.clone()).expect("valid JSON");
-    st.hub.publish_as_hub(
-        &crate::automation::definitions::spec_tag(groups::GROUPS_PREFIX, &name),
-        &raw,
-        true,
-    );
-    audit(&st, &caller, peer, &headers, "group_defined", &name, text);
+    let asker = Asker {
+        caller: &caller,
+        peer,
+        headers: &headers,
+    };
+    let in_config = st.hub.config().groups.contains_key(&name);
+    definitions::define(
+        &st,
+        asker,
+        &GROUP,
+        &name,
+        in_config,
+        &body,
+        GroupSpec::check,
+    )?;
     show(State(st), caller, Path(name)).await
 }
 
@@ -125,33 +107,13 @@ pub async fn delete(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    caller.require_admin()?;
-    match groups::find(&st.hub, &name) {
-        None => Err(unknown_group(&name)),
-        Some((Defined::Config, _)) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("group `{name}` is defined in the hub's config file; remove it there"),
-        )),
-        Some((Defined::Api, _)) => {
-            let null = serde_json::value::RawValue::NULL;
-            st.hub.publish_as_hub(
-                &crate::automation::definitions::spec_tag(groups::GROUPS_PREFIX, &name),
-                null,
-                true,
-            );
-            audit(
-                &st,
-                &caller,
-                peer,
-                &headers,
-                "group_deleted",
-                &name,
-                String::new(),
-            );
-            Ok(StatusCode::NO_CONTENT)
-        }
-    }
+    let asker = Asker {
+        caller: &caller,
+        peer,
+        headers: &headers,
+    };
+    let found = groups::find(&st.hub, &name).map(|(o, _)| o);
+    definitions::undefine(&st, asker, &GROUP, &name, found, &[])
 }
 
 /// Sends the settings to every member of a group or room.

@@ -5,6 +5,7 @@
 mod agents;
 mod alerts;
 mod auth;
+mod definitions;
 mod device_metrics;
 mod devices;
 mod error;
@@ -109,6 +110,10 @@ pub fn router(hub: Arc<Hub>, shutdown: watch::Receiver<bool>) -> Router {
             axum::routing::post(scenes::cancel),
         )
         .route("/api/schedules", get(scenes::schedules))
+        .route(
+            "/api/schedules/{name}",
+            axum::routing::put(scenes::put_schedule).delete(scenes::delete_schedule),
+        )
         .route("/api/alerts", get(alerts::list))
         .route(
             "/api/alerts/{rule}/{device}/ack",

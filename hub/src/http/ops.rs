@@ -383,6 +383,8 @@ fn histogram<B: crate::server::metrics::Bounds>(
         super::scenes::show,
         super::scenes::cancel,
         super::scenes::schedules,
+        super::scenes::put_schedule,
+        super::scenes::delete_schedule,
         super::alerts::list,
         super::alerts::acknowledge,
         healthz,

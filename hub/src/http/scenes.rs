@@ -9,9 +9,12 @@ use axum::Json;
 use serde::Serialize;
 
 use super::auth::Caller;
+use super::definitions::{self, Asker, Kind};
 use super::error::{ApiError, ErrorResponse};
 use super::AppState;
+use crate::automation::definitions::Origin as Defined;
 use crate::automation::scenes::{RunError, Scene, RUNS_PREFIX};
+use crate::automation::schedules::{Schedule, SCHEDULES_PREFIX};
 
 /// A scene as listed.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -49,9 +52,21 @@ pub async fn list(State(st): State<AppState>, _caller: Caller) -> Json<Vec<Scene
     )
 }
 
-fn scene_tag(name: &str) -> String {
-    crate::automation::definitions::spec_tag(crate::automation::scenes::SCENES_PREFIX, name)
-}
+/// Scenes, as definitions.
+const SCENE: Kind = Kind {
+    noun: "scene",
+    prefix: crate::automation::scenes::SCENES_PREFIX,
+    defined: "scene_defined",
+    deleted: "scene_deleted",
+};
+
+/// Schedules, as definitions.
+const SCHEDULE: Kind = Kind {
+    noun: "schedule",
+    prefix: SCHEDULES_PREFIX,
+    defined: "schedule_defined",
+    deleted: "schedule_deleted",
+};
 
 /// Defines (or redefines) a scene through the API (admin). It is checked
 /// against what the hub knows now: every device, group, room, setting and
@@ -69,35 +84,18 @@ pub async fn put(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<SceneInfo>, ApiError> {
-    caller.require_admin()?;
-    if !crate::automation::groups::valid_name(&name) {
-        return Err(ApiError::bad_request(format!(
-            "`{}` is not a scene name: 1 to 64 letters, digits, `-`, `_` or `.`",
-            crate::automation::groups::shown(&name)
-        )));
-    }
-    if st.hub.config().scenes.contains_key(&name) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("scene `{name}` is defined in the hub's config file; change it there"),
-        ));
-    }
-    let scene: Scene = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("the body is not a scene: {e}")))?;
-    crate::automation::scenes::check_known(&st.hub, &scene).map_err(ApiError::bad_request)?;
-    let text = serde_json::to_string(&scene).expect("a scene serializes");
-    let raw = serde_json::value::RawValue::from_string(text.clone()).expect("valid JSON");
-    st.hub.publish_as_hub(&scene_tag(&name), &raw, true);
-    st.hub.audit(
-        "scene_defined",
-        caller.who(peer, &headers),
-        name.clone(),
-        text,
-    );
+    let asker = Asker {
+        caller: &caller,
+        peer,
+        headers: &headers,
+    };
+    let in_config = st.hub.config().scenes.contains_key(&name);
+    let scene = definitions::define(&st, asker, &SCENE, &name, in_config, &body, |s| {
+        crate::automation::scenes::check_known(&st.hub, s)
+    })?;
     Ok(Json(SceneInfo {
         name,
-        origin: crate::automation::groups::Origin::Api,
+        origin: Defined::Api,
         scene,
     }))
 }
@@ -114,30 +112,13 @@ pub async fn delete(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    caller.require_admin()?;
-    match crate::automation::scenes::find(&st.hub, &name) {
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no scene `{}`", crate::automation::groups::shown(&name)),
-        )),
-        Some((crate::automation::groups::Origin::Config, _)) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("scene `{name}` is defined in the hub's config file; remove it there"),
-        )),
-        Some(_) => {
-            st.hub
-                .publish_as_hub(&scene_tag(&name), serde_json::value::RawValue::NULL, true);
-            st.hub.audit(
-                "scene_deleted",
-                caller.who(peer, &headers),
-                name,
-                String::new(),
-            );
-            Ok(StatusCode::NO_CONTENT)
-        }
-    }
+    let asker = Asker {
+        caller: &caller,
+        peer,
+        headers: &headers,
+    };
+    let found = crate::automation::scenes::find(&st.hub, &name).map(|(o, _)| o);
+    definitions::undefine(&st, asker, &SCENE, &name, found, &[])
 }
 
 /// Starts a scene; answers at once with the run's id. Progress is at
@@ -253,8 +234,10 @@ pub async fn show(
 pub struct ScheduleInfo {
     /// Its name.
     pub name: String,
+    /// Where it was defined.
+    pub origin: Defined,
     /// Its definition.
-    pub schedule: crate::automation::schedules::Schedule,
+    pub schedule: Schedule,
     /// What it does, in words.
     pub action: String,
     /// The next three run times (RFC 3339, UTC).
@@ -265,35 +248,89 @@ pub struct ScheduleInfo {
     pub state: Option<crate::automation::schedules::ScheduleState>,
 }
 
-/// Every schedule from the config, with its next run times, its last run and
-/// the runs it missed (after downtime they are reported, never run late).
+fn schedule_info(st: &AppState, name: String, origin: Defined, s: Schedule) -> ScheduleInfo {
+    use crate::automation::schedules::{parse_cron, parse_zone, state_of, upcoming};
+    let next = match (parse_cron(&s.cron), parse_zone(&s.timezone)) {
+        (Ok(c), Ok(z)) => upcoming(&c, z, chrono::Utc::now(), 3),
+        _ => Vec::new(),
+    };
+    ScheduleInfo {
+        state: state_of(&st.hub, &name),
+        name,
+        origin,
+        action: s.action(),
+        schedule: s,
+        next: next.iter().map(|t| t.to_rfc3339()).collect(),
+        next_ms: next
+            .iter()
+            .map(|t| t.timestamp_millis().max(0) as u64)
+            .collect(),
+    }
+}
+
+/// Every schedule, from the config and the API, with its next run times,
+/// its last run and the runs it missed (after downtime they are reported,
+/// never run late).
 #[utoipa::path(get, path = "/api/schedules", tag = "venue",
     responses((status = 200, body = Vec<ScheduleInfo>), (status = 401, body = ErrorResponse)))]
 pub async fn schedules(State(st): State<AppState>, _caller: Caller) -> Json<Vec<ScheduleInfo>> {
-    use crate::automation::schedules::{parse_cron, parse_zone, state_of, upcoming};
-    let now = chrono::Utc::now();
     Json(
-        st.hub
-            .config()
-            .schedules
-            .iter()
-            .map(|(name, s)| {
-                let next = match (parse_cron(&s.cron), parse_zone(&s.timezone)) {
-                    (Ok(c), Ok(z)) => upcoming(&c, z, now, 3),
-                    _ => Vec::new(),
-                };
-                ScheduleInfo {
-                    name: name.clone(),
-                    schedule: s.clone(),
-                    action: s.action(),
-                    next: next.iter().map(|t| t.to_rfc3339()).collect(),
-                    next_ms: next
-                        .iter()
-                        .map(|t| t.timestamp_millis().max(0) as u64)
-                        .collect(),
-                    state: state_of(&st.hub, name),
-                }
-            })
+        crate::automation::schedules::all(&st.hub)
+            .into_iter()
+            .map(|(name, origin, s)| schedule_info(&st, name, origin, s))
             .collect(),
     )
+}
+
+/// Defines (or redefines) a schedule through the API (admin). Its cron
+/// times and time zone must parse, and the scene, group or room it names
+/// must exist now; it takes effect at once.
+#[utoipa::path(put, path = "/api/schedules/{name}", tag = "venue",
+    params(("name" = String, Path, description = "Schedule name: 1 to 64 letters, digits, `-`, `_`, `.`")),
+    request_body(content = Schedule, description = "The schedule"),
+    responses((status = 200, body = ScheduleInfo), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+        (status = 403, body = ErrorResponse), (status = 409, description = "Defined in the config file", body = ErrorResponse)))]
+pub async fn put_schedule(
+    State(st): State<AppState>,
+    caller: Caller,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<ScheduleInfo>, ApiError> {
+    let asker = Asker {
+        caller: &caller,
+        peer,
+        headers: &headers,
+    };
+    let in_config = st.hub.config().schedules.contains_key(&name);
+    let schedule = definitions::define(&st, asker, &SCHEDULE, &name, in_config, &body, |s| {
+        crate::automation::schedules::check_known(&st.hub, s)
+    })?;
+    st.hub.automation_link().schedules_changed();
+    Ok(Json(schedule_info(&st, name, Defined::Api, schedule)))
+}
+
+/// Deletes a schedule defined through the API (admin), with its state.
+#[utoipa::path(delete, path = "/api/schedules/{name}", tag = "venue",
+    params(("name" = String, Path, description = "Schedule name")),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse),
+        (status = 404, body = ErrorResponse), (status = 409, description = "Defined in the config file", body = ErrorResponse)))]
+pub async fn delete_schedule(
+    State(st): State<AppState>,
+    caller: Caller,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let asker = Asker {
+        caller: &caller,
+        peer,
+        headers: &headers,
+    };
+    let found = crate::automation::schedules::find(&st.hub, &name).map(|(o, _)| o);
+    let state = format!("{SCHEDULES_PREFIX}/{name}/state");
+    let done = definitions::undefine(&st, asker, &SCHEDULE, &name, found, &[state])?;
+    st.hub.automation_link().schedules_changed();
+    Ok(done)
 }
