@@ -1,7 +1,8 @@
 //! The PJLink driver against scripted projectors that behave the way real
 //! ones do: refusing identity queries in standby, video-only mutes,
 //! class 2 inputs, several lamps, non-standard class replies, CR LF line
-//! ends, slow replies and a close after every reply.
+//! ends, slow replies, a close after every reply, no answer at all in
+//! standby, class 1 projectors without input names and ERR3 while warming.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -191,6 +192,79 @@ async fn slow_replies_and_a_close_after_every_reply() {
         peer.connections() as usize >= peer.lines().len() - 1,
         "{} connections",
         peer.connections()
+    );
+}
+
+#[tokio::test]
+async fn a_projector_silent_in_standby_times_out_and_shows_its_real_power_once_it_answers() {
+    let p = PjlinkProjector {
+        silent_in_standby: true,
+        ..PjlinkProjector::default()
+    };
+    let (peer, shared, mut d) = projector(p, PeerOptions::pjlink()).await;
+    let e = d.poll().await.unwrap_err();
+    assert_eq!(e.code().as_str(), "device_timeout", "{e}");
+    assert!(
+        e.to_string().starts_with("no reply to `%1") && e.to_string().ends_with("within 2000 ms"),
+        "{e}"
+    );
+    // Turned on with its remote: it answers again, and the power reported
+    // is the projector's, not a value kept from before.
+    shared.lock().unwrap().power = 1;
+    let s = d.poll().await.unwrap();
+    assert_eq!(s["power"], "on");
+    let desc = d.describe().await.unwrap();
+    assert_eq!(inputs(&desc).len(), 3);
+    assert!(peer.lines().iter().any(|l| l.ends_with("POWR ?")));
+}
+
+#[tokio::test]
+async fn a_class_1_projector_saying_class_1_gets_inputs_named_from_their_codes() {
+    let p = PjlinkProjector {
+        power: 1,
+        class_reply: "Class 1".into(),
+        inputs: "11 12 21 31 51".into(),
+        input: "12".into(),
+        ..PjlinkProjector::default()
+    };
+    let (peer, _, mut d) = projector(p, PeerOptions::pjlink()).await;
+    let desc = d.describe().await.unwrap();
+    assert_eq!(desc.info["class"], 1);
+    assert_eq!(
+        inputs(&desc),
+        ["rgb1", "rgb2", "video1", "digital1", "network1"],
+        "named from the input codes, since class 1 has no INNM, in the projector's order"
+    );
+    assert_eq!(d.poll().await.unwrap()["input"], "rgb2");
+    let c = d.apply(&set(json!({"input": "network1"}))).await.unwrap();
+    assert_eq!(c["input"], "network1");
+    let class2: Vec<String> = peer
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("%2"))
+        .collect();
+    assert!(class2.is_empty(), "class 2 commands sent: {class2:?}");
+}
+
+#[tokio::test]
+async fn err3_while_warming_is_waited_out_not_reported() {
+    let p = PjlinkProjector {
+        transition_polls: 3,
+        ..PjlinkProjector::default()
+    };
+    let (peer, shared, mut d) = projector(p, PeerOptions::pjlink()).await;
+    let desc = d.describe().await.unwrap();
+    // Power on, then an input while it warms up: the projector answers ERR3
+    // to the input until it is on; the driver waits and then sets it.
+    d.command(1, "POWR", "1").await.unwrap();
+    assert_eq!(shared.lock().unwrap().power, 3, "warming");
+    let hdmi = inputs(&desc)[2].clone();
+    let c = d.apply(&set(json!({"input": hdmi}))).await.unwrap();
+    assert_eq!(c["input"], json!(hdmi));
+    assert_eq!(d.poll().await.unwrap()["power"], "on");
+    assert!(
+        peer.lines().iter().any(|l| l.contains("POWR ?")),
+        "the warm-up was followed"
     );
 }
 

@@ -372,6 +372,9 @@ pub struct PjlinkProjector {
     pub crlf: bool,
     /// Answers `ERR3` to any `INPT` set (a projector refusing while busy).
     pub refuse_input: Option<&'static str>,
+    /// Answers nothing at all in standby (its network half asleep), as
+    /// projectors without network standby do.
+    pub silent_in_standby: bool,
 }
 
 impl Default for PjlinkProjector {
@@ -388,6 +391,7 @@ impl Default for PjlinkProjector {
             err3_unless_on: false,
             crlf: false,
             refuse_input: None,
+            silent_in_standby: false,
         }
     }
 }
@@ -408,6 +412,13 @@ impl PjlinkProjector {
         let ok = |v: &str| Some(format!("%{class}{cmd}={v}{end}"));
         let on = self.power == 1;
         let query = param == "?";
+        if self.silent_in_standby && self.power == 0 {
+            return None;
+        }
+        // A class 1 projector knows no class 2 command.
+        if class == "2" && !self.class_reply.contains('2') {
+            return ok("ERR1");
+        }
         match cmd.as_str() {
             "POWR" if query => {
                 if self.transition_left > 0 {

@@ -40,6 +40,25 @@ enum Command {
     },
     /// Check the configuration file and exit.
     Check,
+    /// Find PJLink class 2 projectors on the network (`%2SRCH` over UDP) and
+    /// list each with its address, MAC, name, class and model.
+    Discover {
+        /// Where to send the search: the broadcast address (or one projector), port 4352.
+        #[arg(long, default_value = "255.255.255.255:4352")]
+        to: SocketAddr,
+        /// Where to listen for answers; projectors answer to port 4352.
+        #[arg(long, default_value = "0.0.0.0:4352")]
+        bind: SocketAddr,
+        /// How long to wait for answers, in milliseconds.
+        #[arg(long, default_value_t = 5_000)]
+        wait_ms: u64,
+        /// PJLink password, to read names from projectors that require one.
+        #[arg(long, env = "PATCHBAY_PJLINK_PASSWORD")]
+        password: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the device profiles built in (`profile = "<name>"` in a device).
     Profiles {
         /// Print JSON instead of a table.
@@ -94,6 +113,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Some(Command::Profiles { json }) => profiles(json),
+        Some(Command::Discover {
+            to,
+            bind,
+            wait_ms,
+            password,
+            json,
+        }) => discover(to, bind, wait_ms, password, json).await,
         Some(Command::Check) => {
             let cfg = load(cli.config)?;
             println!(
@@ -115,6 +141,54 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             patchbay_agents::runtime::run(cfg, stop_rx).await
         }
     }
+}
+
+/// Searches for PJLink projectors and prints what answered.
+async fn discover(
+    to: SocketAddr,
+    bind: SocketAddr,
+    wait_ms: u64,
+    password: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use patchbay_drivers::pjlink::{search, PjlinkOptions};
+    let opts = PjlinkOptions {
+        password,
+        command_timeout: std::time::Duration::from_secs(3),
+        ..PjlinkOptions::default()
+    };
+    let wait = std::time::Duration::from_millis(wait_ms);
+    let found = search::discover(to, bind, wait, opts).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+        return Ok(());
+    }
+    if found.is_empty() {
+        println!(
+            "no PJLink class 2 projector answered within {wait_ms} ms (class 1 projectors do not answer searches)"
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<22}  {:<17}  CLASS  {:<24}  MODEL",
+        "ADDRESS", "MAC", "NAME"
+    );
+    for f in &found {
+        let class = f.class.map(|c| c.to_string()).unwrap_or_else(|| "?".into());
+        println!(
+            "{:<22}  {:<17}  {:<5}  {:<24}  {}{}",
+            f.address,
+            f.mac,
+            class,
+            f.name.as_deref().unwrap_or("?"),
+            f.model.as_deref().unwrap_or("?"),
+            f.note
+                .as_ref()
+                .map(|n| format!("  ({n})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 /// Prints the built-in profile library.

@@ -151,7 +151,17 @@ async fn run() -> anyhow::Result<()> {
             let listener = TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
-            println!("pjlink simulator listening on {}", listener.local_addr()?);
+            let at = listener.local_addr()?;
+            println!("pjlink simulator listening on {at}");
+            // Class 2 search on UDP, on the same address (4352 by default).
+            let udp = tokio::net::UdpSocket::bind(at)
+                .await
+                .with_context(|| format!("cannot listen for searches on udp {at}"))?;
+            tokio::spawn(pjlink::serve_search(
+                udp,
+                sim.clone(),
+                pjlink::sim_mac(at.port()),
+            ));
             tokio::spawn(pjlink::serve(listener, sim.clone()));
             sim
         }

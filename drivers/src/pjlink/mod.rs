@@ -8,6 +8,7 @@
 //! the transition to finish and retries instead of failing.
 
 pub mod codec;
+pub mod search;
 
 use std::time::Duration;
 

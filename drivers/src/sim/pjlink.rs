@@ -15,6 +15,35 @@ const CLASS2_ONLY: &[&str] = &[
     "SNUM", "SVER", "INNM", "IRES", "RRES", "FILT", "RLMP", "RFIL", "FREZ", "SVOL", "MVOL",
 ];
 
+/// Answers PJLink class 2 searches (`%2SRCH`) on `socket` forever, with
+/// `%2ACKN=<mac>` sent back to the asker; a class 1 projector, or one made
+/// silent, does not answer.
+pub async fn serve_search(socket: tokio::net::UdpSocket, sim: Sim, mac: String) {
+    let mut buf = [0u8; 512];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let asked = buf[..n].trim_ascii_end().eq_ignore_ascii_case(b"%2SRCH");
+        let answers = {
+            let p = sim.lock();
+            p.cfg.class >= 2 && !p.faults.silent
+        };
+        if asked && answers {
+            let reply = crate::pjlink::search::ackn(&mac);
+            if let Err(e) = socket.send_to(reply.as_bytes(), from).await {
+                tracing::warn!(%from, "pjlink sim cannot answer a search: {e}");
+            }
+        }
+    }
+}
+
+/// A made-up, locally administered MAC address for a simulator on `port`.
+pub fn sim_mac(port: u16) -> String {
+    format!("02:00:00:00:{:02x}:{:02x}", port >> 8, port & 0xff)
+}
+
 /// Accepts PJLink clients forever.
 pub async fn serve(listener: TcpListener, sim: Sim) {
     loop {
