@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use patchbay_drivers::escvp21::{Escvp21, Escvp21Options};
 use patchbay_drivers::line::{LineDriver, LineProfile};
+use patchbay_drivers::panasonic::{Panasonic, PanasonicOptions};
 use patchbay_drivers::pjlink::{Pjlink, PjlinkOptions};
 use patchbay_drivers::{AnyDriver, SerialSettings, Transport};
 use patchbay_hub::config::toml_error_line;
@@ -46,6 +47,8 @@ pub enum DriverKind {
     Escvp21,
     /// A line protocol described by a profile file.
     Line,
+    /// Panasonic projectors over NTCONTROL (TCP 1024).
+    Panasonic,
 }
 
 /// One device as written in the file.
@@ -63,6 +66,7 @@ struct DeviceFile {
     #[serde(default = "default_poll_ms")]
     poll_ms: u64,
     password: Option<String>,
+    user: Option<String>,
     profile: Option<PathBuf>,
     connect_timeout_ms: Option<u64>,
     sources: Option<std::collections::BTreeMap<String, String>>,
@@ -119,8 +123,10 @@ pub struct DeviceConfig {
     pub transport: Transport,
     /// How often to poll.
     pub poll: Duration,
-    /// PJLink or ESC/VP.net password.
+    /// PJLink, ESC/VP.net or NTCONTROL password.
     pub password: Option<String>,
+    /// NTCONTROL user name (Panasonic's `admin1` when not given).
+    pub user: Option<String>,
     /// ESC/VP21 source table (id people see, two-digit hex code); `None` for the driver's default.
     pub sources: Option<Vec<(String, String)>>,
     /// Line-protocol profile, loaded and checked with the configuration.
@@ -137,6 +143,7 @@ impl DeviceConfig {
             DriverKind::Pjlink => "pjlink",
             DriverKind::Escvp21 => "escvp21",
             DriverKind::Line => "line",
+            DriverKind::Panasonic => "panasonic",
         }
     }
 
@@ -160,6 +167,17 @@ impl DeviceConfig {
                 }
                 AnyDriver::Escvp21(Escvp21::new(self.transport.clone(), opts))
             }
+            DriverKind::Panasonic => AnyDriver::Panasonic(Panasonic::new(
+                self.transport.clone(),
+                PanasonicOptions {
+                    password: self.password.clone(),
+                    user: self
+                        .user
+                        .clone()
+                        .unwrap_or_else(|| PanasonicOptions::default().user),
+                    ..PanasonicOptions::default()
+                },
+            )),
             DriverKind::Line => {
                 let profile = self.profile.clone().ok_or_else(|| {
                     patchbay_drivers::DriverError::Config("the line driver needs a profile".into())
@@ -317,6 +335,9 @@ fn check_device(d: DeviceFile, base: &Path) -> Result<DeviceConfig, String> {
             if d.driver == DriverKind::Pjlink {
                 return Err("the pjlink driver needs `tcp`; PJLink has no serial transport".into());
             }
+            if d.driver == DriverKind::Panasonic {
+                return Err("the panasonic driver needs `tcp` (NTCONTROL, port 1024); for RS-232 write a profile".into());
+            }
             d.serial_settings
                 .check()
                 .map_err(|m| format!("serial_settings: {m}"))?;
@@ -326,6 +347,9 @@ fn check_device(d: DeviceFile, base: &Path) -> Result<DeviceConfig, String> {
             }
         }
     };
+    if d.user.is_some() && d.driver != DriverKind::Panasonic {
+        return Err("`user` applies to the panasonic driver only".into());
+    }
     if let (DriverKind::Escvp21, Some(_), Some(_)) = (d.driver, &d.password, &d.serial) {
         return Err("`password` applies to ESC/VP.net over `tcp`; the serial port has none".into());
     }
@@ -390,6 +414,7 @@ fn check_device(d: DeviceFile, base: &Path) -> Result<DeviceConfig, String> {
         transport,
         poll: Duration::from_millis(d.poll_ms),
         password: d.password,
+        user: d.user,
         sources,
         profile,
         vars,

@@ -68,6 +68,7 @@ fn device(
         transport,
         poll: Duration::from_secs(2),
         password: None,
+        user: None,
         sources: None,
         profile: None,
         vars: Default::default(),

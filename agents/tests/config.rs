@@ -38,7 +38,7 @@ fn exact_error_messages() {
         (
             "typo",
             format!("{PROJ}pasword = \"x\"\n"),
-            "patchbay-agent: agent.toml: device `proj-1`: unknown field `pasword`, expected one of `id`, `name`, `location`, `driver`, `tcp`, `serial`, `serial_settings`, `poll_ms`, `password`, `profile`, `connect_timeout_ms`, `sources`, `vars`",
+            "patchbay-agent: agent.toml: device `proj-1`: unknown field `pasword`, expected one of `id`, `name`, `location`, `driver`, `tcp`, `serial`, `serial_settings`, `poll_ms`, `password`, `user`, `profile`, `connect_timeout_ms`, `sources`, `vars`",
         ),
         (
             "both",
@@ -68,7 +68,7 @@ fn exact_error_messages() {
         (
             "driver",
             "[[device]]\nid = \"x\"\ndriver = \"visca\"\ntcp = \"h:1\"\n".into(),
-            "patchbay-agent: agent.toml: device `x`: unknown variant `visca`, expected one of `pjlink`, `escvp21`, `line`",
+            "patchbay-agent: agent.toml: device `x`: unknown variant `visca`, expected one of `pjlink`, `escvp21`, `line`, `panasonic`",
         ),
         (
             "parity",
@@ -105,6 +105,16 @@ fn exact_error_messages() {
             "sources-id",
             "[[device]]\nid = \"e\"\ndriver = \"escvp21\"\ntcp = \"h:3629\"\n[device.sources]\n\"HDMI 1\" = \"30\"\n".into(),
             "patchbay-agent: agent.toml: device `e`: sources: \"HDMI 1\" must be 1-32 lowercase letters, digits, `-` or `_`",
+        ),
+        (
+            "user-pjlink",
+            format!("{PROJ}user = \"admin1\"\n"),
+            "patchbay-agent: agent.toml: device `proj-1`: `user` applies to the panasonic driver only",
+        ),
+        (
+            "panasonic-serial",
+            "[[device]]\nid = \"p\"\ndriver = \"panasonic\"\nserial = \"/dev/ttyUSB0\"\n".into(),
+            "patchbay-agent: agent.toml: device `p`: the panasonic driver needs `tcp` (NTCONTROL, port 1024); for RS-232 write a profile",
         ),
         (
             "sources-pjlink",

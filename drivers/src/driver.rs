@@ -4,6 +4,7 @@ use std::future::Future;
 
 use crate::escvp21::Escvp21;
 use crate::line::LineDriver;
+use crate::panasonic::Panasonic;
 use crate::pjlink::Pjlink;
 use crate::DriverError;
 use patchbay_client::schema::{Description, DeviceEvent, State};
@@ -111,6 +112,7 @@ macro_rules! forward {
 forward!(Pjlink);
 forward!(Escvp21);
 forward!(LineDriver);
+forward!(Panasonic);
 
 /// One of the built-in drivers, chosen by configuration.
 pub enum AnyDriver {
@@ -120,6 +122,8 @@ pub enum AnyDriver {
     Escvp21(Escvp21),
     /// Line protocol from a TOML profile.
     Line(LineDriver),
+    /// Panasonic NTCONTROL.
+    Panasonic(Panasonic),
 }
 
 impl Driver for AnyDriver {
@@ -128,6 +132,7 @@ impl Driver for AnyDriver {
             AnyDriver::Pjlink(d) => d.describe().await,
             AnyDriver::Escvp21(d) => d.describe().await,
             AnyDriver::Line(d) => d.describe().await,
+            AnyDriver::Panasonic(d) => d.describe().await,
         }
     }
 
@@ -136,6 +141,7 @@ impl Driver for AnyDriver {
             AnyDriver::Pjlink(d) => d.poll().await,
             AnyDriver::Escvp21(d) => d.poll().await,
             AnyDriver::Line(d) => d.poll().await,
+            AnyDriver::Panasonic(d) => d.poll().await,
         }
     }
 
@@ -144,6 +150,7 @@ impl Driver for AnyDriver {
             AnyDriver::Pjlink(d) => d.apply(desired).await,
             AnyDriver::Escvp21(d) => d.apply(desired).await,
             AnyDriver::Line(d) => d.apply(desired).await,
+            AnyDriver::Panasonic(d) => d.apply(desired).await,
         }
     }
 
@@ -152,6 +159,7 @@ impl Driver for AnyDriver {
             AnyDriver::Pjlink(d) => d.take_events(),
             AnyDriver::Escvp21(d) => d.take_events(),
             AnyDriver::Line(d) => d.take_events(),
+            AnyDriver::Panasonic(d) => d.take_events(),
         }
     }
 
@@ -160,6 +168,7 @@ impl Driver for AnyDriver {
             AnyDriver::Pjlink(d) => d.disconnect(),
             AnyDriver::Escvp21(d) => d.disconnect(),
             AnyDriver::Line(d) => d.disconnect(),
+            AnyDriver::Panasonic(d) => d.disconnect(),
         }
     }
 
@@ -168,6 +177,7 @@ impl Driver for AnyDriver {
             AnyDriver::Pjlink(d) => d.set_progress(progress),
             AnyDriver::Escvp21(d) => d.set_progress(progress),
             AnyDriver::Line(d) => d.set_progress(progress),
+            AnyDriver::Panasonic(d) => d.set_progress(progress),
         }
     }
 
@@ -176,6 +186,7 @@ impl Driver for AnyDriver {
             AnyDriver::Pjlink(d) => d.needs_redescribe(),
             AnyDriver::Escvp21(d) => d.needs_redescribe(),
             AnyDriver::Line(d) => d.needs_redescribe(),
+            AnyDriver::Panasonic(d) => d.needs_redescribe(),
         }
     }
 }

@@ -38,7 +38,7 @@ pub enum DriverError {
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
     /// The device requires a password and the configured one is wrong.
-    #[error("wrong password: the device refused authentication (PJLINK ERRA)")]
+    #[error("wrong password: the device refused authentication (ERRA)")]
     WrongPassword,
     /// The device requires a password and none is configured.
     #[error("the device requires a password; set `password` in the device's driver options")]

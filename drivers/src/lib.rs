@@ -1,4 +1,5 @@
-//! Device drivers for patchbay agents: PJLink, Epson ESC/VP21, and devices
+//! Device drivers for patchbay agents: PJLink, Epson ESC/VP21, Panasonic
+//! NTCONTROL, and devices
 //! described by TOML profiles (with a built-in library of them), each generic over any byte stream, plus the
 //! transports that open those streams (TCP, serial) and simulators of the
 //! devices for tests and the demo.
@@ -9,6 +10,7 @@ pub mod escvp21;
 pub mod library;
 pub mod line;
 pub mod lineio;
+pub mod panasonic;
 pub mod pjlink;
 pub mod sim;
 pub mod transport;

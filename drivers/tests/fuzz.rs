@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use patchbay_drivers::escvp21::{codec as vp21, Escvp21, Escvp21Options};
 use patchbay_drivers::line::{LineDriver, LineProfile};
+use patchbay_drivers::panasonic::{codec as nt, Panasonic, PanasonicOptions};
 use patchbay_drivers::pjlink::{codec as pj, Pjlink, PjlinkOptions};
 use patchbay_drivers::{DriverError, State, Transport};
 use proptest::prelude::*;
@@ -25,6 +26,16 @@ fn device_text() -> impl Strategy<Value = String> {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn ntcontrol_parsers_take_any_text(text in device_text()) {
+        let _ = nt::parse_greeting(&text);
+        let _ = nt::parse_reply(&text, "QPW");
+        let _ = nt::parse_qpw(&text);
+        let _ = nt::parse_lamp_status(&text);
+        let _ = nt::parse_flag(&text);
+        prop_assert!(!nt::input_id(&text).is_empty() || text.is_empty());
+    }
 
     #[test]
     fn pjlink_parsers_take_any_text(text in device_text(), names in prop::collection::vec(prop::option::of(device_text()), 0..6)) {
@@ -98,7 +109,7 @@ async fn garbage_peer(replies: Vec<Vec<u8>>, end: u8, handshake: Option<Vec<u8>>
 fn replies() -> impl Strategy<Value = Vec<Vec<u8>>> {
     let chunk = prop_oneof![
         prop::collection::vec(any::<u8>(), 0..30),
-        "(%1[A-Z]{4}=[^\r]{0,12}\r|PJLINK [01] ?[0-9a-f]{0,8}\r|[A-Z]{3,6}=[0-9A-F]{0,3}\r:|ERR\r:|:)"
+        "(%1[A-Z]{4}=[^\r]{0,12}\r|PJLINK [01] ?[0-9a-f]{0,8}\r|[A-Z]{3,6}=[0-9A-F]{0,3}\r:|ERR\r:|:|NTCONTROL [01] ?[0-9a-f]{0,8}\r|00[0-9A-Z$:]{0,6}\r|ERR[1-5A]\r)"
             .prop_map(String::into_bytes),
         Just("%1POWR=\u{e9}x\r".as_bytes().to_vec()),
         Just("%1INST=\u{e9}1 31 \u{1f4a9}\r".as_bytes().to_vec()),
@@ -161,6 +172,59 @@ fn the_pjlink_driver_survives_any_replies() {
                     transition_poll: Duration::from_millis(20),
                     password: Some("pw".into()),
                     ..PjlinkOptions::default()
+                },
+            );
+            exercise!(d);
+        });
+        Ok(())
+    });
+}
+
+/// A peer that takes a connection per command, as NTCONTROL projectors do:
+/// each connection gets the next chunk as its greeting and the one after as
+/// its reply; when they run out, connections are closed at once.
+async fn connection_per_command_peer(replies: Vec<Vec<u8>>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut chunks = replies.into_iter();
+        while let Ok((mut s, _)) = listener.accept().await {
+            let Some(greeting) = chunks.next() else {
+                continue; // dropped: closed at once
+            };
+            let _ = s.write_all(&greeting).await;
+            let mut buf = [0u8; 256];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) if buf[..n].contains(&b'\r') => {
+                        if let Some(reply) = chunks.next() {
+                            let _ = s.write_all(&reply).await;
+                        }
+                        break;
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_panasonic_driver_survives_any_replies() {
+    let rt = rt();
+    each_peer(48, |replies| {
+        rt.block_on(async {
+            let addr = connection_per_command_peer(replies).await;
+            let mut d = Panasonic::new(
+                Transport::tcp(&addr),
+                PanasonicOptions {
+                    command_timeout: Duration::from_millis(100),
+                    transition_timeout: Duration::from_millis(300),
+                    transition_poll: Duration::from_millis(20),
+                    password: Some("pw".into()),
+                    ..PanasonicOptions::default()
                 },
             );
             exercise!(d);

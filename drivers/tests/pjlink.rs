@@ -120,7 +120,7 @@ async fn wrong_or_missing_password() {
     assert!(matches!(e, DriverError::WrongPassword), "{e:?}");
     assert_eq!(
         e.to_string(),
-        "wrong password: the device refused authentication (PJLINK ERRA)"
+        "wrong password: the device refused authentication (ERRA)"
     );
     let mut d = Pjlink::new(Transport::tcp(&addr), opts(None));
     let e = d.poll().await.unwrap_err();

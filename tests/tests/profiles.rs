@@ -2,7 +2,7 @@
 //! plays it, an agent names it by its library name with its variables, and
 //! the CLI drives it through the hub.
 
-use patchbay_tests::{agent, cli, hub, online, temp_file, Proc, Watcher};
+use patchbay_tests::{agent, cli, hub, offline, online, temp_file, Proc, Watcher};
 
 #[tokio::test]
 async fn a_library_profile_device_runs_through_agent_hub_and_cli() {
@@ -57,4 +57,99 @@ async fn a_library_profile_device_runs_through_agent_hub_and_cli() {
         err.contains("invalid_value") || err.contains("scart"),
         "{err}"
     );
+}
+
+/// A Panasonic projector (NTCONTROL, protect mode) end to end: the
+/// simulator process, an agent with `driver = "panasonic"` and the
+/// projector's user and password, the CLI through the hub.
+#[tokio::test]
+async fn a_panasonic_projector_runs_through_agent_hub_and_cli() {
+    let hub = hub().await;
+    let mut sim = Proc::start(
+        "patchbay-sim",
+        &[
+            "panasonic",
+            "--listen",
+            "127.0.0.1:0",
+            "--password",
+            "panasonic",
+            "--model",
+            "PT-VMZ71",
+            "--warmup-ms",
+            "600",
+        ],
+    )
+    .await;
+    let cfg = temp_file(
+        "panasonic-agent.toml",
+        &format!(
+            "hub = \"{}\"\nname = \"panasonic-agent\"\nreconnect_max_ms = 300\n\n[[device]]\nid = \"proj-pana\"\nlocation = \"Hall\"\ndriver = \"panasonic\"\ntcp = \"{}\"\nuser = \"admin1\"\npassword = \"panasonic\"\npoll_ms = 300\n",
+            hub.addr(),
+            sim.addr()
+        ),
+    );
+    let _agent = agent(&cfg);
+    let mut w = Watcher::new(&hub.addr()).await;
+    w.until("proj-pana online", |d| online(d, "proj-pana"))
+        .await;
+    assert_eq!(w.devices["proj-pana"].meta_str("model"), "PT-VMZ71");
+
+    let (ok, out, err) = cli(
+        &hub.addr(),
+        &[
+            "set",
+            "proj-pana",
+            "power=on",
+            "input=digital-link",
+            "shutter=true",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().eq(["input", "digital-link"])),
+        "{out}"
+    );
+    let state: serde_json::Value = serde_json::from_str(&sim.control("state").await).unwrap();
+    assert_eq!(state["power"], "on", "{state}");
+    assert_eq!(state["input"], "DL1", "{state}");
+    assert_eq!(state["video_mute"], true, "the shutter: {state}");
+}
+
+/// A wrong NTCONTROL password keeps the device offline with the reason.
+#[tokio::test]
+async fn a_panasonic_projector_with_the_wrong_password_is_offline_saying_so() {
+    let hub = hub().await;
+    let sim = Proc::start(
+        "patchbay-sim",
+        &[
+            "panasonic",
+            "--listen",
+            "127.0.0.1:0",
+            "--password",
+            "right",
+        ],
+    )
+    .await;
+    let cfg = temp_file(
+        "panasonic-wrong.toml",
+        &format!(
+            "hub = \"{}\"\nname = \"panasonic-wrong\"\nreconnect_max_ms = 300\n\n[[device]]\nid = \"proj-locked\"\ndriver = \"panasonic\"\ntcp = \"{}\"\npassword = \"wrong\"\npoll_ms = 300\n",
+            hub.addr(),
+            sim.addr()
+        ),
+    );
+    let _agent = agent(&cfg);
+    let mut w = Watcher::new(&hub.addr()).await;
+    w.until(
+        "proj-locked reported offline with the password reason",
+        |d| {
+            offline(d, "proj-locked")
+                && d["proj-locked"]
+                    .reason()
+                    .is_some_and(|r| r.contains("password"))
+        },
+    )
+    .await;
 }

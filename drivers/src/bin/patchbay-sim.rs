@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use patchbay_drivers::sim::escvp21::{self, PtyDevice};
-use patchbay_drivers::sim::{pjlink, ProjectorConfig, Sim};
+use patchbay_drivers::sim::{panasonic, pjlink, ProjectorConfig, Sim};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 
@@ -53,6 +53,20 @@ enum Protocol {
         /// Serve ESC/VP.net on this TCP address instead.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// A Panasonic projector on its NTCONTROL port (one command per connection).
+    Panasonic {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:1024")]
+        listen: SocketAddr,
+        /// Protect mode: commands carry an MD5 digest of the user, this password and the greeting.
+        #[arg(long)]
+        password: Option<String>,
+        /// The user name for protect mode.
+        #[arg(long, default_value = "admin1")]
+        user: String,
         #[command(flatten)]
         common: Common,
     },
@@ -193,6 +207,27 @@ async fn run() -> anyhow::Result<()> {
             } else {
                 bail!("give --pty or --listen");
             }
+            sim
+        }
+        Protocol::Panasonic {
+            listen,
+            password,
+            user,
+            common,
+        } => {
+            let sim = Sim::new(ProjectorConfig {
+                password,
+                inputs: panasonic::inputs(),
+                ..common.config()
+            });
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            println!(
+                "panasonic simulator (NTCONTROL) listening on {}",
+                listener.local_addr()?
+            );
+            tokio::spawn(panasonic::serve(listener, sim.clone(), user));
             sim
         }
         Protocol::Profile { .. } => unreachable!("handled above"),
