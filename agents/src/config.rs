@@ -61,6 +61,7 @@ struct DeviceFile {
     driver: DriverKind,
     tcp: Option<String>,
     serial: Option<String>,
+    visca_ip: Option<String>,
     #[serde(default)]
     serial_settings: SerialSettings,
     #[serde(default = "default_poll_ms")]
@@ -314,8 +315,29 @@ fn check_device(d: DeviceFile, base: &Path) -> Result<DeviceConfig, String> {
         return Err(format!("`poll_ms` must be at least 100, not {}", d.poll_ms));
     }
     let connect_timeout = Duration::from_millis(d.connect_timeout_ms.unwrap_or(5000));
+    if let Some(addr) = &d.visca_ip {
+        if d.tcp.is_some() || d.serial.is_some() {
+            return Err("give one of `tcp`, `serial` or `visca_ip`".into());
+        }
+        if d.driver != DriverKind::Line {
+            return Err(
+                "`visca_ip` carries a VISCA profile: use it with `driver = \"line\"`".into(),
+            );
+        }
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+        {
+            return Err(format!(
+                "`visca_ip` must be host:port (port 52381), not {addr:?}"
+            ));
+        }
+    }
     let transport = match (&d.tcp, &d.serial) {
         (Some(_), Some(_)) => return Err("give either `tcp` or `serial`, not both".into()),
+        (None, None) if d.visca_ip.is_some() => Transport::ViscaIp {
+            addr: d.visca_ip.clone().unwrap_or_default(),
+        },
         (None, None) => {
             return Err("missing `tcp = \"host:port\"` or `serial = \"/dev/...\"`".into())
         }

@@ -38,7 +38,7 @@ fn exact_error_messages() {
         (
             "typo",
             format!("{PROJ}pasword = \"x\"\n"),
-            "patchbay-agent: agent.toml: device `proj-1`: unknown field `pasword`, expected one of `id`, `name`, `location`, `driver`, `tcp`, `serial`, `serial_settings`, `poll_ms`, `password`, `user`, `profile`, `connect_timeout_ms`, `sources`, `vars`",
+            "patchbay-agent: agent.toml: device `proj-1`: unknown field `pasword`, expected one of `id`, `name`, `location`, `driver`, `tcp`, `serial`, `visca_ip`, `serial_settings`, `poll_ms`, `password`, `user`, `profile`, `connect_timeout_ms`, `sources`, `vars`",
         ),
         (
             "both",

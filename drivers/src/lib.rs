@@ -14,6 +14,7 @@ pub mod panasonic;
 pub mod pjlink;
 pub mod sim;
 pub mod transport;
+pub mod visca_ip;
 
 pub use driver::{AnyDriver, Driver, Progress};
 pub use error::DriverError;

@@ -1,4 +1,5 @@
-//! Byte streams to devices: TCP (with a connect timeout) and serial ports.
+//! Byte streams to devices: TCP (with a connect timeout), serial ports and
+//! VISCA over IP.
 //! Drivers only see a [`BoxStream`]; which transport carries it is configuration.
 
 use std::time::Duration;
@@ -79,6 +80,12 @@ pub enum Transport {
         /// How long connecting may take.
         connect_timeout: Duration,
     },
+    /// VISCA over IP to a camera's `host:port` (UDP, port 52381), as a
+    /// stream of VISCA packets (see [`crate::visca_ip`]).
+    ViscaIp {
+        /// `host:port`.
+        addr: String,
+    },
     /// A serial port by path (`/dev/ttyUSB0`, a `/dev/serial/by-id/...` link, a pty).
     Serial {
         /// Port path.
@@ -108,7 +115,7 @@ impl Transport {
     /// Where this transport goes, for messages.
     pub fn target(&self) -> &str {
         match self {
-            Transport::Tcp { addr, .. } => addr,
+            Transport::Tcp { addr, .. } | Transport::ViscaIp { addr } => addr,
             Transport::Serial { path, .. } => path,
         }
     }
@@ -117,7 +124,7 @@ impl Transport {
     pub fn serial_path(&self) -> Option<&str> {
         match self {
             Transport::Serial { path, .. } => Some(path),
-            Transport::Tcp { .. } => None,
+            Transport::Tcp { .. } | Transport::ViscaIp { .. } => None,
         }
     }
 
@@ -150,6 +157,15 @@ impl Transport {
                     });
                 }
                 let _ = stream.set_nodelay(true);
+                Ok(Box::new(stream))
+            }
+            Transport::ViscaIp { addr } => {
+                let stream = crate::visca_ip::ViscaIpStream::connect(addr)
+                    .await
+                    .map_err(|source| DriverError::Connect {
+                        target: addr.clone(),
+                        source,
+                    })?;
                 Ok(Box::new(stream))
             }
             Transport::Serial { path, settings } => {

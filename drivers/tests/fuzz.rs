@@ -67,6 +67,14 @@ proptest! {
         let _ = vp21::source_id(&table, &text);
         let _ = vp21::error_text(&text);
     }
+
+    #[test]
+    fn visca_over_ip_headers_take_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..80)) {
+        if let Some((kind, seq, payload)) = patchbay_drivers::visca_ip::unwrap(&bytes) {
+            // What parses is exactly what wrapping it again gives.
+            prop_assert_eq!(patchbay_drivers::visca_ip::wrap(kind, seq, payload), bytes.clone());
+        }
+    }
 }
 
 /// A peer that answers each command (ended by `end`) with the next chunk

@@ -153,3 +153,46 @@ async fn a_panasonic_projector_with_the_wrong_password_is_offline_saying_so() {
     )
     .await;
 }
+
+/// A Sony camera over VISCA over IP (UDP) end to end: the library profile
+/// served over UDP by the simulator, an agent with `visca_ip`, the CLI.
+#[tokio::test]
+async fn a_visca_camera_over_ip_runs_through_agent_hub_and_cli() {
+    let hub = hub().await;
+    let mut sim = Proc::start(
+        "patchbay-sim",
+        &[
+            "profile",
+            "sony-visca",
+            "--listen",
+            "127.0.0.1:0",
+            "--visca-ip",
+        ],
+    )
+    .await;
+    assert!(
+        sim.first_line.contains("(VISCA over IP)"),
+        "{}",
+        sim.first_line
+    );
+    let cfg = temp_file(
+        "visca-agent.toml",
+        &format!(
+            "hub = \"{}\"\nname = \"visca-agent\"\nreconnect_max_ms = 300\n\n[[device]]\nid = \"cam-1\"\nlocation = \"Studio\"\ndriver = \"line\"\nvisca_ip = \"{}\"\nprofile = \"sony-visca\"\npoll_ms = 300\n",
+            hub.addr(),
+            sim.addr()
+        ),
+    );
+    let _agent = agent(&cfg);
+    let mut w = Watcher::new(&hub.addr()).await;
+    w.until("cam-1 online", |d| online(d, "cam-1")).await;
+    let (ok, out, err) = cli(&hub.addr(), &["set", "cam-1", "power=on", "preset=4"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().eq(["preset", "4"])),
+        "{out}"
+    );
+    let state: serde_json::Value = serde_json::from_str(&sim.control("state").await).unwrap();
+    assert_eq!(state["power"], "02", "{state}");
+}

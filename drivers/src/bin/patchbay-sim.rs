@@ -80,6 +80,9 @@ enum Protocol {
         /// A profile variable, `name=value` (repeatable), e.g. `--var id=02`.
         #[arg(long = "var", value_parser = parse_var)]
         vars: Vec<(String, String)>,
+        /// Serve VISCA over IP (UDP) on the address instead of TCP.
+        #[arg(long)]
+        visca_ip: bool,
     },
 }
 
@@ -144,9 +147,10 @@ async fn run() -> anyhow::Result<()> {
         profile,
         listen,
         vars,
+        visca_ip,
     } = &cli.protocol
     {
-        return run_profile(profile, *listen, vars).await;
+        return run_profile(profile, *listen, vars, *visca_ip).await;
     }
     let sim = match cli.protocol {
         Protocol::Pjlink {
@@ -258,6 +262,7 @@ async fn run_profile(
     name: &str,
     listen: SocketAddr,
     vars: &[(String, String)],
+    visca_ip: bool,
 ) -> anyhow::Result<()> {
     use patchbay_drivers::line::{sim, LineProfile};
     let path = std::path::Path::new(name);
@@ -272,11 +277,22 @@ async fn run_profile(
     };
     let vars = vars.iter().cloned().collect();
     let sim = std::sync::Arc::new(sim::Simulator::new(&profile, &vars)?);
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    println!("{name} simulator listening on {}", listener.local_addr()?);
-    tokio::spawn(sim::serve(listener, sim.clone()));
+    if visca_ip {
+        let socket = tokio::net::UdpSocket::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on udp {listen}"))?;
+        println!(
+            "{name} simulator (VISCA over IP) listening on {}",
+            socket.local_addr()?
+        );
+        tokio::spawn(sim::serve_visca_ip(socket, sim.clone()));
+    } else {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        println!("{name} simulator listening on {}", listener.local_addr()?);
+        tokio::spawn(sim::serve(listener, sim.clone()));
+    }
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
     loop {

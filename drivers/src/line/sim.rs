@@ -253,3 +253,35 @@ async fn session(mut stream: TcpStream, sim: Arc<Simulator>) {
         }
     }
 }
+
+/// Serves VISCA over IP on `socket` forever: each datagram's payload is a
+/// command to the device, and each packet of the answer (ending `FF`) goes
+/// back as a reply datagram with the request's sequence number; RESET is
+/// acknowledged.
+pub async fn serve_visca_ip(socket: tokio::net::UdpSocket, sim: Arc<Simulator>) {
+    use crate::visca_ip::{unwrap, wrap, CONTROL, CONTROL_REPLY, REPLY};
+    let mut buf = [0u8; 512];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let Some((kind, seq, payload)) = unwrap(&buf[..n]) else {
+            continue;
+        };
+        let answer = if kind == CONTROL {
+            vec![wrap(CONTROL_REPLY, seq, &[0x01])]
+        } else {
+            let mut cmd = payload.to_vec();
+            let Some(cmd) = sim.cut(&mut cmd) else {
+                continue;
+            };
+            sim.answer(&cmd)
+                .split_inclusive(|&b| b == 0xFF)
+                .map(|p| wrap(REPLY, seq, p))
+                .collect()
+        };
+        for d in answer {
+            let _ = socket.send_to(&d, from).await;
+        }
+    }
+}
