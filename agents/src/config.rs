@@ -232,13 +232,14 @@ impl AgentConfig {
         let file: AgentFile =
             toml::from_str(text).map_err(|e| invalid(toml_error_line(text, &e)))?;
         if file.hub != "auto"
-            && file
-                .hub
-                .rsplit_once(':')
-                .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+            && file.hub.split(',').any(|a| {
+                a.trim()
+                    .rsplit_once(':')
+                    .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+            })
         {
             return Err(invalid(format!(
-                "`hub` must be host:port or \"auto\" (found on the LAN), not {:?}",
+                "`hub` must be host:port, several of them (\"a:7400,b:7400\", hubs of one cluster), or \"auto\" (found on the LAN), not {:?}",
                 file.hub
             )));
         }

@@ -89,7 +89,7 @@ fn exact_error_messages() {
         (
             "hub",
             format!("hub = \"localhost\"\n{PROJ}"),
-            "patchbay-agent: agent.toml: `hub` must be host:port or \"auto\" (found on the LAN), not \"localhost\"",
+            "patchbay-agent: agent.toml: `hub` must be host:port, several of them (\"a:7400,b:7400\", hubs of one cluster), or \"auto\" (found on the LAN), not \"localhost\"",
         ),
         (
             "sources-code",

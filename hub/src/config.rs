@@ -146,6 +146,8 @@ pub struct HubConfig {
     pub schedules: std::collections::BTreeMap<String, crate::automation::schedules::Schedule>,
     /// The MQTT bridge (`[mqtt]`); none without the section.
     pub mqtt: Option<crate::mqtt::MqttConfig>,
+    /// Cluster mode over NATS (`[cluster]`); a single hub without the section.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Advertise the hub on the LAN over mDNS (`_patchbay._tcp`, `_http._tcp`).
     pub mdns: bool,
     /// TLS on the wire and HTTP ports (`[tls]`); none: plain TCP.
@@ -191,6 +193,7 @@ impl Default for HubConfig {
             alerts: Default::default(),
             schedules: Default::default(),
             mqtt: None,
+            cluster: None,
             mdns: false,
             tls: None,
             webhook_timeout_ms: 5_000,
@@ -343,6 +346,9 @@ impl HubConfig {
         }
         if let Some(m) = &self.mqtt {
             m.check().map_err(|e| format!("mqtt: {e}"))?;
+        }
+        if let Some(c) = &self.cluster {
+            c.check().map_err(|e| format!("cluster: {e}"))?;
         }
         if let Some(t) = &self.tls {
             t.check().map_err(|e| format!("tls: {e}"))?;

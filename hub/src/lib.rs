@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod automation;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod journal;

@@ -375,7 +375,15 @@ async fn main() -> std::process::ExitCode {
 }
 
 /// Refuses a hub address without a port before trying to connect.
-fn check_hub_address(addr: &str) -> anyhow::Result<()> {
+fn check_hub_address(addrs: &str) -> anyhow::Result<()> {
+    // Several hubs of one cluster: `a:7400,b:7400`, tried in turn.
+    for addr in addrs.split(',').map(str::trim) {
+        check_one_address(addr)?;
+    }
+    Ok(())
+}
+
+fn check_one_address(addr: &str) -> anyhow::Result<()> {
     match addr.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && !host.ends_with(':') => {
             port.parse::<u16>().map(drop).map_err(|_| {

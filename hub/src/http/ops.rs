@@ -42,6 +42,9 @@ pub struct Health {
     pub instance: String,
     /// The MQTT bridge's link to its broker, when the bridge runs; `degraded` while it is not connected.
     pub mqtt: Option<crate::mqtt::MqttStatus>,
+    /// The hub's link to its cluster, in cluster mode; `degraded` while it is cut off
+    /// (local clients are still served).
+    pub cluster: Option<crate::cluster::ClusterStatus>,
 }
 
 /// Is the hub up?
@@ -59,8 +62,10 @@ pub async fn healthz(State(st): State<AppState>) -> Json<Health> {
         }
     });
     let mqtt = st.hub.mqtt_status();
+    let cluster = st.hub.cluster().map(|c| c.status());
     let degraded = journal.as_ref().is_some_and(|j| j.degraded.is_some())
-        || mqtt.as_ref().is_some_and(|m| !m.connected);
+        || mqtt.as_ref().is_some_and(|m| !m.connected)
+        || cluster.as_ref().is_some_and(|c| !c.connected);
     Json(Health {
         status: if degraded { "degraded" } else { "ok" }.into(),
         journal,
@@ -68,6 +73,7 @@ pub async fn healthz(State(st): State<AppState>) -> Json<Health> {
         retained: st.hub.retained_count(),
         instance: st.hub.instance().to_owned(),
         mqtt,
+        cluster,
     })
 }
 

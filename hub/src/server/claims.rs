@@ -137,6 +137,11 @@ impl Claims {
         self.live.is_empty() && self.reserved.is_empty()
     }
 
+    /// The live claims: prefix and the connection holding it.
+    pub fn live(&self) -> impl Iterator<Item = (&str, ConnId)> + '_ {
+        self.live.iter().map(|(p, c)| (p.as_str(), *c))
+    }
+
     /// Who answers for `tag` now.
     pub fn owner(&self, tag: &str, now: Instant) -> Owner {
         if let Some(c) = covering(&self.live, tag) {

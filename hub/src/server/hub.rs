@@ -258,6 +258,8 @@ struct State {
     late_order: std::collections::VecDeque<(Instant, u64)>,
     /// Failed authentications audited: (the second, rows written in it, rows left out).
     auth_audit: (u64, u32, u64),
+    /// The cluster bridge's connection: requests nobody here answers go to it.
+    cluster_conn: Option<ConnId>,
 }
 
 /// Size of each arena block that non-retained frames are carved from.
@@ -697,6 +699,8 @@ pub struct Hub {
     handshakes: Arc<crate::tls::Handshakes>,
     /// The MQTT bridge's link to its broker, while the bridge runs.
     mqtt_status: std::sync::Mutex<Option<crate::mqtt::MqttStatus>>,
+    /// What the hub shares with its cluster bridge, in cluster mode.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Shared>>,
 }
 
 impl Hub {
@@ -723,6 +727,7 @@ impl Hub {
             tls: std::sync::RwLock::new(None),
             handshakes: Arc::default(),
             mqtt_status: std::sync::Mutex::new(None),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -790,6 +795,7 @@ impl Hub {
             tls: std::sync::RwLock::new(None),
             handshakes: Arc::default(),
             mqtt_status: std::sync::Mutex::new(None),
+            cluster: std::sync::OnceLock::new(),
         });
         hub.audit_hub("hub_started", format!("instance {}", hub.instance));
         hub
@@ -937,6 +943,32 @@ impl Hub {
     /// Records the MQTT bridge's link (`None`: the bridge stopped).
     pub fn set_mqtt_status(&self, status: Option<crate::mqtt::MqttStatus>) {
         *self.mqtt_status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+
+    /// The cluster's shared state, in cluster mode.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Shared>> {
+        self.cluster.get()
+    }
+
+    /// Puts the hub in cluster mode (once, at start).
+    pub fn set_cluster(&self, shared: Arc<crate::cluster::Shared>) {
+        let _ = self.cluster.set(shared);
+    }
+
+    /// The live claims: prefix, the claimer's principal and its name.
+    pub fn live_claims(&self) -> Vec<(String, Arc<str>, Arc<str>)> {
+        let st = self.lock("live_claims");
+        st.claims
+            .live()
+            .filter_map(|(prefix, conn)| {
+                let c = st.conn(conn)?;
+                Some((
+                    prefix.to_owned(),
+                    c.ident.principal.clone(),
+                    c.ident.name.clone(),
+                ))
+            })
+            .collect()
     }
 
     /// A place for one TLS handshake on the wire port; past
@@ -1140,6 +1172,12 @@ impl Hub {
             }
             st.authenticated(conn);
             st.count(conn);
+        }
+        if ident.system
+            && &*ident.name == crate::cluster::BRIDGE_NAME
+            && self.cluster.get().is_some()
+        {
+            st.cluster_conn = Some(conn);
         }
         if let Some(c) = st.conn_mut(conn) {
             c.ident = ident;
@@ -1361,12 +1399,25 @@ impl Hub {
         }
         let principal = c.ident.principal.clone();
         let who = c.who();
+        if let Some(why) = self
+            .cluster
+            .get()
+            .and_then(|cl| cl.leases.conflict(prefix, &principal, Instant::now()))
+        {
+            st.audit("claim_refused", who, prefix.to_owned(), why.clone());
+            return Err(OpError::new(ErrorCode::Owned, why));
+        }
         let result = match st.claims.claim(prefix, conn, &principal, Instant::now()) {
             Ok(true) => {
                 if let Some(c) = st.conn_mut(conn) {
                     c.claims.push(prefix.to_owned());
                 }
                 st.audit("claim", who, prefix.to_owned(), "claimed".into());
+                drop(st);
+                if let Some(cl) = self.cluster.get() {
+                    cl.claims_changed.notify_waiters();
+                    cl.claims_changed.notify_one();
+                }
                 return Ok(());
             }
             Ok(false) => return Ok(()),
@@ -1561,7 +1612,8 @@ impl Hub {
                 let pick = (!candidates.is_empty())
                     .then(|| candidates[(st.next_rid % candidates.len() as u64) as usize]);
                 st.scratch = candidates;
-                pick
+                // Nobody here: another hub of the cluster may have the owner.
+                pick.or(st.cluster_conn.filter(|b| Some(*b) != conn))
             }
         };
         let Some(responder) = responder else {
@@ -1785,6 +1837,15 @@ impl Hub {
         st.free.push(slot(conn) as u32);
         if c.counted {
             st.live -= 1;
+        }
+        if st.cluster_conn == Some(conn) {
+            st.cluster_conn = None;
+        }
+        if !c.claims.is_empty() {
+            if let Some(cl) = self.cluster.get() {
+                cl.claims_changed.notify_waiters();
+                cl.claims_changed.notify_one();
+            }
         }
         for p in &c.patterns {
             st.router.remove(p, conn);

@@ -66,6 +66,15 @@ pub async fn serve(
             }
         },
     ));
+    // Cluster mode: set before any client connects, so claims meet the leases.
+    let cluster = hub.config().cluster.clone().map(|c| {
+        let shared = Arc::new(crate::cluster::Shared::new(
+            hub.instance().to_owned(),
+            c.lease(),
+        ));
+        hub.set_cluster(shared.clone());
+        tokio::spawn(crate::cluster::run(hub.clone(), c, shared, stop_rx.clone()))
+    });
     // Kept until shutdown; dropping it withdraws the records.
     let _advert = match (
         hub.config().mdns,
@@ -118,6 +127,9 @@ pub async fn serve(
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, alerts).await;
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, schedules).await;
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, mqtt).await;
+    if let Some(cluster) = cluster {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, cluster).await;
+    }
     hub.automation_link().close().await;
     if let Some(j) = hub.journal() {
         hub.audit_hub("hub_stopped", "shut down".into());

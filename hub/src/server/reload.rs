@@ -35,6 +35,7 @@ const AT_START: &[&str] = &[
     "journal_queue",
     "journal_max_bytes",
     "group_concurrency",
+    "cluster",
 ];
 
 /// What a reload changed.
@@ -140,6 +141,7 @@ pub fn reload(hub: &Hub, who: Who) -> Result<ReloadReport, ReloadError> {
     new.journal_queue = old.journal_queue;
     new.journal_max_bytes = old.journal_max_bytes;
     new.group_concurrency = old.group_concurrency;
+    new.cluster = old.cluster.clone();
     report.closed = hub.apply_config(new);
     if tls.is_some() {
         hub.set_tls(tls);

@@ -58,9 +58,46 @@ pub(crate) async fn start(opts: ClientBuilder) -> Result<Client, Error> {
     Ok(Client { handle })
 }
 
-/// Connects, sends `hello` and reads up to `welcome`; returns what was read beyond it.
+/// Connects to the first hub of `opts.addr` (a comma-separated list) that
+/// takes the connection, starting after the one used last, so a client
+/// whose hub dies moves to the next; returns the last error when none does.
 async fn open(opts: &ClientBuilder) -> Result<(Stream, BytesMut, Welcome), Error> {
-    let addr = opts.addr.clone();
+    let addrs: Vec<&str> = opts
+        .addr
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    if addrs.len() <= 1 {
+        return open_one(opts, opts.addr.trim()).await;
+    }
+    let start = opts.next_addr.load(std::sync::atomic::Ordering::Relaxed);
+    let mut last = None;
+    for i in 0..addrs.len() {
+        let at = (start + i) % addrs.len();
+        match open_one(opts, addrs[at]).await {
+            Ok(open) => {
+                // Next time (after a loss) start with this one again.
+                opts.next_addr
+                    .store(at, std::sync::atomic::Ordering::Relaxed);
+                return Ok(open);
+            }
+            Err(e @ Error::Hub(_)) => return Err(e),
+            Err(e) => {
+                tracing::debug!(hub = %addrs[at], "cannot connect, trying the next hub: {e}");
+                last = Some(e);
+                // The one after it goes first next time.
+                opts.next_addr
+                    .store((at + 1) % addrs.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+    Err(last.expect("at least one address"))
+}
+
+/// Connects to one hub, sends `hello` and reads up to `welcome`; returns what was read beyond it.
+async fn open_one(opts: &ClientBuilder, addr: &str) -> Result<(Stream, BytesMut, Welcome), Error> {
+    let addr = addr.to_owned();
     let connect_err = |source: std::io::Error| {
         match crate::tls::refusal_alert(&source) {
         Some(alert) => Error::Tls(format!(
@@ -73,7 +110,7 @@ async fn open(opts: &ClientBuilder) -> Result<(Stream, BytesMut, Welcome), Error
     }
     };
     let deadline = tokio::time::Instant::now() + opts.connect_timeout;
-    let stream = tokio::time::timeout_at(deadline, TcpStream::connect(&opts.addr))
+    let stream = tokio::time::timeout_at(deadline, TcpStream::connect(&addr))
         .await
         .map_err(|_| connect_err(std::io::ErrorKind::TimedOut.into()))?
         .map_err(connect_err)?;
@@ -87,7 +124,7 @@ async fn open(opts: &ClientBuilder) -> Result<(Stream, BytesMut, Welcome), Error
         Some(config) => {
             let name = match &opts.tls_server_name {
                 Some(n) => crate::tls::server_name(n),
-                None => crate::tls::server_name(&opts.addr),
+                None => crate::tls::server_name(&addr),
             }
             .map_err(|e| Error::Tls(format!("{addr}: {e}")))?;
             let connector = tokio_rustls::TlsConnector::from(config.clone());

@@ -228,10 +228,14 @@ pub struct ClientBuilder {
     pub(crate) reconnect: Option<Reconnect>,
     pub(crate) tls: Option<std::sync::Arc<crate::tls::ClientConfig>>,
     pub(crate) tls_server_name: Option<String>,
+    /// Which of several addresses to try first.
+    pub(crate) next_addr: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ClientBuilder {
-    /// A client for the hub at `addr` (`host:port`).
+    /// A client for the hub at `addr` (`host:port`), or for the first of
+    /// several (`a:7400,b:7400`, hubs of one cluster) that answers; when its
+    /// hub is lost it reconnects to the next that does.
     pub fn new(addr: impl Into<String>) -> Self {
         ClientBuilder {
             addr: addr.into(),
@@ -249,6 +253,7 @@ impl ClientBuilder {
             }),
             tls: None,
             tls_server_name: None,
+            next_addr: Default::default(),
         }
     }
 

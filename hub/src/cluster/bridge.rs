@@ -1,0 +1,770 @@
+//! The bridge between one hub and the cluster. It is a client of its own
+//! hub (named `cluster`, with automation's system identity) and of NATS:
+//!
+//! * every message published on this hub (the bridge never gets its own
+//!   back) goes to the cluster: retained values into the `<prefix>_retained`
+//!   bucket, the rest to the subject of its tag;
+//! * what other hubs write comes back the same ways and is published here,
+//!   so this hub's subscribers, snapshots and store see it like local news;
+//! * requests this hub has no responder for come to the bridge and go out
+//!   as NATS requests to the hub whose agent claimed the tag, which answers
+//!   them through its own bridge;
+//! * this hub's claims are kept as leases; expired leases of dead hubs are
+//!   removed, and the devices under them get their last will.
+//!
+//! While NATS is away, retained changes wait (the latest per tag) and are
+//! written when it returns; other messages for the cluster are dropped
+//! past a bound and counted.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use patchbay_client::protocol::ErrorBody;
+use patchbay_client::{Body, Client, PublishOptions, RequestOptions};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::sync::atomic::Ordering::Relaxed;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::leases::LeaseValue;
+use super::subject::{key, subject, tag, tag_of_key};
+use super::{ClusterConfig, Shared, BRIDGE_NAME};
+use crate::server::Hub;
+
+/// Retained writes to the bucket in flight at once.
+const PUTS_IN_FLIGHT: usize = 64;
+/// Requests forwarded to other hubs at once.
+const REQUESTS_IN_FLIGHT: usize = 256;
+/// How long a plain message may wait for room in NATS' queue before it is dropped.
+const PUBLISH_WAIT: Duration = Duration::from_millis(50);
+/// How often failed writes are tried again.
+const RETRY: Duration = Duration::from_secs(1);
+/// Tags that stay with their hub: its automation's definitions, runs and alerts.
+const LOCAL_ONLY: &[&str] = &["hub", "alert"];
+
+/// Headers on plain messages and requests.
+const H_FROM: &str = "Pb-From";
+const H_CID: &str = "Pb-Cid";
+const H_HUB: &str = "Pb-Hub";
+const H_ERROR: &str = "Pb-Error";
+
+/// A retained value as the bucket holds it.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    hub: String,
+    #[serde(borrow)]
+    body: &'a RawValue,
+}
+
+fn envelope(hub: &str, from: &str, body: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(body.len() + hub.len() + from.len() + 32);
+    out.extend_from_slice(b"{\"hub\":");
+    out.extend_from_slice(serde_json::to_string(hub).unwrap_or_default().as_bytes());
+    out.extend_from_slice(b",\"from\":");
+    out.extend_from_slice(serde_json::to_string(from).unwrap_or_default().as_bytes());
+    out.extend_from_slice(b",\"body\":");
+    out.extend_from_slice(body);
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+fn local_only(t: &str) -> bool {
+    let first = t.split('/').next().unwrap_or_default();
+    LOCAL_ONLY.contains(&first)
+}
+
+/// Runs the bridge until `shutdown` turns true.
+pub async fn run(
+    hub: Arc<Hub>,
+    cfg: ClusterConfig,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let local = loop {
+        match hub.automation_link().client(BRIDGE_NAME).await {
+            Ok(c) => break c,
+            Err(e) => tracing::warn!(
+                "the cluster bridge cannot reach its hub, retrying: {}",
+                e.message
+            ),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    };
+    let nats = match connect(&cfg, &shared).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("the cluster bridge cannot start: {e}");
+            shared.set_status(|s| s.error = Some(e));
+            return;
+        }
+    };
+    // Requests sent before the first connection would only time out.
+    while nats.connection_state() != async_nats::connection::State::Connected {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+    // API answers come in milliseconds; a short timeout retries sooner
+    // while a new cluster elects its JetStream leader.
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(3))
+        .build(nats.clone());
+    let (retained, leases) = loop {
+        match buckets(&js, &cfg).await {
+            Ok(b) => break b,
+            Err(e) => {
+                tracing::warn!("the cluster's key-value buckets are not ready, retrying: {e}");
+                shared.set_status(|s| s.error = Some(e));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = shutdown.changed() => return,
+        }
+    };
+    shared.ready.store(true, Relaxed);
+    shared.set_status(|s| s.error = None);
+    tracing::info!(servers = ?cfg.nats, "the hub joined the cluster");
+    let ctx = Arc::new(Ctx {
+        hub,
+        cfg,
+        shared,
+        local,
+        nats,
+        retained,
+        leases,
+        own: std::sync::Mutex::new(OwnWrites::default()),
+    });
+    let mut tasks = JoinSet::new();
+    tasks.spawn(outbound(ctx.clone()));
+    tasks.spawn(inbound_plain(ctx.clone()));
+    tasks.spawn(inbound_retained(ctx.clone()));
+    tasks.spawn(follow_leases(ctx.clone()));
+    tasks.spawn(keep_leases(ctx.clone()));
+    tasks.spawn(forward_requests(ctx.clone()));
+    tasks.spawn(answer_requests(ctx.clone()));
+    tokio::select! {
+        _ = shutdown.changed() => {}
+        Some(r) = tasks.join_next() => {
+            tracing::error!("a cluster bridge task ended: {r:?}");
+        }
+    }
+    tasks.abort_all();
+    // Leave: our leases go at once rather than after they expire.
+    for (prefix, lease) in ctx.shared.leases.all() {
+        if lease.value.hub == ctx.shared.me {
+            let _ = ctx.leases.delete(key(&prefix)).await;
+        }
+    }
+    let _ = ctx.nats.flush().await;
+}
+
+async fn connect(cfg: &ClusterConfig, shared: &Arc<Shared>) -> Result<async_nats::Client, String> {
+    let events = shared.clone();
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(format!("patchbay-hub {}", shared.me))
+        .no_echo()
+        .retry_on_initial_connect()
+        .event_callback(move |event| {
+            let shared = events.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        tracing::info!("connected to NATS");
+                        shared.nats.store(true, Relaxed);
+                        shared.epoch.send_modify(|e| *e += 1);
+                        shared.set_status(|s| s.error = None);
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!(
+                            "lost NATS; serving this hub's clients alone until it returns"
+                        );
+                        shared.nats.store(false, Relaxed);
+                        shared.set_status(|s| s.error = Some("disconnected from NATS".into()));
+                    }
+                    other => tracing::info!("NATS: {other}"),
+                }
+            }
+        });
+    if let (Some(u), Some(p)) = (&cfg.user, &cfg.password) {
+        opts = opts.user_and_password(u.clone(), p.clone());
+    }
+    if let Some(t) = &cfg.token {
+        opts = opts.token(t.clone());
+    }
+    if let Some(ca) = &cfg.ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let servers = cfg
+        .nats
+        .iter()
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("`{u}` is not a NATS server address: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    opts.connect(servers)
+        .await
+        .map_err(|e| format!("NATS at {}: {e}", cfg.nats.join(", ")))
+}
+
+async fn buckets(
+    js: &jetstream::Context,
+    cfg: &ClusterConfig,
+) -> Result<(kv::Store, kv::Store), String> {
+    let mut out = Vec::new();
+    for (name, what) in [
+        ("retained", "retained values"),
+        ("leases", "claims as leases"),
+    ] {
+        let bucket = format!("{}_{name}", cfg.prefix);
+        // The bucket's stream made directly, as a key-value bucket is
+        // defined (the client's own creation asks for account fields that
+        // nats-server 2.9 does not send).
+        let stream = jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some(format!("patchbay: {what}")),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_bytes: -1,
+            max_message_size: -1,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            num_replicas: cfg.replicas,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        js.get_or_create_stream(stream)
+            .await
+            .map_err(|e| format!("bucket {bucket}: {e}"))?;
+        let store = js
+            .get_key_value(&bucket)
+            .await
+            .map_err(|e| format!("bucket {bucket}: {e}"))?;
+        out.push(store);
+    }
+    let leases = out.pop().expect("two buckets");
+    let retained = out.pop().expect("two buckets");
+    Ok((retained, leases))
+}
+
+/// Retained values this hub wrote to the bucket and has not seen come back:
+/// when another hub's value for the same tag is applied in between, ours
+/// (the later revision) is applied again when it comes back, so every hub
+/// ends with the bucket's last value.
+#[derive(Default)]
+struct OwnWrites {
+    pending: HashMap<String, u32>,
+    overtaken: HashSet<String>,
+}
+
+struct Ctx {
+    hub: Arc<Hub>,
+    cfg: ClusterConfig,
+    shared: Arc<Shared>,
+    local: Client,
+    nats: async_nats::Client,
+    retained: kv::Store,
+    leases: kv::Store,
+    own: std::sync::Mutex<OwnWrites>,
+}
+
+impl Ctx {
+    fn own(&self) -> std::sync::MutexGuard<'_, OwnWrites> {
+        self.own.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// This hub's messages to the cluster.
+async fn outbound(ctx: Arc<Ctx>) {
+    let mut sub = match ctx.local.subscribe(&["#"]).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("the cluster bridge cannot follow its hub: {e}");
+            return;
+        }
+    };
+    // Retained changes not yet in the bucket: the latest per tag (`None` deletes).
+    let mut unsynced: HashMap<String, Option<Bytes>> = HashMap::new();
+    let mut queue: VecDeque<String> = VecDeque::new();
+    let mut in_flight: HashSet<String> = HashSet::new();
+    let mut puts: JoinSet<(String, Option<Bytes>, bool)> = JoinSet::new();
+    let mut retry = tokio::time::interval(RETRY);
+    let mut failed: Vec<String> = Vec::new();
+    loop {
+        while in_flight.len() < PUTS_IN_FLIGHT {
+            let Some(t) = queue.pop_front() else { break };
+            let Some(value) = unsynced.remove(&t) else {
+                continue;
+            };
+            in_flight.insert(t.clone());
+            if value.is_some() {
+                *ctx.own().pending.entry(t.clone()).or_default() += 1;
+            }
+            let store = ctx.retained.clone();
+            puts.spawn(async move {
+                let k = key(&t);
+                let ok = match &value {
+                    Some(v) => store.put(&k, v.clone()).await.is_ok(),
+                    None => store.delete(&k).await.is_ok(),
+                };
+                (t, value, ok)
+            });
+        }
+        ctx.shared
+            .set_status(|s| s.unsynced = unsynced.len() + in_flight.len());
+        tokio::select! {
+            m = sub.next() => {
+                let Some(m) = m else { return };
+                let t = m.tag();
+                if local_only(t) {
+                    continue;
+                }
+                if m.is_retained() {
+                    let value = (!m.is_delete()).then(|| envelope(&ctx.shared.me, m.from(), m.body()));
+                    if unsynced.insert(t.to_owned(), value).is_none() && !in_flight.contains(t) {
+                        queue.push_back(t.to_owned());
+                    }
+                } else {
+                    let mut headers = HeaderMap::new();
+                    headers.insert(H_FROM, m.from());
+                    headers.insert(H_HUB, ctx.shared.me.as_str());
+                    if let Some(cid) = m.cid() {
+                        headers.insert(H_CID, cid);
+                    }
+                    let send = ctx.nats.publish_with_headers(
+                        subject(&ctx.cfg.prefix, t),
+                        headers,
+                        Bytes::copy_from_slice(m.body()),
+                    );
+                    if !matches!(tokio::time::timeout(PUBLISH_WAIT, send).await, Ok(Ok(()))) {
+                        ctx.shared.set_status(|s| s.dropped += 1);
+                    }
+                }
+            }
+            Some(done) = puts.join_next() => {
+                let Ok((t, value, ok)) = done else { continue };
+                in_flight.remove(&t);
+                if ctx.shared.writes_ok.swap(ok, Relaxed) != ok {
+                    if ok {
+                        tracing::info!("the cluster takes writes again");
+                        ctx.shared.set_status(|s| s.error = None);
+                    } else {
+                        tracing::warn!("the cluster does not take writes (no JetStream quorum?); local changes wait");
+                        ctx.shared.set_status(|s| s.error = None);
+                    }
+                }
+                if !ok {
+                    // Keep it unless a newer value came meanwhile; try again later.
+                    unsynced.entry(t.clone()).or_insert(value);
+                    failed.push(t);
+                } else if unsynced.contains_key(&t) {
+                    queue.push_back(t);
+                }
+            }
+            _ = retry.tick() => {
+                queue.extend(failed.drain(..));
+            }
+        }
+    }
+}
+
+/// Other hubs' plain messages, published here.
+async fn inbound_plain(ctx: Arc<Ctx>) {
+    let mut sub = match ctx.nats.subscribe(format!("{}.>", ctx.cfg.prefix)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("the cluster bridge cannot subscribe: {e}");
+            return;
+        }
+    };
+    while let Some(m) = sub.next().await {
+        let Some(t) = tag(&ctx.cfg.prefix, &m.subject) else {
+            continue;
+        };
+        let Ok(body) = Body::from_json_bytes(m.payload.clone()) else {
+            continue;
+        };
+        let cid = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(H_CID))
+            .map(|v| v.as_str().to_owned());
+        let opts = PublishOptions {
+            retain: false,
+            cid: cid.as_deref(),
+        };
+        if let Err(e) = ctx.local.publish_with(&t, &body, opts).await {
+            tracing::debug!(tag = %t, "a message from the cluster was not published here: {e}");
+        }
+    }
+}
+
+/// Watches every key of `store` from its current values on, made again
+/// after every reconnection to NATS (a consumer on a lost server is gone);
+/// `apply` takes each entry.
+async fn watch_bucket(ctx: &Ctx, store: &kv::Store, what: &str, mut apply: impl FnMut(kv::Entry)) {
+    let mut epoch = ctx.shared.epoch.subscribe();
+    loop {
+        epoch.mark_unchanged();
+        let mut watch = match store.watch_with_history(">").await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("cannot watch the {what} bucket, retrying: {e}");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                entry = watch.next() => match entry {
+                    Some(Ok(entry)) => apply(entry),
+                    Some(Err(e)) => tracing::debug!("{what} watch: {e}"),
+                    None => break,
+                },
+                _ = epoch.changed() => break,
+            }
+        }
+    }
+}
+
+/// Other hubs' retained values, published here (the bucket's current
+/// values first, at start and after every reconnection; a value this hub
+/// already holds is not published again).
+async fn inbound_retained(ctx: Arc<Ctx>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Bytes)>(8192);
+    let publisher = {
+        let ctx = ctx.clone();
+        async move {
+            while let Some((t, body)) = rx.recv().await {
+                let same = match ctx.hub.retained(&t) {
+                    Some(r) => r.body().as_bytes() == &body[..],
+                    None => &body[..] == b"null",
+                };
+                if same {
+                    continue;
+                }
+                let Ok(body) = Body::from_json_bytes(body) else {
+                    continue;
+                };
+                let retain = PublishOptions {
+                    retain: true,
+                    cid: None,
+                };
+                if let Err(e) = ctx.local.publish_with(&t, &body, retain).await {
+                    tracing::debug!(tag = %t, "a retained value from the cluster was not published here: {e}");
+                }
+            }
+        }
+    };
+    let watcher = watch_bucket(&ctx, &ctx.retained, "retained", |entry| {
+        let Some(t) = tag_of_key(&entry.key) else {
+            return;
+        };
+        let body = match entry.operation {
+            kv::Operation::Put => {
+                let Ok(env) = serde_json::from_slice::<Envelope>(&entry.value) else {
+                    tracing::warn!(key = %entry.key, "not a patchbay value in the retained bucket");
+                    return;
+                };
+                if env.hub == ctx.shared.me {
+                    let mut own = ctx.own();
+                    let echo_of_latest = match own.pending.get_mut(&t) {
+                        Some(n) if *n > 1 => {
+                            *n -= 1;
+                            false
+                        }
+                        Some(_) => {
+                            own.pending.remove(&t);
+                            true
+                        }
+                        None => true,
+                    };
+                    // Ours, and nobody else's came in between: this hub has it already.
+                    if !(echo_of_latest && own.overtaken.remove(&t)) {
+                        return;
+                    }
+                } else if ctx.own().pending.contains_key(&t) {
+                    ctx.own().overtaken.insert(t.clone());
+                }
+                Bytes::copy_from_slice(env.body.get().as_bytes())
+            }
+            kv::Operation::Delete | kv::Operation::Purge => Bytes::from_static(b"null"),
+        };
+        if tx.try_send((t, body)).is_err() {
+            // Behind: read the bucket again from its current values (those
+            // already here are skipped), rather than queue without bound.
+            tracing::warn!("retained values from the cluster arrive faster than this hub takes them; reading the bucket again");
+            ctx.shared.epoch.send_modify(|e| *e += 1);
+        }
+    });
+    tokio::join!(publisher, watcher);
+}
+
+/// The leases bucket into the mirror the hub checks claims against.
+async fn follow_leases(ctx: Arc<Ctx>) {
+    watch_bucket(&ctx, &ctx.leases, "leases", |entry| {
+        let Some(prefix) = tag_of_key(&entry.key) else {
+            return;
+        };
+        let value = match entry.operation {
+            kv::Operation::Put => serde_json::from_slice::<LeaseValue>(&entry.value).ok(),
+            _ => None,
+        };
+        ctx.shared.leases.update(&prefix, value, entry.revision);
+    })
+    .await;
+}
+
+/// This hub's claims as leases: taken, refreshed, given back; dead hubs'
+/// leases removed with their devices' last will.
+async fn keep_leases(ctx: Arc<Ctx>) {
+    let period = ctx.cfg.lease() / 3;
+    let grace = Duration::from_millis(ctx.hub.config().claim_grace_ms);
+    // Our leases whose claim ended, and since when.
+    let mut ended: HashMap<String, tokio::time::Instant> = HashMap::new();
+    loop {
+        let now = tokio::time::Instant::now();
+        let claims = ctx.hub.live_claims();
+        let me = &ctx.shared.me;
+        for (prefix, principal, agent) in &claims {
+            ended.remove(prefix);
+            let value = LeaseValue {
+                hub: me.clone(),
+                principal: principal.to_string(),
+                agent: agent.to_string(),
+            };
+            let bytes = Bytes::from(serde_json::to_vec(&value).expect("a lease serializes"));
+            let k = key(prefix);
+            let result = match ctx.shared.leases.get(prefix) {
+                None => ctx
+                    .leases
+                    .create(&k, bytes)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Some(l)
+                    if l.value.hub == *me
+                        || l.value.principal == value.principal
+                        || !ctx.shared.leases.alive(&l, now) =>
+                {
+                    ctx.leases
+                        .update(&k, bytes, l.revision)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                }
+                Some(l) => Err(format!("held by `{}` on another hub", l.value.agent)),
+            };
+            if let Err(e) = result {
+                tracing::warn!(%prefix, "the lease for this hub's claim could not be written: {e}");
+            }
+        }
+        // Leases of claims that ended here: given back after the claim's grace.
+        for (prefix, lease) in ctx.shared.leases.all() {
+            if lease.value.hub == *me && !claims.iter().any(|(p, _, _)| *p == prefix) {
+                let since = *ended.entry(prefix.clone()).or_insert(now);
+                if now.duration_since(since) >= grace {
+                    let _ = ctx.leases.delete(key(&prefix)).await;
+                    ended.remove(&prefix);
+                }
+            } else if lease.value.hub != *me && !ctx.shared.leases.alive(&lease, now) {
+                expire(&ctx, &prefix, &lease).await;
+            }
+        }
+        ctx.shared.set_status(|_| {});
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = ctx.shared.claims_changed.notified() => {}
+        }
+    }
+}
+
+/// Removes a dead hub's lease (one hub wins the compare-and-set) and
+/// publishes the last will of what it covered.
+async fn expire(ctx: &Ctx, prefix: &str, lease: &super::leases::Lease) {
+    let tombstone = LeaseValue {
+        hub: ctx.shared.me.clone(),
+        principal: String::new(),
+        agent: format!("expired: {}", lease.value.agent),
+    };
+    let bytes = Bytes::from(serde_json::to_vec(&tombstone).expect("a lease serializes"));
+    // Only the hub whose compare-and-set wins publishes the will.
+    if ctx
+        .leases
+        .update(key(prefix), bytes, lease.revision)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let will = serde_json::json!({
+        "online": false,
+        "reason": format!("agent `{}` is gone: its hub stopped answering the cluster", lease.value.agent),
+        "since": crate::server::now_ms(),
+    });
+    let body = RawValue::from_string(will.to_string()).expect("json! is valid JSON");
+    tracing::warn!(%prefix, agent = %lease.value.agent, "a lease expired: its hub is gone");
+    ctx.hub
+        .publish_as_hub(&format!("{prefix}/online"), &body, true);
+    let _ = ctx.leases.delete(key(prefix)).await;
+}
+
+/// Requests this hub has no responder for, sent to the hub that has one.
+async fn forward_requests(ctx: Arc<Ctx>) {
+    let requests = ctx.local.requests();
+    let limit = Arc::new(tokio::sync::Semaphore::new(REQUESTS_IN_FLIGHT));
+    while let Some(r) = requests.next().await {
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let t = r.tag().to_owned();
+            let mut headers = HeaderMap::new();
+            headers.insert(H_FROM, r.from());
+            headers.insert(H_HUB, ctx.shared.me.as_str());
+            if let Some(cid) = r.cid() {
+                headers.insert(H_CID, cid);
+            }
+            let timeout = Duration::from_millis(ctx.hub.config().max_request_timeout_ms);
+            let request = async_nats::Request::new()
+                .payload(Bytes::copy_from_slice(r.body()))
+                .headers(headers)
+                .timeout(Some(timeout));
+            let sent = ctx
+                .nats
+                .send_request(subject(&format!("{}q", ctx.cfg.prefix), &t), request)
+                .await;
+            let result = match sent {
+                Ok(reply) => match reply.headers.as_ref().and_then(|h| h.get(H_ERROR)) {
+                    Some(_) => match serde_json::from_slice::<ErrorBody>(&reply.payload) {
+                        Ok(e) => Err(e),
+                        Err(_) => Err(ErrorBody::new(
+                            "unavailable",
+                            "an unreadable error from another hub",
+                        )),
+                    },
+                    None => Body::from_json_bytes(reply.payload).map_err(|_| {
+                        ErrorBody::new("unavailable", "an unreadable answer from another hub")
+                    }),
+                },
+                Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                    Err(ErrorBody::new(
+                        "no_responder",
+                        format!("nobody owns or subscribes to `{t}` on any hub of the cluster"),
+                    ))
+                }
+                Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => Err(
+                    ErrorBody::new("timeout", format!("no answer from the hub that owns `{t}`")),
+                ),
+                Err(e) => Err(ErrorBody::new(
+                    "unavailable",
+                    format!("the cluster is unreachable: {e}"),
+                )),
+            };
+            let _ = r.respond_result(result.as_ref()).await;
+        });
+    }
+}
+
+/// Requests from other hubs for tags claimed here, asked of the local owner.
+async fn answer_requests(ctx: Arc<Ctx>) {
+    let mut subscribed: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    loop {
+        let claims: HashSet<String> = ctx
+            .hub
+            .live_claims()
+            .into_iter()
+            .map(|(p, _, _)| p)
+            .collect();
+        subscribed.retain(|p, task| {
+            let keep = claims.contains(p);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for prefix in claims {
+            if subscribed.contains_key(&prefix) {
+                continue;
+            }
+            let task = tokio::spawn(serve_prefix(ctx.clone(), prefix.clone()));
+            subscribed.insert(prefix, task);
+        }
+        ctx.shared.claims_changed.notified().await;
+    }
+}
+
+async fn serve_prefix(ctx: Arc<Ctx>, prefix: String) {
+    let base = subject(&format!("{}q", ctx.cfg.prefix), &prefix);
+    let (Ok(mut exact), Ok(mut below)) = (
+        ctx.nats.subscribe(base.clone()).await,
+        ctx.nats.subscribe(format!("{base}.>")).await,
+    ) else {
+        tracing::warn!(%prefix, "cannot take requests from the cluster for this claim");
+        return;
+    };
+    let qprefix = format!("{}q", ctx.cfg.prefix);
+    loop {
+        let m = tokio::select! {
+            Some(m) = exact.next() => m,
+            Some(m) = below.next() => m,
+            else => return,
+        };
+        let (Some(reply_to), Some(t)) = (m.reply.clone(), tag(&qprefix, &m.subject)) else {
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let cid = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(H_CID))
+                .map(|v| v.as_str().to_owned());
+            let timeout = Duration::from_millis(ctx.hub.config().max_request_timeout_ms);
+            let result = match Body::from_json_bytes(m.payload.clone()) {
+                Ok(body) => {
+                    let opts = RequestOptions {
+                        timeout: Some(timeout),
+                        cid: cid.as_deref(),
+                        on_behalf: None,
+                    };
+                    ctx.local.request_with(&t, &body, opts).await
+                }
+                Err(e) => Err(e),
+            };
+            let (headers, payload) = match result {
+                Ok(reply) => (HeaderMap::new(), Bytes::copy_from_slice(reply.body())),
+                Err(e) => {
+                    let body = match e {
+                        patchbay_client::Error::Hub(b) => b,
+                        other => ErrorBody::new("unavailable", other.to_string()),
+                    };
+                    let mut h = HeaderMap::new();
+                    h.insert(H_ERROR, body.code.as_str());
+                    (
+                        h,
+                        Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+                    )
+                }
+            };
+            let _ = ctx
+                .nats
+                .publish_with_headers(reply_to, headers, payload)
+                .await;
+        });
+    }
+}
