@@ -59,7 +59,7 @@ impl JournalParams {
 }
 
 /// One HTTP GET over a fresh connection; returns the status and body.
-async fn get(http: &str, path: &str) -> anyhow::Result<(u16, String)> {
+pub(crate) async fn get(http: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(http).await?;
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n").as_bytes(),

@@ -3,6 +3,7 @@
 //! and writes a JSON report.
 
 mod cases;
+mod cluster;
 mod journal;
 mod libs;
 mod resources;
@@ -47,6 +48,10 @@ struct Args {
     /// commands, queries on a large file). Its report goes to `bench/results/journal.json`.
     #[arg(long, conflicts_with = "venue")]
     journal: bool,
+    /// Run the cluster scenario instead (two hubs over a 3-node NATS cluster
+    /// beside one hub). Its report goes to `bench/results/cluster.json`.
+    #[arg(long, conflicts_with_all = ["venue", "journal"])]
+    cluster: bool,
 }
 
 /// Appends `report` as one line to the history beside `json`.
@@ -102,6 +107,36 @@ async fn run_journal(args: &Args) -> anyhow::Result<()> {
         "targets": checks.iter().map(|(l, ok)| json!({"target": l, "passed": ok})).collect::<Vec<_>>(),
     });
     write_report(args, "journal", &report)
+}
+
+async fn run_cluster(args: &Args) -> anyhow::Result<()> {
+    let p = if args.quick {
+        cluster::ClusterParams::quick()
+    } else {
+        cluster::ClusterParams::full()
+    };
+    eprintln!("cluster: {p:?}");
+    let results = cluster::run(p).await?;
+    let (one, two) = (&results["single_hub"], &results["two_hubs_over_nats"]);
+    println!("{:<28} {:>12} {:>16}", "case", "one hub", "two hubs (NATS)");
+    for (label, key) in [
+        ("state change p50 us", "state_latency_p50_us"),
+        ("state change p99 us", "state_latency_p99_us"),
+        ("PATCH round trip p50 us", "patch_rtt_p50_us"),
+        ("PATCH round trip p99 us", "patch_rtt_p99_us"),
+        ("1->1 msgs/s", "one_to_one_msgs_per_s"),
+        ("1->1 lost", "one_to_one_lost"),
+    ] {
+        println!("{label:<28} {:>12} {:>16}", fmt(one, key), fmt(two, key));
+    }
+    let report = json!({
+        "scenario": "cluster",
+        "time_unix_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64,
+        "machine": machine(),
+        "params": {"samples": p.samples, "patches": p.patches, "messages": p.messages},
+        "results": results,
+    });
+    write_report(args, "cluster", &report)
 }
 
 async fn run_venue(args: &Args) -> anyhow::Result<()> {
@@ -251,6 +286,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.journal {
         return run_journal(&args).await;
+    }
+    if args.cluster {
+        return run_cluster(&args).await;
     }
     let p = if args.quick {
         Params {

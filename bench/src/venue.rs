@@ -383,7 +383,7 @@ async fn console(
 }
 
 /// Sends one HTTP request on a kept-alive connection and reads the answer; returns the status.
-async fn http_request(s: &mut BufReader<TcpStream>, req: &[u8]) -> anyhow::Result<u16> {
+pub(crate) async fn http_request(s: &mut BufReader<TcpStream>, req: &[u8]) -> anyhow::Result<u16> {
     s.get_mut().write_all(req).await?;
     let mut head = String::new();
     let mut status = 0;

@@ -131,3 +131,45 @@ async fn journal_smoke_run() {
     assert!(r["query"]["p50_ms"].as_f64().is_some_and(|v| v > 0.0));
     let _ = std::fs::remove_file(json);
 }
+
+#[tokio::test]
+async fn cluster_smoke_run() {
+    let json = std::env::temp_dir().join(format!(
+        "patchbay-bench-cluster-smoke-{}.json",
+        std::process::id()
+    ));
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        Command::new(bin("patchbay-bench"))
+            .args(["--cluster", "--quick", "--json"])
+            .arg(&json)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("cluster benchmark smoke run hung")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    // Both setups ran every case and lost nothing; no timing is asserted.
+    for setup in ["single_hub", "two_hubs_over_nats"] {
+        let r = &report["results"][setup];
+        for key in [
+            "state_latency_p99_us",
+            "patch_rtt_p99_us",
+            "one_to_one_msgs_per_s",
+        ] {
+            assert!(
+                r[key].as_f64().is_some_and(|v| v > 0.0),
+                "{setup}: {key} missing in {r}"
+            );
+        }
+        assert_eq!(r["one_to_one_lost"], 0, "{setup}: {r}");
+    }
+    let _ = std::fs::remove_file(json);
+}

@@ -24,13 +24,25 @@ fn free_port() -> u16 {
 
 /// A NATS server of the test's cluster.
 struct Node {
-    child: Child,
+    child: Option<Child>,
     port: u16,
+    conf: PathBuf,
+}
+
+fn nats_server(conf: &PathBuf) -> Child {
+    Command::new("nats-server")
+        .arg("-c")
+        .arg(conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nats-server runs (apt install nats-server; .ci/run does)")
 }
 
 /// Three nats-server processes routed to each other, with JetStream.
 struct NatsCluster {
-    nodes: Vec<Option<Node>>,
+    nodes: Vec<Node>,
     _dir: PathBuf,
 }
 
@@ -53,15 +65,11 @@ impl NatsCluster {
                     routes.join(", ")
                 ),
             );
-            let child = Command::new("nats-server")
-                .arg("-c")
-                .arg(&conf)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("nats-server runs (apt install nats-server; .ci/run does)");
-            nodes.push(Some(Node { child, port: *port }));
+            nodes.push(Node {
+                child: Some(nats_server(&conf)),
+                port: *port,
+                conf,
+            });
         }
         NatsCluster { nodes, _dir: dir }
     }
@@ -69,16 +77,21 @@ impl NatsCluster {
     fn urls(&self) -> String {
         self.nodes
             .iter()
-            .flatten()
             .map(|n| format!("\"nats://127.0.0.1:{}\"", n.port))
             .collect::<Vec<_>>()
             .join(", ")
     }
 
     async fn kill(&mut self, i: usize) {
-        if let Some(mut n) = self.nodes[i].take() {
-            n.child.kill().await.unwrap();
+        if let Some(mut c) = self.nodes[i].child.take() {
+            c.kill().await.unwrap();
         }
+    }
+
+    /// Starts a killed node again, with its JetStream store as it was.
+    fn restart(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.child = Some(nats_server(&n.conf));
     }
 }
 
@@ -251,7 +264,37 @@ async fn hubs_share_state_commands_and_claims_over_nats() {
     assert_eq!(m.tag(), "note/x");
     let h = health_until(&a_http, "hub a degraded", |v| v["status"] == "degraded").await;
     assert_eq!(h["cluster"]["connected"], false, "{h}");
-    drop(b);
+    assert!(h["cluster"]["error"].as_str().is_some(), "says why: {h}");
+
+    // The quorum returns: what A wrote meanwhile reaches B, and A is whole again.
+    nats.restart(1);
+    let mut late_b = Watcher::new(&b.addr()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = ClientBuilder::new(b.addr())
+            .name("reader")
+            .connect()
+            .await
+            .unwrap()
+            .subscribe_with_snapshot(&["note/x"])
+            .await
+            .unwrap()
+            .snapshot()
+            .await
+            .unwrap();
+        if seen.iter().any(|m| m.body_str() == "1") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the value written during the partition never reached B"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    health_until(&a_http, "hub a whole again", |v| v["status"] == "ok").await;
+    late_b
+        .until("proj-1 still there on B", |d| online(d, "proj-1"))
+        .await;
 }
 
 #[tokio::test]
