@@ -27,7 +27,7 @@ use crate::device::{now_ms, Command};
 use crate::mailbox::{Mailboxes, Pending};
 
 /// How often claims the hub refused are tried again.
-const RECLAIM_EVERY: Duration = Duration::from_secs(10);
+const RECLAIM_EVERY: Duration = Duration::from_secs(3);
 
 /// Runs until `shutdown` turns true.
 pub async fn run(

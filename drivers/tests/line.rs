@@ -256,6 +256,23 @@ fn profile_mistakes_are_named_with_file_line_and_key() {
         &format!("{head}binary = true\nframe_end = \"0D\"\n[[setting]]\nname = \"power\"\ntype = \"enum\"\nmap = {{ on = \"01\" }}\nquery = \"AA {{len:ascii}} 0D\"\nreply = \"AA {{value}} 0D\"\n"),
     );
     assert!(e.contains("needs a fixed width"), "{e}");
+    // Mistakes found after parsing name the line of the key they are about.
+    let e = check(
+        "format.toml",
+        &format!("{head}binary = true\nframe_length_at = 1\nframe_length_format = \"u16\"\n[[setting]]\nname = \"power\"\ntype = \"enum\"\nmap = {{ on = \"01\" }}\nquery = \"AA 0D\"\nreply = \"AA {{value}} 0D\"\n"),
+    );
+    assert!(
+        e.contains("format.toml:5:") && e.contains("`frame_length_format` is u8 or hex2"),
+        "{e}"
+    );
+    let e = check(
+        "text-frame.toml",
+        &format!("{head}frame_end = \"0D\"\n[[setting]]\nname = \"power\"\ntype = \"text\"\nquery = \"P?\"\nreply = '^P (.*)$'\n"),
+    );
+    assert!(
+        e.contains("text-frame.toml:3:") && e.contains("add `binary = true`"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

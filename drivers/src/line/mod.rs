@@ -244,15 +244,36 @@ impl ProfileError {
         ProfileError { message, span }
     }
 
-    /// `file:line: message` (the line when the span is known).
+    /// `file:line: message`: the line of the span, or else of the first key
+    /// or setting the message names (`` `frame_end` ``, ``setting `power` ``).
     pub fn locate(&self, file: &str, text: &str) -> String {
-        match &self.span {
-            Some(s) => {
-                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                format!("{file}:{line}: {}", self.message)
-            }
+        let line = match &self.span {
+            Some(s) => Some(text[..s.start.min(text.len())].matches('\n').count() + 1),
+            None => self.named_line(text),
+        };
+        match line {
+            Some(line) => format!("{file}:{line}: {}", self.message),
             None => format!("{file}: {}", self.message),
         }
+    }
+
+    /// The line of the first name in backticks that the file defines: a key
+    /// (`name = ...` at the start of a line) or a setting (`name = "x"`).
+    fn named_line(&self, text: &str) -> Option<usize> {
+        let names = self.message.split('`').skip(1).step_by(2);
+        for name in names {
+            let setting = format!("name = \"{name}\"");
+            let found = text.lines().position(|l| {
+                let l = l.trim_start();
+                l.starts_with(&setting)
+                    || l.strip_prefix(name)
+                        .is_some_and(|rest| rest.trim_start().starts_with('='))
+            });
+            if let Some(i) = found {
+                return Some(i + 1);
+            }
+        }
+        None
     }
 }
 

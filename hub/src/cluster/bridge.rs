@@ -40,7 +40,7 @@ use crate::server::Hub;
 /// Retained writes to the bucket in flight at once.
 const PUTS_IN_FLIGHT: usize = 64;
 /// Requests forwarded to other hubs at once.
-const REQUESTS_IN_FLIGHT: usize = 256;
+const REQUESTS_IN_FLIGHT: usize = 4096;
 /// How long a plain message may wait for room in NATS' queue before it is dropped.
 const PUBLISH_WAIT: Duration = Duration::from_millis(50);
 /// How often failed writes are tried again.
@@ -57,7 +57,6 @@ const H_ERROR: &str = "Pb-Error";
 /// A retained value as the bucket holds it.
 #[derive(Deserialize)]
 struct Envelope<'a> {
-    hub: String,
     #[serde(borrow)]
     body: &'a RawValue,
 }
@@ -79,8 +78,29 @@ fn local_only(t: &str) -> bool {
     LOCAL_ONLY.contains(&first)
 }
 
-/// Runs the bridge until `shutdown` turns true.
+/// Runs the bridge until `shutdown` turns true; a bridge whose task failed
+/// starts again.
 pub async fn run(
+    hub: Arc<Hub>,
+    cfg: ClusterConfig,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        run_once(hub.clone(), cfg.clone(), shared.clone(), shutdown.clone()).await;
+        if *shutdown.borrow() {
+            return;
+        }
+        shared.ready.store(false, Relaxed);
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = shutdown.changed() => return,
+        }
+        tracing::warn!("the cluster bridge starts again");
+    }
+}
+
+async fn run_once(
     hub: Arc<Hub>,
     cfg: ClusterConfig,
     shared: Arc<Shared>,
@@ -99,6 +119,21 @@ pub async fn run(
             _ = shutdown.changed() => return,
         }
     };
+    // Follow the hub from now on: what is published while the cluster is
+    // not ready yet waits in this subscription's queue.
+    let mut outbound_sub = None;
+    while outbound_sub.is_none() {
+        match local.subscribe(&["#"]).await {
+            Ok(s) => outbound_sub = Some(s),
+            Err(e) => {
+                tracing::warn!("the cluster bridge cannot follow its hub, retrying: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    }
     let nats = match connect(&cfg, &shared).await {
         Ok(n) => n,
         Err(e) => {
@@ -143,10 +178,10 @@ pub async fn run(
         nats,
         retained,
         leases,
-        own: std::sync::Mutex::new(OwnWrites::default()),
+        own: std::sync::Mutex::new(HashMap::new()),
     });
     let mut tasks = JoinSet::new();
-    tasks.spawn(outbound(ctx.clone()));
+    tasks.spawn(outbound(ctx.clone(), outbound_sub.expect("subscribed")));
     tasks.spawn(inbound_plain(ctx.clone()));
     tasks.spawn(inbound_retained(ctx.clone()));
     tasks.spawn(follow_leases(ctx.clone()));
@@ -157,16 +192,44 @@ pub async fn run(
         _ = shutdown.changed() => {}
         Some(r) = tasks.join_next() => {
             tracing::error!("a cluster bridge task ended: {r:?}");
+            tasks.abort_all();
+            return;
         }
     }
     tasks.abort_all();
-    // Leave: our leases go at once rather than after they expire.
+    // Leave: what this hub's agents covered is offline now (their
+    // connections close with the hub), and their leases go at once.
     for (prefix, lease) in ctx.shared.leases.all() {
-        if lease.value.hub == ctx.shared.me {
-            let _ = ctx.leases.delete(key(&prefix)).await;
+        if lease.value.hub != ctx.shared.me {
+            continue;
         }
+        let will = will(&format!(
+            "agent `{}` disconnected: its hub shut down",
+            lease.value.agent
+        ));
+        let _ = ctx
+            .retained
+            .put(
+                key(&format!("{prefix}/online")),
+                envelope(&ctx.shared.me, "hub", will.get().as_bytes()),
+            )
+            .await;
+        let _ = ctx
+            .leases
+            .delete_expect_revision(key(&prefix), Some(lease.revision))
+            .await;
     }
     let _ = ctx.nats.flush().await;
+}
+
+/// A last will's body.
+fn will(reason: &str) -> Box<RawValue> {
+    let will = serde_json::json!({
+        "online": false,
+        "reason": reason,
+        "since": crate::server::now_ms(),
+    });
+    RawValue::from_string(will.to_string()).expect("json! is valid JSON")
 }
 
 async fn connect(cfg: &ClusterConfig, shared: &Arc<Shared>) -> Result<async_nats::Client, String> {
@@ -182,6 +245,7 @@ async fn connect(cfg: &ClusterConfig, shared: &Arc<Shared>) -> Result<async_nats
                     async_nats::Event::Connected => {
                         tracing::info!("connected to NATS");
                         shared.nats.store(true, Relaxed);
+                        shared.leases.touch_all();
                         shared.epoch.send_modify(|e| *e += 1);
                         shared.set_status(|s| s.error = None);
                     }
@@ -259,15 +323,11 @@ async fn buckets(
     Ok((retained, leases))
 }
 
-/// Retained values this hub wrote to the bucket and has not seen come back:
-/// when another hub's value for the same tag is applied in between, ours
-/// (the later revision) is applied again when it comes back, so every hub
-/// ends with the bucket's last value.
-#[derive(Default)]
-struct OwnWrites {
-    pending: HashMap<String, u32>,
-    overtaken: HashSet<String>,
-}
+/// The bucket revision of this hub's latest write per tag, until its echo
+/// comes back through the watch: then, if another hub's older value was
+/// applied here meanwhile, ours is applied again, so every hub ends with the
+/// bucket's last value.
+type OwnWrites = HashMap<String, u64>;
 
 struct Ctx {
     hub: Arc<Hub>,
@@ -287,14 +347,7 @@ impl Ctx {
 }
 
 /// This hub's messages to the cluster.
-async fn outbound(ctx: Arc<Ctx>) {
-    let mut sub = match ctx.local.subscribe(&["#"]).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("the cluster bridge cannot follow its hub: {e}");
-            return;
-        }
-    };
+async fn outbound(ctx: Arc<Ctx>, mut sub: patchbay_client::Subscription) {
     // Retained changes not yet in the bucket: the latest per tag (`None` deletes).
     let mut unsynced: HashMap<String, Option<Bytes>> = HashMap::new();
     let mut queue: VecDeque<String> = VecDeque::new();
@@ -309,14 +362,18 @@ async fn outbound(ctx: Arc<Ctx>) {
                 continue;
             };
             in_flight.insert(t.clone());
-            if value.is_some() {
-                *ctx.own().pending.entry(t.clone()).or_default() += 1;
-            }
             let store = ctx.retained.clone();
+            let own = ctx.clone();
             puts.spawn(async move {
                 let k = key(&t);
                 let ok = match &value {
-                    Some(v) => store.put(&k, v.clone()).await.is_ok(),
+                    Some(v) => match store.put(&k, v.clone()).await {
+                        Ok(revision) => {
+                            own.own().insert(t.clone(), revision);
+                            true
+                        }
+                        Err(_) => false,
+                    },
                     None => store.delete(&k).await.is_ok(),
                 };
                 (t, value, ok)
@@ -358,6 +415,7 @@ async fn outbound(ctx: Arc<Ctx>) {
                 in_flight.remove(&t);
                 if ctx.shared.writes_ok.swap(ok, Relaxed) != ok {
                     if ok {
+                        ctx.shared.leases.touch_all();
                         tracing::info!("the cluster takes writes again");
                         ctx.shared.set_status(|s| s.error = None);
                     } else {
@@ -448,6 +506,10 @@ async fn inbound_retained(ctx: Arc<Ctx>) {
         let ctx = ctx.clone();
         async move {
             while let Some((t, body)) = rx.recv().await {
+                // A device claimed here: its agent's values are the truth.
+                if ctx.hub.claimed_here(&t) {
+                    continue;
+                }
                 let same = match ctx.hub.retained(&t) {
                     Some(r) => r.body().as_bytes() == &body[..],
                     None => &body[..] == b"null",
@@ -478,26 +540,19 @@ async fn inbound_retained(ctx: Arc<Ctx>) {
                     tracing::warn!(key = %entry.key, "not a patchbay value in the retained bucket");
                     return;
                 };
-                if env.hub == ctx.shared.me {
-                    let mut own = ctx.own();
-                    let echo_of_latest = match own.pending.get_mut(&t) {
-                        Some(n) if *n > 1 => {
-                            *n -= 1;
-                            false
-                        }
-                        Some(_) => {
-                            own.pending.remove(&t);
-                            true
-                        }
-                        None => true,
-                    };
-                    // Ours, and nobody else's came in between: this hub has it already.
-                    if !(echo_of_latest && own.overtaken.remove(&t)) {
-                        return;
+                // Older than this hub's latest write of the tag: the bucket
+                // holds ours after it, so it is not applied. Anything newer
+                // (our latest write's echo included) is applied when it
+                // differs from what the hub has.
+                let mut own = ctx.own();
+                match own.get(&t) {
+                    Some(&rev) if entry.revision < rev => return,
+                    Some(_) => {
+                        own.remove(&t);
                     }
-                } else if ctx.own().pending.contains_key(&t) {
-                    ctx.own().overtaken.insert(t.clone());
+                    None => {}
                 }
+                drop(own);
                 Bytes::copy_from_slice(env.body.get().as_bytes())
             }
             kv::Operation::Delete | kv::Operation::Purge => Bytes::from_static(b"null"),
@@ -522,22 +577,30 @@ async fn follow_leases(ctx: Arc<Ctx>) {
             kv::Operation::Put => serde_json::from_slice::<LeaseValue>(&entry.value).ok(),
             _ => None,
         };
+        let ours_before = ctx.shared.leases.held_here(&prefix);
+        let ours = value.as_ref().is_some_and(|v| v.hub == ctx.shared.me);
         ctx.shared.leases.update(&prefix, value, entry.revision);
+        if ours != ours_before {
+            ctx.shared.leases_changed.send_modify(|n| *n += 1);
+        }
     })
     .await;
 }
 
-/// This hub's claims as leases: taken, refreshed, given back; dead hubs'
-/// leases removed with their devices' last will.
+/// This hub's claims as leases: taken, refreshed, given back; a claim the
+/// cluster gave to another hub's agent is lost here; dead hubs' leases are
+/// removed with their devices' last will.
 async fn keep_leases(ctx: Arc<Ctx>) {
     let period = ctx.cfg.lease() / 3;
     let grace = Duration::from_millis(ctx.hub.config().claim_grace_ms);
+    let mut changes = ctx.shared.claims_changed.subscribe();
     // Our leases whose claim ended, and since when.
     let mut ended: HashMap<String, tokio::time::Instant> = HashMap::new();
     loop {
+        changes.mark_unchanged();
         let now = tokio::time::Instant::now();
         let claims = ctx.hub.live_claims();
-        let me = &ctx.shared.me;
+        let me = ctx.shared.me.clone();
         for (prefix, principal, agent) in &claims {
             ended.remove(prefix);
             let value = LeaseValue {
@@ -547,46 +610,116 @@ async fn keep_leases(ctx: Arc<Ctx>) {
             };
             let bytes = Bytes::from(serde_json::to_vec(&value).expect("a lease serializes"));
             let k = key(prefix);
-            let result = match ctx.shared.leases.get(prefix) {
-                None => ctx
-                    .leases
-                    .create(&k, bytes)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
-                Some(l)
-                    if l.value.hub == *me
-                        || l.value.principal == value.principal
-                        || !ctx.shared.leases.alive(&l, now) =>
-                {
+            let (result, taken) = match ctx.shared.leases.get(prefix) {
+                None => (
+                    ctx.leases
+                        .create(&k, bytes)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    true,
+                ),
+                Some(l) if l.value.hub == me => (
                     ctx.leases
                         .update(&k, bytes, l.revision)
                         .await
-                        .map(drop)
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| e.to_string()),
+                    false,
+                ),
+                Some(l) if !ctx.shared.leases.alive(&l, now) => (
+                    ctx.leases
+                        .update(&k, bytes, l.revision)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    true,
+                ),
+                Some(l) => {
+                    // Claimed here before this hub knew of that lease (at
+                    // start, or in the same instant as the other hub).
+                    ctx.hub.lose_claim(
+                        prefix,
+                        &format!(
+                            "`{prefix}` is claimed by `{}` on another hub of the cluster",
+                            l.value.agent
+                        ),
+                    );
+                    continue;
                 }
-                Some(l) => Err(format!("held by `{}` on another hub", l.value.agent)),
             };
-            if let Err(e) = result {
-                tracing::warn!(%prefix, "the lease for this hub's claim could not be written: {e}");
+            // The mirror learns our own revision at once (the watch follows).
+            let result = result.map(|revision| {
+                ctx.shared
+                    .leases
+                    .update(prefix, Some(value.clone()), revision)
+            });
+            match result {
+                Ok(()) if taken => {
+                    ctx.shared.leases_changed.send_modify(|n| *n += 1);
+                    resync(&ctx, prefix).await;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    // Someone else's write came first: who holds it now?
+                    let holder = ctx
+                        .leases
+                        .entry(k.clone())
+                        .await
+                        .ok()
+                        .flatten()
+                        .filter(|e| e.operation == kv::Operation::Put)
+                        .and_then(|e| serde_json::from_slice::<LeaseValue>(&e.value).ok());
+                    match holder {
+                        Some(h) if h.hub != me => ctx.hub.lose_claim(
+                            prefix,
+                            &format!(
+                                "`{prefix}` is claimed by `{}` on another hub of the cluster",
+                                h.agent
+                            ),
+                        ),
+                        _ => {
+                            tracing::warn!(%prefix, "the lease for this hub's claim could not be written: {e}")
+                        }
+                    }
+                }
             }
         }
-        // Leases of claims that ended here: given back after the claim's grace.
         for (prefix, lease) in ctx.shared.leases.all() {
-            if lease.value.hub == *me && !claims.iter().any(|(p, _, _)| *p == prefix) {
+            if lease.value.hub == me && !claims.iter().any(|(p, _, _)| *p == prefix) {
+                // Given back after the claim's grace (its agent may return).
                 let since = *ended.entry(prefix.clone()).or_insert(now);
                 if now.duration_since(since) >= grace {
-                    let _ = ctx.leases.delete(key(&prefix)).await;
+                    let _ = ctx
+                        .leases
+                        .delete_expect_revision(key(&prefix), Some(lease.revision))
+                        .await;
                     ended.remove(&prefix);
                 }
-            } else if lease.value.hub != *me && !ctx.shared.leases.alive(&lease, now) {
+            } else if lease.value.hub != me
+                && !ctx.shared.leases.alive(&lease, now)
+                && !claims.iter().any(|(p, _, _)| *p == prefix)
+                // Cut off ourselves, we cannot tell a dead hub from our own loss.
+                && ctx.shared.status().connected
+            {
                 expire(&ctx, &prefix, &lease).await;
             }
         }
-        ctx.shared.set_status(|_| {});
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
-            _ = ctx.shared.claims_changed.notified() => {}
+            _ = changes.changed() => {}
+        }
+    }
+}
+
+/// Writes this hub's retained values of a device it (re)gained to the
+/// bucket: while its lease was elsewhere or gone, other hubs may have
+/// recorded a last will over them.
+async fn resync(ctx: &Ctx, prefix: &str) {
+    for part in ["meta", "state", "online"] {
+        let t = format!("{prefix}/{part}");
+        if let Some(r) = ctx.hub.retained(&t) {
+            let value = envelope(&ctx.shared.me, "hub", r.body().as_bytes());
+            if let Ok(revision) = ctx.retained.put(key(&t), value).await {
+                ctx.own().insert(t, revision);
+            }
         }
     }
 }
@@ -601,24 +734,24 @@ async fn expire(ctx: &Ctx, prefix: &str, lease: &super::leases::Lease) {
     };
     let bytes = Bytes::from(serde_json::to_vec(&tombstone).expect("a lease serializes"));
     // Only the hub whose compare-and-set wins publishes the will.
-    if ctx
-        .leases
-        .update(key(prefix), bytes, lease.revision)
-        .await
-        .is_err()
-    {
+    let Ok(revision) = ctx.leases.update(key(prefix), bytes, lease.revision).await else {
+        // Changed meanwhile, or gone: a mirror entry for a key that is gone goes too.
+        if matches!(ctx.leases.entry(key(prefix)).await, Ok(None)) {
+            ctx.shared.leases.update(prefix, None, 0);
+        }
         return;
-    }
-    let will = serde_json::json!({
-        "online": false,
-        "reason": format!("agent `{}` is gone: its hub stopped answering the cluster", lease.value.agent),
-        "since": crate::server::now_ms(),
-    });
-    let body = RawValue::from_string(will.to_string()).expect("json! is valid JSON");
+    };
     tracing::warn!(%prefix, agent = %lease.value.agent, "a lease expired: its hub is gone");
+    let body = will(&format!(
+        "agent `{}` is gone: its hub stopped answering the cluster",
+        lease.value.agent
+    ));
     ctx.hub
         .publish_as_hub(&format!("{prefix}/online"), &body, true);
-    let _ = ctx.leases.delete(key(prefix)).await;
+    let _ = ctx
+        .leases
+        .delete_expect_revision(key(prefix), Some(revision))
+        .await;
 }
 
 /// Requests this hub has no responder for, sent to the hub that has one.
@@ -680,42 +813,60 @@ async fn forward_requests(ctx: Arc<Ctx>) {
     }
 }
 
-/// Requests from other hubs for tags claimed here, asked of the local owner.
+/// Requests from other hubs for tags claimed here (whose lease this hub
+/// holds), asked of the local owner.
 async fn answer_requests(ctx: Arc<Ctx>) {
-    let mut subscribed: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut changes = ctx.shared.claims_changed.subscribe();
+    let mut leases = ctx.shared.leases_changed.subscribe();
+    let mut tasks = JoinSet::new();
+    let mut serving: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
+    let limit = Arc::new(tokio::sync::Semaphore::new(REQUESTS_IN_FLIGHT));
     loop {
+        changes.mark_unchanged();
+        leases.mark_unchanged();
         let claims: HashSet<String> = ctx
             .hub
             .live_claims()
             .into_iter()
             .map(|(p, _, _)| p)
+            .filter(|p| ctx.shared.leases.held_here(p))
             .collect();
-        subscribed.retain(|p, task| {
-            let keep = claims.contains(p);
+        serving.retain(|p, task| {
+            let keep = claims.contains(p) && !task.is_finished();
             if !keep {
                 task.abort();
             }
             keep
         });
         for prefix in claims {
-            if subscribed.contains_key(&prefix) {
-                continue;
+            if let std::collections::hash_map::Entry::Vacant(slot) = serving.entry(prefix) {
+                let prefix = slot.key().clone();
+                slot.insert(tasks.spawn(serve_prefix(ctx.clone(), prefix, limit.clone())));
             }
-            let task = tokio::spawn(serve_prefix(ctx.clone(), prefix.clone()));
-            subscribed.insert(prefix, task);
         }
-        ctx.shared.claims_changed.notified().await;
+        // Leases change without a claim changing: look again now and then.
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = leases.changed() => {}
+            _ = tokio::time::sleep(RETRY) => {}
+            Some(_) = tasks.join_next() => {}
+        }
     }
 }
 
-async fn serve_prefix(ctx: Arc<Ctx>, prefix: String) {
+async fn serve_prefix(ctx: Arc<Ctx>, prefix: String, limit: Arc<tokio::sync::Semaphore>) {
     let base = subject(&format!("{}q", ctx.cfg.prefix), &prefix);
-    let (Ok(mut exact), Ok(mut below)) = (
-        ctx.nats.subscribe(base.clone()).await,
-        ctx.nats.subscribe(format!("{base}.>")).await,
-    ) else {
-        tracing::warn!(%prefix, "cannot take requests from the cluster for this claim");
-        return;
+    let (mut exact, mut below) = loop {
+        match (
+            ctx.nats.subscribe(base.clone()).await,
+            ctx.nats.subscribe(format!("{base}.>")).await,
+        ) {
+            (Ok(a), Ok(b)) => break (a, b),
+            _ => {
+                tracing::warn!(%prefix, "cannot take requests from the cluster for this claim yet, retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
     };
     let qprefix = format!("{}q", ctx.cfg.prefix);
     loop {
@@ -727,8 +878,12 @@ async fn serve_prefix(ctx: Arc<Ctx>, prefix: String) {
         let (Some(reply_to), Some(t)) = (m.reply.clone(), tag(&qprefix, &m.subject)) else {
             continue;
         };
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
         let ctx = ctx.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let cid = m
                 .headers
                 .as_ref()

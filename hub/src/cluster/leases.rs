@@ -75,18 +75,32 @@ impl Mirror {
         let mut map = self.map();
         match value {
             Some(value) => {
+                // The same revision again (a watch made anew) is no sign of life.
+                let seen = match map.get(prefix) {
+                    Some(l) if l.revision == revision => l.seen,
+                    _ => Instant::now(),
+                };
                 map.insert(
                     prefix.to_owned(),
                     Lease {
                         value,
                         revision,
-                        seen: Instant::now(),
+                        seen,
                     },
                 );
             }
             None => {
                 map.remove(prefix);
             }
+        }
+    }
+
+    /// Gives every lease a whole lifetime from now: called when this hub
+    /// gets the cluster back, since it could not see refreshes meanwhile.
+    pub fn touch_all(&self) {
+        let now = Instant::now();
+        for l in self.map().values_mut() {
+            l.seen = now;
         }
     }
 
@@ -108,22 +122,34 @@ impl Mirror {
         lease.value.hub == self.me || now.duration_since(lease.seen) < self.lifetime
     }
 
-    /// Why `principal` may not claim `prefix` here: a live lease held by
-    /// another agent on another hub overlaps it. The same principal may
-    /// take its lease over (its agent moved hubs).
-    pub fn conflict(&self, prefix: &str, principal: &str, now: Instant) -> Option<String> {
+    /// Why `prefix` may not be claimed here: a live lease on another hub
+    /// overlaps it (whoever holds it: an agent that moved here from a hub
+    /// that died claims again once that hub's lease has expired).
+    pub fn conflict(&self, prefix: &str, now: Instant) -> Option<String> {
         self.map()
             .iter()
             .filter(|(p, _)| is_under(p, prefix) || is_under(prefix, p))
-            .find(|(_, l)| {
-                l.value.hub != self.me && l.value.principal != principal && self.alive(l, now)
-            })
+            .find(|(_, l)| l.value.hub != self.me && self.alive(l, now))
             .map(|(p, l)| {
                 format!(
                     "`{prefix}` overlaps `{p}`, claimed by `{}` on another hub of the cluster",
                     l.value.agent
                 )
             })
+    }
+
+    /// Whether a live lease on another hub covers `tag` (its requests go to that hub).
+    pub fn remote_owner(&self, tag: &str, now: Instant) -> bool {
+        self.map()
+            .iter()
+            .any(|(p, l)| is_under(tag, p) && l.value.hub != self.me && self.alive(l, now))
+    }
+
+    /// Whether this hub holds the lease on exactly `prefix`.
+    pub fn held_here(&self, prefix: &str) -> bool {
+        self.map()
+            .get(prefix)
+            .is_some_and(|l| l.value.hub == self.me)
     }
 }
 
@@ -140,33 +166,39 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn leases_conflict_until_they_expire_and_the_same_agent_takes_over() {
+    async fn leases_conflict_until_they_expire() {
         let m = Mirror::new("me".into(), Duration::from_secs(6));
         m.update("dev/p1", value("other", "rack-a"), 1);
         let now = Instant::now();
-        let e = m.conflict("dev/p1", "rack-b", now).unwrap();
+        let e = m.conflict("dev/p1", now).unwrap();
         assert!(
             e.contains("claimed by `rack-a-agent` on another hub"),
             "{e}"
         );
-        assert!(m.conflict("dev", "rack-b", now).is_some(), "above it");
-        assert!(m.conflict("dev/p1/x", "rack-b", now).is_some(), "below it");
-        assert!(m.conflict("dev/p2", "rack-b", now).is_none());
+        assert!(m.conflict("dev", now).is_some(), "above it");
+        assert!(m.conflict("dev/p1/x", now).is_some(), "below it");
+        assert!(m.conflict("dev/p2", now).is_none());
+        assert!(m.remote_owner("dev/p1/set", now));
+        assert!(!m.remote_owner("dev/p2/set", now));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        m.update("dev/p1", value("other", "rack-a"), 1);
+        tokio::time::advance(Duration::from_secs(3)).await;
         assert!(
-            m.conflict("dev/p1", "rack-a", now).is_none(),
-            "its own agent moved"
+            m.conflict("dev/p1", Instant::now()).is_none(),
+            "the same revision seen again is not a refresh: expired"
+        );
+        m.touch_all();
+        assert!(
+            m.conflict("dev/p1", Instant::now()).is_some(),
+            "back in the cluster: a whole lifetime again"
         );
         tokio::time::advance(Duration::from_secs(7)).await;
-        assert!(
-            m.conflict("dev/p1", "rack-b", Instant::now()).is_none(),
-            "not refreshed: expired"
-        );
         m.update("dev/p1", value("other", "rack-a"), 2);
-        assert!(
-            m.conflict("dev/p1", "rack-b", Instant::now()).is_some(),
-            "refreshed"
-        );
-        m.update("dev/p1", None, 3);
+        assert!(m.conflict("dev/p1", Instant::now()).is_some(), "refreshed");
+        m.update("dev/p1", value("me", "rack-a"), 3);
+        assert!(m.conflict("dev/p1", Instant::now()).is_none(), "ours");
+        assert!(m.held_here("dev/p1"));
+        m.update("dev/p1", None, 4);
         assert!(m.is_empty());
     }
 }

@@ -121,8 +121,10 @@ pub struct Shared {
     pub me: String,
     /// Leases as the cluster has them.
     pub leases: leases::Mirror,
-    /// Rung when the hub's claims change.
-    pub claims_changed: tokio::sync::Notify,
+    /// Counts changes of the hub's claims (each task follows it with its own receiver).
+    pub claims_changed: tokio::sync::watch::Sender<u64>,
+    /// Counts changes of the leases this hub holds, as the bucket reports them.
+    leases_changed: tokio::sync::watch::Sender<u64>,
     /// The link's state.
     pub status: Mutex<ClusterStatus>,
     /// Connected to a NATS server.
@@ -141,7 +143,8 @@ impl Shared {
         Shared {
             leases: leases::Mirror::new(me.clone(), lease),
             me,
-            claims_changed: tokio::sync::Notify::new(),
+            claims_changed: tokio::sync::watch::channel(0).0,
+            leases_changed: tokio::sync::watch::channel(0).0,
             status: Mutex::new(ClusterStatus::default()),
             nats: AtomicBool::new(false),
             ready: AtomicBool::new(false),
@@ -173,6 +176,11 @@ impl Shared {
             });
         }
         s
+    }
+
+    /// Tells the bridge that the hub's claims changed.
+    pub fn claims_changed(&self) {
+        self.claims_changed.send_modify(|n| *n += 1);
     }
 
     fn set_status(&self, f: impl FnOnce(&mut ClusterStatus)) {

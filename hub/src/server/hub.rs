@@ -955,6 +955,28 @@ impl Hub {
         let _ = self.cluster.set(shared);
     }
 
+    /// Whether a live connection here has claimed `tag` (its news is this hub's own).
+    pub fn claimed_here(&self, tag: &str) -> bool {
+        matches!(
+            self.lock("claimed_here").claims.owner(tag, Instant::now()),
+            Owner::Conn(_)
+        )
+    }
+
+    /// Ends a claim the cluster gave to another hub's agent: the claimer's
+    /// connection is closed with `owned` and `why` (it claims again later and
+    /// is refused while the other lease lives).
+    pub fn lose_claim(&self, prefix: &str, why: &str) {
+        let st = self.lock("lose_claim");
+        let Some((_, conn)) = st.claims.live().find(|(p, _)| *p == prefix) else {
+            return;
+        };
+        if let Some(c) = st.conn(conn) {
+            tracing::warn!(%prefix, agent = %c.ident.name, "claim lost to the cluster: {why}");
+            c.outbox.end_with(Bytes::from(ErrorCode::Owned.frame(why)));
+        }
+    }
+
     /// The live claims: prefix, the claimer's principal and its name.
     pub fn live_claims(&self) -> Vec<(String, Arc<str>, Arc<str>)> {
         let st = self.lock("live_claims");
@@ -1319,7 +1341,16 @@ impl Hub {
         }
         if !st.claims.is_empty() {
             let principal = &c.ident.principal;
-            if let Err(owner) = st.claims.may_publish(tag, conn, principal, Instant::now()) {
+            let bridge = st.cluster_conn == Some(conn);
+            if let Err(owner) = st
+                .claims
+                .may_publish(tag, conn, principal, Instant::now())
+                .or_else(|o| match o {
+                    // A device whose agent moved to another hub: its news comes from there.
+                    Owner::Reserved(_) if bridge => Ok(()),
+                    o => Err(o),
+                })
+            {
                 let by = match owner {
                     Owner::Conn(o) => format!("claimed by `{}`", st.name_of(o)),
                     Owner::Reserved(p) => format!("reserved for {p}, which is not connected"),
@@ -1402,7 +1433,7 @@ impl Hub {
         if let Some(why) = self
             .cluster
             .get()
-            .and_then(|cl| cl.leases.conflict(prefix, &principal, Instant::now()))
+            .and_then(|cl| cl.leases.conflict(prefix, Instant::now()))
         {
             st.audit("claim_refused", who, prefix.to_owned(), why.clone());
             return Err(OpError::new(ErrorCode::Owned, why));
@@ -1415,8 +1446,7 @@ impl Hub {
                 st.audit("claim", who, prefix.to_owned(), "claimed".into());
                 drop(st);
                 if let Some(cl) = self.cluster.get() {
-                    cl.claims_changed.notify_waiters();
-                    cl.claims_changed.notify_one();
+                    cl.claims_changed();
                 }
                 return Ok(());
             }
@@ -1580,7 +1610,19 @@ impl Hub {
             },
             None => Arc::from("http"),
         };
-        let responder = match st.claims.owner(tag, Instant::now()) {
+        let remote = st.cluster_conn.filter(|b| {
+            Some(*b) != conn
+                && self
+                    .cluster
+                    .get()
+                    .is_some_and(|cl| cl.leases.remote_owner(tag, Instant::now()))
+        });
+        let owner = match (st.claims.owner(tag, Instant::now()), remote) {
+            // Reserved here, but its agent is live on another hub.
+            (Owner::Reserved(_) | Owner::Nobody, Some(bridge)) => Owner::Conn(bridge),
+            (o, _) => o,
+        };
+        let responder = match owner {
             Owner::Conn(owner) => Some(owner).filter(|o| Some(*o) != conn),
             Owner::Reserved(p) => {
                 Metrics::inc(&self.metrics.requests_no_responder);
@@ -1843,8 +1885,7 @@ impl Hub {
         }
         if !c.claims.is_empty() {
             if let Some(cl) = self.cluster.get() {
-                cl.claims_changed.notify_waiters();
-                cl.claims_changed.notify_one();
+                cl.claims_changed();
             }
         }
         for p in &c.patterns {

@@ -82,7 +82,13 @@ async fn open(opts: &ClientBuilder) -> Result<(Stream, BytesMut, Welcome), Error
                     .store(at, std::sync::atomic::Ordering::Relaxed);
                 return Ok(open);
             }
-            Err(e @ Error::Hub(_)) => return Err(e),
+            // Refused for who this client is: every hub of the cluster would say the same.
+            Err(e @ Error::Hub(_))
+                if e.code()
+                    .is_some_and(|c| c == "unauthorized" || c == "forbidden") =>
+            {
+                return Err(e)
+            }
             Err(e) => {
                 tracing::debug!(hub = %addrs[at], "cannot connect, trying the next hub: {e}");
                 last = Some(e);
