@@ -435,6 +435,7 @@ impl Runner {
                 .entry(name.clone())
                 .or_default()
                 .remove(&run.id);
+            publish(&bus, &run).await;
             runner.keep(&bus, run.id).await;
             tracing::info!(scene = %name, run = run.id, status = %run.status, "scene run ended");
         });
@@ -595,7 +596,8 @@ async fn execute(
     }
     .into();
     run.finished = Some(now_ms());
-    publish(bus, &run).await;
+    // Published by the caller once the run is no longer under way, so a
+    // reader who sees it ended can run the scene again or not cancel it.
     run
 }
 
