@@ -185,6 +185,18 @@ async fn hubs_share_state_commands_and_claims_over_nats() {
         d["proj-1"].state_text("power") == "on"
     })
     .await;
+    // And through B's HTTP API, as a console does: the confirmed state comes back.
+    let res = reqwest::Client::new()
+        .patch(format!("{b_http}api/devices/proj-1"))
+        .json(&serde_json::json!({"input": "hdmi2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let confirmed: Value = res.json().await.unwrap();
+    assert_eq!(confirmed["input"], "hdmi2", "{confirmed}");
+    let state: Value = serde_json::from_str(&sim.control("state").await).unwrap();
+    assert_eq!(state["input"], "32", "HDMI 2 on the projector: {state}");
 
     // A second agent's claim through B is refused: the device is owned
     // cluster-wide. With the same name (a token shared by mistake) too.
