@@ -109,6 +109,16 @@ impl Link {
     /// A new connection of the hub's own, named `name` (the MQTT bridge
     /// has its own, so its traffic does not queue behind automation's).
     pub async fn client(&self, name: &str) -> Result<Client, OpError> {
+        self.client_with(name, |b| b).await
+    }
+
+    /// [`Link::client`] with the builder adjusted by `tune` (a bigger
+    /// subscription queue for the cluster bridge).
+    pub async fn client_with(
+        &self,
+        name: &str,
+        tune: impl FnOnce(ClientBuilder) -> ClientBuilder,
+    ) -> Result<Client, OpError> {
         let Some(addr) = self.addr.get() else {
             return Err(OpError::new(
                 ErrorCode::Unavailable,
@@ -119,7 +129,7 @@ impl Link {
         if let Some(tls) = self.tls.get() {
             builder = builder.tls(tls.clone());
         }
-        let client = builder
+        let client = tune(builder)
             .name(name)
             .token(self.token.clone())
             .connect_timeout(CONNECT_TIMEOUT)

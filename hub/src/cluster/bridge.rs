@@ -41,8 +41,15 @@ use crate::server::Hub;
 const PUTS_IN_FLIGHT: usize = 64;
 /// Requests forwarded to other hubs at once.
 const REQUESTS_IN_FLIGHT: usize = 4096;
-/// How long a plain message may wait for room in NATS' queue before it is dropped.
-const PUBLISH_WAIT: Duration = Duration::from_millis(50);
+/// How long a plain message may wait for room in NATS' queue before it is
+/// dropped (meanwhile the hub's messages wait in the bridge's bounded
+/// subscription, which is what holds a burst).
+const PUBLISH_WAIT: Duration = Duration::from_secs(1);
+/// Commands queued for the NATS connection, and messages per NATS subscription.
+const NATS_QUEUE: usize = 65_536;
+/// The hub's messages waiting for the cluster in the bridge (a burst beyond
+/// it is dropped and counted).
+const LOCAL_QUEUE: usize = 262_144;
 /// How often failed writes are tried again.
 const RETRY: Duration = Duration::from_secs(1);
 /// Tags that stay with their hub: its automation's definitions, runs and alerts.
@@ -107,7 +114,11 @@ async fn run_once(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let local = loop {
-        match hub.automation_link().client(BRIDGE_NAME).await {
+        match hub
+            .automation_link()
+            .client_with(BRIDGE_NAME, |b| b.subscription_capacity(LOCAL_QUEUE))
+            .await
+        {
             Ok(c) => break c,
             Err(e) => tracing::warn!(
                 "the cluster bridge cannot reach its hub, retrying: {}",
@@ -237,6 +248,8 @@ async fn connect(cfg: &ClusterConfig, shared: &Arc<Shared>) -> Result<async_nats
     let mut opts = async_nats::ConnectOptions::new()
         .name(format!("patchbay-hub {}", shared.me))
         .no_echo()
+        .client_capacity(NATS_QUEUE)
+        .subscription_capacity(NATS_QUEUE)
         .retry_on_initial_connect()
         .event_callback(move |event| {
             let shared = events.clone();

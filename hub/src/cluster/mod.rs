@@ -109,8 +109,10 @@ pub struct ClusterStatus {
     pub error: Option<String>,
     /// Local changes not yet written to the cluster (they are written when it returns).
     pub unsynced: usize,
-    /// Messages for the cluster dropped while it was away (beyond the bound).
+    /// Plain messages for the cluster dropped: NATS' queue stayed full (while it was away, or slower than this hub).
     pub dropped: u64,
+    /// Messages of this hub dropped before the bridge took them: a burst beyond its queue (262,144 messages).
+    pub dropped_queue: u64,
     /// Leases known cluster-wide.
     pub leases: usize,
 }
