@@ -213,6 +213,19 @@ async fn hubs_share_state_commands_and_claims_over_nats() {
         );
     }
 
+    // A request nobody answers on any hub: no_responder, saying so.
+    let asker = ClientBuilder::new(b.addr())
+        .name("asker")
+        .connect()
+        .await
+        .unwrap();
+    let e = asker
+        .request("svc/nobody/set", &Body::from(serde_json::json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("no_responder"), "{e}");
+    assert!(e.to_string().contains("any hub of the cluster"), "{e}");
+
     // A plain (not retained) message through A reaches a subscriber on B.
     let listener = ClientBuilder::new(b.addr())
         .name("ear")
