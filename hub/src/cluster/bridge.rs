@@ -39,6 +39,8 @@ use crate::server::Hub;
 
 /// Retained writes to the bucket in flight at once.
 const PUTS_IN_FLIGHT: usize = 64;
+/// How long a request waits for the owner's hub to come back to NATS.
+const OWNER_RECONNECT: Duration = Duration::from_secs(5);
 /// Requests forwarded to other hubs at once.
 const REQUESTS_IN_FLIGHT: usize = 4096;
 /// How long a plain message may wait for room in NATS' queue before it is
@@ -786,14 +788,32 @@ async fn forward_requests(ctx: Arc<Ctx>) {
                 headers.insert(H_CID, cid);
             }
             let timeout = Duration::from_millis(ctx.hub.config().max_request_timeout_ms);
-            let request = async_nats::Request::new()
-                .payload(Bytes::copy_from_slice(r.body()))
-                .headers(headers)
-                .timeout(Some(timeout));
-            let sent = ctx
-                .nats
-                .send_request(subject(&format!("{}q", ctx.cfg.prefix), &t), request)
-                .await;
+            let to = subject(&format!("{}q", ctx.cfg.prefix), &t);
+            let payload = Bytes::copy_from_slice(r.body());
+            // "No responders" while a live lease says another hub owns the
+            // tag: that hub is reconnecting to NATS (its node died); ask
+            // again for a little while before saying nobody answers.
+            let patience = tokio::time::Instant::now() + OWNER_RECONNECT;
+            let sent = loop {
+                let request = async_nats::Request::new()
+                    .payload(payload.clone())
+                    .headers(headers.clone())
+                    .timeout(Some(timeout));
+                let sent = ctx.nats.send_request(to.clone(), request).await;
+                match &sent {
+                    Err(e)
+                        if e.kind() == async_nats::RequestErrorKind::NoResponders
+                            && tokio::time::Instant::now() < patience
+                            && ctx
+                                .shared
+                                .leases
+                                .remote_owner(&t, tokio::time::Instant::now()) =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    _ => break sent,
+                }
+            };
             let result = match sent {
                 Ok(reply) => match reply.headers.as_ref().and_then(|h| h.get(H_ERROR)) {
                     Some(_) => match serde_json::from_slice::<ErrorBody>(&reply.payload) {
