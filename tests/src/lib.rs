@@ -238,7 +238,17 @@ impl Watcher {
         what: &str,
         pred: impl Fn(&BTreeMap<String, DeviceView>) -> bool,
     ) {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        self.until_within(WAIT, what, pred).await
+    }
+
+    /// [`Watcher::until`] with its own limit (paths through other processes, such as a cluster).
+    pub async fn until_within(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&BTreeMap<String, DeviceView>) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + limit;
         while !pred(&self.devices) {
             let m = tokio::time::timeout_at(deadline, self.sub.next())
                 .await

@@ -14,6 +14,16 @@ use patchbay_tests::{agent, cli, online, pjlink_sim, temp_dir, temp_file, Proc, 
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
+/// How long a change may take to cross the cluster while the tests load this machine.
+const CROSS: Duration = Duration::from_secs(60);
+
+/// The cluster tests run one at a time: each starts three NATS servers and
+/// two hubs, and together they would starve each other on a small machine.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -151,6 +161,7 @@ fn agent_config(hubs: &str, name: &str, sim: &str) -> PathBuf {
 
 #[tokio::test]
 async fn hubs_share_state_commands_and_claims_over_nats() {
+    let _turn = one_at_a_time().await;
     let mut nats = NatsCluster::start().await;
     let urls = nats.urls();
     let (a, a_http) = hub(&urls, "a").await;
@@ -162,11 +173,13 @@ async fn hubs_share_state_commands_and_claims_over_nats() {
     let mut sim = pjlink_sim("127.0.0.1:0", &["--warmup-ms", "200"]).await;
     let _agent = agent(&agent_config(&a.addr(), "rack-a", &sim.addr()));
     let mut on_b = Watcher::new(&b.addr()).await;
-    on_b.until("proj-1 online, seen on hub B", |d| online(d, "proj-1"))
-        .await;
+    on_b.until_within(CROSS, "proj-1 online, seen on hub B", |d| {
+        online(d, "proj-1")
+    })
+    .await;
     // A late joiner on B gets it in its snapshot.
     let mut late = Watcher::new(&b.addr()).await;
-    late.until("proj-1 in a late joiner's snapshot on B", |d| {
+    late.until_within(CROSS, "proj-1 in a late joiner's snapshot on B", |d| {
         online(d, "proj-1") && d["proj-1"].state.is_some()
     })
     .await;
@@ -181,7 +194,7 @@ async fn hubs_share_state_commands_and_claims_over_nats() {
     );
     let state: Value = serde_json::from_str(&sim.control("state").await).unwrap();
     assert_eq!(state["power"], "on");
-    on_b.until("power on, seen on B", |d| {
+    on_b.until_within(CROSS, "power on, seen on B", |d| {
         d["proj-1"].state_text("power") == "on"
     })
     .await;
@@ -259,7 +272,7 @@ async fn hubs_share_state_commands_and_claims_over_nats() {
     )
     .await;
     assert!(ok, "{err}");
-    on_b.until("power off through the remaining nodes", |d| {
+    on_b.until_within(CROSS, "power off through the remaining nodes", |d| {
         d["proj-1"].state_text("power") == "off"
     })
     .await;
@@ -321,12 +334,13 @@ async fn hubs_share_state_commands_and_claims_over_nats() {
     }
     health_until(&a_http, "hub a whole again", |v| v["status"] == "ok").await;
     late_b
-        .until("proj-1 still there on B", |d| online(d, "proj-1"))
+        .until_within(CROSS, "proj-1 still there on B", |d| online(d, "proj-1"))
         .await;
 }
 
 #[tokio::test]
 async fn agents_move_to_another_hub_when_theirs_dies() {
+    let _turn = one_at_a_time().await;
     let nats = NatsCluster::start().await;
     let urls = nats.urls();
     let (a, a_http) = hub(&urls, "a").await;
@@ -338,7 +352,7 @@ async fn agents_move_to_another_hub_when_theirs_dies() {
     let hubs = format!("{},{}", a.addr(), b.addr());
     let _agent = agent(&agent_config(&hubs, "rack-a", &sim.addr()));
     let mut on_b = Watcher::new(&b.addr()).await;
-    on_b.until("proj-1 online, seen on B", |d| online(d, "proj-1"))
+    on_b.until_within(CROSS, "proj-1 online, seen on B", |d| online(d, "proj-1"))
         .await;
     // Hub A dies (kill -9): the agent reconnects to B, claims again and
     // publishes again; the device is online and controllable through B.
@@ -363,7 +377,7 @@ async fn agents_move_to_another_hub_when_theirs_dies() {
     let (ok, _, err) = cli(&b.addr(), &["set", "proj-1", "power=off"]).await;
     assert!(ok, "{err}");
     let mut late = Watcher::new(&b.addr()).await;
-    late.until("proj-1 online on B after the lease time", |d| {
+    late.until_within(CROSS, "proj-1 online on B after the lease time", |d| {
         online(d, "proj-1")
     })
     .await;
@@ -371,6 +385,7 @@ async fn agents_move_to_another_hub_when_theirs_dies() {
 
 #[tokio::test]
 async fn a_dead_hubs_devices_go_offline_when_its_leases_expire() {
+    let _turn = one_at_a_time().await;
     let nats = NatsCluster::start().await;
     let urls = nats.urls();
     let (a, a_http) = hub(&urls, "a").await;
@@ -381,11 +396,11 @@ async fn a_dead_hubs_devices_go_offline_when_its_leases_expire() {
     // This agent knows only hub A.
     let _agent = agent(&agent_config(&a.addr(), "rack-a", &sim.addr()));
     let mut on_b = Watcher::new(&b.addr()).await;
-    on_b.until("proj-1 online, seen on B", |d| online(d, "proj-1"))
+    on_b.until_within(CROSS, "proj-1 online, seen on B", |d| online(d, "proj-1"))
         .await;
     a.kill().await;
     // No last will from a killed hub; its lease expires (2 s) and B says why.
-    on_b.until("proj-1 offline because its hub is gone", |d| {
+    on_b.until_within(CROSS, "proj-1 offline because its hub is gone", |d| {
         d.get("proj-1").is_some_and(|v| {
             !v.is_online()
                 && v.reason()

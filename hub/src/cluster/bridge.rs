@@ -39,6 +39,8 @@ use crate::server::Hub;
 
 /// Retained writes to the bucket in flight at once.
 const PUTS_IN_FLIGHT: usize = 64;
+/// How often a quiet watch is compared with its bucket.
+const STALL_CHECK: Duration = Duration::from_secs(3);
 /// How long a request waits for the owner's hub to come back to NATS.
 const OWNER_RECONNECT: Duration = Duration::from_secs(5);
 /// Requests forwarded to other hubs at once.
@@ -189,6 +191,7 @@ async fn run_once(
         shared,
         local,
         nats,
+        js,
         retained,
         leases,
         own: std::sync::Mutex::new(HashMap::new()),
@@ -350,6 +353,7 @@ struct Ctx {
     shared: Arc<Shared>,
     local: Client,
     nats: async_nats::Client,
+    js: jetstream::Context,
     retained: kv::Store,
     leases: kv::Store,
     own: std::sync::Mutex<OwnWrites>,
@@ -489,6 +493,7 @@ async fn inbound_plain(ctx: Arc<Ctx>) {
 /// `apply` takes each entry.
 async fn watch_bucket(ctx: &Ctx, store: &kv::Store, what: &str, mut apply: impl FnMut(kv::Entry)) {
     let mut epoch = ctx.shared.epoch.subscribe();
+    let stream = format!("KV_{}_{what}", ctx.cfg.prefix);
     loop {
         epoch.mark_unchanged();
         let mut watch = match store.watch_with_history(">").await {
@@ -499,14 +504,41 @@ async fn watch_bucket(ctx: &Ctx, store: &kv::Store, what: &str, mut apply: impl 
                 continue;
             }
         };
+        let mut last_revision = 0;
+        let mut last_entry = tokio::time::Instant::now();
+        let mut check = tokio::time::interval(STALL_CHECK);
+        check.tick().await;
         loop {
             tokio::select! {
                 entry = watch.next() => match entry {
-                    Some(Ok(entry)) => apply(entry),
-                    Some(Err(e)) => tracing::debug!("{what} watch: {e}"),
+                    Some(Ok(entry)) => {
+                        last_revision = last_revision.max(entry.revision);
+                        last_entry = tokio::time::Instant::now();
+                        apply(entry);
+                    }
+                    Some(Err(e)) => {
+                        tracing::info!("the {what} watch failed, watching again: {e}");
+                        break;
+                    }
                     None => break,
                 },
                 _ = epoch.changed() => break,
+                // A watch whose consumer was on a server that died (while this
+                // hub's own connection did not drop) goes quiet for good: when
+                // the bucket has moved on and nothing came, watch again.
+                _ = check.tick() => {
+                    if last_entry.elapsed() < STALL_CHECK {
+                        continue;
+                    }
+                    let newer = match ctx.js.get_stream(&stream).await {
+                        Ok(mut s) => s.info().await.map(|i| i.state.last_sequence > last_revision).unwrap_or(false),
+                        Err(_) => false,
+                    };
+                    if newer {
+                        tracing::info!("the {what} watch fell behind the bucket, watching again");
+                        break;
+                    }
+                }
             }
         }
     }
