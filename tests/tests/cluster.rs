@@ -150,6 +150,15 @@ fn joined(v: &Value) -> bool {
     v["cluster"]["connected"] == true
 }
 
+/// Hubs `a` and `b` in the cluster, once both say they joined it.
+async fn two_hubs(urls: &str) -> ((Proc, String), (Proc, String)) {
+    let a = hub(urls, "a").await;
+    let b = hub(urls, "b").await;
+    health_until(&a.1, "hub a in the cluster", joined).await;
+    health_until(&b.1, "hub b in the cluster", joined).await;
+    (a, b)
+}
+
 fn agent_config(hubs: &str, name: &str, sim: &str) -> PathBuf {
     temp_file(
         &format!("cluster-agent-{name}-{}.toml", free_port()),
@@ -164,10 +173,7 @@ async fn hubs_share_state_commands_and_claims_over_nats() {
     let _turn = one_at_a_time().await;
     let mut nats = NatsCluster::start().await;
     let urls = nats.urls();
-    let (a, a_http) = hub(&urls, "a").await;
-    let (b, b_http) = hub(&urls, "b").await;
-    health_until(&a_http, "hub a in the cluster", joined).await;
-    health_until(&b_http, "hub b in the cluster", joined).await;
+    let ((a, a_http), (b, b_http)) = two_hubs(&urls).await;
 
     // An agent on hub A; its device is seen on hub B.
     let mut sim = pjlink_sim("127.0.0.1:0", &["--warmup-ms", "200"]).await;
@@ -343,10 +349,7 @@ async fn agents_move_to_another_hub_when_theirs_dies() {
     let _turn = one_at_a_time().await;
     let nats = NatsCluster::start().await;
     let urls = nats.urls();
-    let (a, a_http) = hub(&urls, "a").await;
-    let (b, b_http) = hub(&urls, "b").await;
-    health_until(&a_http, "hub a in the cluster", joined).await;
-    health_until(&b_http, "hub b in the cluster", joined).await;
+    let ((a, _), (b, _)) = two_hubs(&urls).await;
     let sim = pjlink_sim("127.0.0.1:0", &[]).await;
     // The agent knows both hubs and starts on A.
     let hubs = format!("{},{}", a.addr(), b.addr());
@@ -388,10 +391,7 @@ async fn a_dead_hubs_devices_go_offline_when_its_leases_expire() {
     let _turn = one_at_a_time().await;
     let nats = NatsCluster::start().await;
     let urls = nats.urls();
-    let (a, a_http) = hub(&urls, "a").await;
-    let (b, b_http) = hub(&urls, "b").await;
-    health_until(&a_http, "hub a in the cluster", joined).await;
-    health_until(&b_http, "hub b in the cluster", joined).await;
+    let ((a, _), (b, _)) = two_hubs(&urls).await;
     let sim = pjlink_sim("127.0.0.1:0", &[]).await;
     // This agent knows only hub A.
     let _agent = agent(&agent_config(&a.addr(), "rack-a", &sim.addr()));
