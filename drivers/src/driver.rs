@@ -7,7 +7,7 @@ use crate::line::LineDriver;
 use crate::panasonic::Panasonic;
 use crate::pjlink::Pjlink;
 use crate::DriverError;
-use patchbay_client::schema::{Description, DeviceEvent, State};
+use patchbay_client::schema::{Description, DeviceEvent, SchemaError, State};
 
 /// What every device driver does.
 pub trait Driver: Send {
@@ -31,6 +31,25 @@ pub trait Driver: Send {
     fn needs_redescribe(&self) -> bool {
         false
     }
+}
+
+/// The wire code of input `id` in a driver's table of (id, code) pairs, or
+/// the schema error naming the ids it has.
+pub(crate) fn input_code<'a>(
+    table: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+    id: &str,
+) -> Result<String, DriverError> {
+    table
+        .clone()
+        .find(|(i, _)| *i == id)
+        .map(|(_, code)| code.to_owned())
+        .ok_or_else(|| {
+            DriverError::Schema(SchemaError::InvalidValue {
+                setting: "input".into(),
+                value: format!("{id:?}"),
+                allowed: table.map(|(i, _)| i).collect::<Vec<_>>().join(", "),
+            })
+        })
 }
 
 /// Follows a projector's power through a warm-up or cool-down: reports each

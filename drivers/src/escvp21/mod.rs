@@ -15,12 +15,11 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::driver::{Progress, Transition};
+use crate::driver::{input_code, Progress, Transition};
 use crate::lineio::LineIo;
 use crate::transport::Transport;
 use crate::DriverError;
 use codec::{NetStatus, PowerCode};
-use patchbay_client::schema::SchemaError;
 use patchbay_client::schema::{Description, DeviceEvent, Kind, Level, Setting, State};
 
 /// Tunables for the ESC/VP21 driver.
@@ -369,25 +368,8 @@ impl Escvp21 {
             confirmed = self.poll().await?;
         }
         if let Some(input) = desired.get("input").and_then(Value::as_str) {
-            let code = self
-                .opts
-                .sources
-                .iter()
-                .find(|(id, _)| id == input)
-                .map(|(_, c)| c.clone())
-                .ok_or_else(|| {
-                    DriverError::Schema(SchemaError::InvalidValue {
-                        setting: "input".into(),
-                        value: format!("{input:?}"),
-                        allowed: self
-                            .opts
-                            .sources
-                            .iter()
-                            .map(|(id, _)| id.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    })
-                })?;
+            let sources = self.opts.sources.iter();
+            let code = input_code(sources.map(|(id, c)| (id.as_str(), c.as_str())), input)?;
             self.set(&format!("SOURCE {code}"), self.opts.command_timeout)
                 .await?;
             confirmed.insert("input".into(), json!(self.read_source().await?));

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::driver::{Progress, Transition};
+use crate::driver::{input_code, Progress, Transition};
 use crate::lineio::LineIo;
 use crate::transport::Transport;
 use crate::DriverError;
 use codec::Greeting;
-use patchbay_client::schema::{Description, DeviceEvent, Kind, SchemaError, Setting, State};
+use patchbay_client::schema::{Description, DeviceEvent, Kind, Setting, State};
 
 /// Tunables for the Panasonic driver.
 #[derive(Debug, Clone)]
@@ -244,21 +244,7 @@ impl Panasonic {
             confirmed = self.poll().await?;
         }
         if let Some(input) = desired.get("input").and_then(Value::as_str) {
-            let code = codec::INPUTS
-                .iter()
-                .find(|(id, _)| *id == input)
-                .map(|(_, c)| *c)
-                .ok_or_else(|| {
-                    DriverError::Schema(SchemaError::InvalidValue {
-                        setting: "input".into(),
-                        value: format!("{input:?}"),
-                        allowed: codec::INPUTS
-                            .iter()
-                            .map(|(id, _)| *id)
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    })
-                })?;
+            let code = input_code(codec::INPUTS.iter().copied(), input)?;
             self.set(&format!("IIS:{code}")).await?;
             confirmed.insert("input".into(), json!(self.input().await?));
         }

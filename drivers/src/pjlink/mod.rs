@@ -15,12 +15,11 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use crate::driver::{Progress, Transition};
+use crate::driver::{input_code, Progress, Transition};
 use crate::lineio::LineIo;
 use crate::transport::Transport;
 use crate::DriverError;
 use codec::Greeting;
-use patchbay_client::schema::SchemaError;
 use patchbay_client::schema::{Description, DeviceEvent, Kind, Level, Setting, State};
 
 /// Tunables for the PJLink driver.
@@ -475,23 +474,8 @@ impl Pjlink {
             confirmed = self.poll().await?;
         }
         if let Some(input) = desired.get("input").and_then(Value::as_str) {
-            let code = self
-                .inputs
-                .iter()
-                .find(|(_, id)| id == input)
-                .map(|(c, _)| c.clone())
-                .ok_or_else(|| {
-                    DriverError::Schema(SchemaError::InvalidValue {
-                        setting: "input".into(),
-                        value: format!("{input:?}"),
-                        allowed: self
-                            .inputs
-                            .iter()
-                            .map(|(_, id)| id.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    })
-                })?;
+            let inputs = self.inputs.iter();
+            let code = input_code(inputs.map(|(c, id)| (id.as_str(), c.as_str())), input)?;
             self.set(codec::input_class(&code), "INPT", &code).await?;
             confirmed.insert("input".into(), json!(self.read_input().await?));
         }
