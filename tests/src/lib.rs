@@ -145,6 +145,23 @@ pub async fn hub() -> Proc {
     .await
 }
 
+/// A hub process started with the configuration file `config`, on free ports.
+pub async fn hub_with_config(config: &std::path::Path) -> Proc {
+    let config = config.to_str().expect("a UTF-8 path");
+    Proc::start(
+        "patchbay-hub",
+        &[
+            "--config",
+            config,
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .await
+}
+
 /// A PJLink simulator process; `addr` may be `127.0.0.1:0`.
 pub async fn pjlink_sim(addr: &str, extra: &[&str]) -> Proc {
     let mut args = vec!["pjlink", "--listen", addr];

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use patchbay_client::{Body, ClientBuilder};
-use patchbay_tests::{agent, cli, online, pjlink_sim, temp_dir, temp_file, Proc, Watcher, WAIT};
+use patchbay_tests::{
+    agent, cli, hub_with_config, online, pjlink_sim, temp_dir, temp_file, Proc, Watcher, WAIT,
+};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -111,18 +113,7 @@ async fn hub(urls: &str, name: &str) -> (Proc, String) {
         &format!("cluster-hub-{name}-{}.toml", free_port()),
         &format!("[cluster]\nnats = [{urls}]\nreplicas = 3\nlease_ms = 2000\n"),
     );
-    let mut p = Proc::start(
-        "patchbay-hub",
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ],
-    )
-    .await;
+    let mut p = hub_with_config(&config).await;
     let http = p.next_line_last_word().await;
     (p, http)
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use patchbay_client::{Body, RequestOptions};
-use patchbay_tests::{bin, Proc, WAIT};
+use patchbay_tests::{bin, hub_with_config, Proc, WAIT};
 use serde_json::{json, Value};
 use tokio::process::Command;
 
@@ -645,18 +645,7 @@ async fn console_asks_for_a_token_when_the_hub_requires_one() {
         "hub-tokens.toml",
         "[[tokens]]\ntoken = \"viewer-secret\"\nrole = \"viewer\"\n",
     );
-    let mut hub = Proc::start(
-        "patchbay-hub",
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ],
-    )
-    .await;
+    let mut hub = hub_with_config(&cfg).await;
     let console = hub.next_line_last_word().await;
     let (_driver, port) = chromedriver().await;
     let profile =

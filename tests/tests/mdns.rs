@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use patchbay_tests::{cli, temp_file, Proc, Watcher};
+use patchbay_tests::{cli, hub_with_config, temp_file, Watcher};
 
 /// Whether multicast works on loopback here (some sandboxes have no
 /// multicast route): a datagram sent to a group comes back.
@@ -33,18 +33,7 @@ async fn a_hub_is_found_on_the_lan_by_the_cli_and_an_agent() {
         return;
     }
     let config = temp_file("mdns-hub.toml", "mdns = true\n");
-    let mut hub = Proc::start(
-        "patchbay-hub",
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ],
-    )
-    .await;
+    let mut hub = hub_with_config(&config).await;
     let wire = hub.addr();
     let http = hub.next_line_last_word().await;
 

@@ -7,7 +7,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use patchbay_tests::{temp_file, Proc, WAIT};
+use patchbay_tests::{hub_with_config, temp_file, Proc, WAIT};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -429,18 +429,7 @@ async fn odd_ids_are_escaped_and_a_device_that_goes_away_leaves_the_broker() {
         &format!("mqtt-hub-{port}.toml"),
         &format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"patchbay-{port}\"\n"),
     );
-    let hub = Proc::start(
-        "patchbay-hub",
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ],
-    )
-    .await;
+    let hub = hub_with_config(&config).await;
     // The bridge clears the config of the device that is gone, only that one.
     w.topic_where(stale, |m| m.payload.is_empty()).await;
     assert!(!w.topic(foreign).await.payload.is_empty());
@@ -523,18 +512,7 @@ async fn sighup_reloads_the_config_and_turns_the_bridge_on() {
         &format!("reload-hub-{port}.toml"),
         "max_connections = 100\n",
     );
-    let mut hub = Proc::start(
-        "patchbay-hub",
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ],
-    )
-    .await;
+    let mut hub = hub_with_config(&config).await;
     let http = hub.next_line_last_word().await;
     let pid = hub.child.id().unwrap().to_string();
     let hup = || async {

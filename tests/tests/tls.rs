@@ -10,7 +10,7 @@ use patchbay_client::ClientBuilder;
 use patchbay_hub::config::HubConfig;
 use patchbay_hub::tls::TlsConfig;
 use patchbay_tests::pki::{Ca, Leaf};
-use patchbay_tests::{agent, bin, pjlink_sim, temp_dir, temp_file, Proc, WAIT};
+use patchbay_tests::{agent, bin, hub_with_config, pjlink_sim, temp_dir, temp_file, WAIT};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
@@ -91,18 +91,7 @@ async fn an_agent_the_cli_and_openssl_clients_work_over_tls_with_client_certific
             hub_leaf.cert, hub_leaf.key, clients_ca.cert
         ),
     );
-    let mut hub = Proc::start(
-        "patchbay-hub",
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ],
-    )
-    .await;
+    let mut hub = hub_with_config(&config).await;
     assert!(
         hub.first_line.contains("listening with TLS on"),
         "{}",
@@ -519,18 +508,7 @@ async fn a_renewed_certificate_takes_effect_at_reload_and_a_broken_one_is_refuse
             "[tls]\ncert = {cert:?}\nkey = {key:?}\n\n[[tokens]]\nname = \"admin\"\ntoken = \"admin-secret-1\"\nrole = \"admin\"\n"
         ),
     );
-    let mut hub = Proc::start(
-        "patchbay-hub",
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ],
-    )
-    .await;
+    let mut hub = hub_with_config(&config).await;
     let addr = hub.addr();
     let api = hub.next_line_last_word().await;
     let connect = |ca: &Ca| {
