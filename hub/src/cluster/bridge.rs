@@ -729,6 +729,8 @@ async fn keep_leases(ctx: Arc<Ctx>) {
                 }
             }
         }
+        // Cut off ourselves, we cannot tell a dead hub from our own loss.
+        let connected = ctx.shared.status().connected;
         for (prefix, lease) in ctx.shared.leases.all() {
             if lease.value.hub == me && !claims.iter().any(|(p, _, _)| *p == prefix) {
                 // Given back after the claim's grace (its agent may return).
@@ -743,8 +745,7 @@ async fn keep_leases(ctx: Arc<Ctx>) {
             } else if lease.value.hub != me
                 && !ctx.shared.leases.alive(&lease, now)
                 && !claims.iter().any(|(p, _, _)| *p == prefix)
-                // Cut off ourselves, we cannot tell a dead hub from our own loss.
-                && ctx.shared.status().connected
+                && connected
             {
                 expire(&ctx, &prefix, &lease).await;
             }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::tag::is_under;
+use crate::server::claims::{covering, overlapping};
 
 /// A lease's value in the bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,9 +126,7 @@ impl Mirror {
     /// overlaps it (whoever holds it: an agent that moved here from a hub
     /// that died claims again once that hub's lease has expired).
     pub fn conflict(&self, prefix: &str, now: Instant) -> Option<String> {
-        self.map()
-            .iter()
-            .filter(|(p, _)| is_under(p, prefix) || is_under(prefix, p))
+        overlapping(&self.map(), prefix)
             .find(|(_, l)| l.value.hub != self.me && self.alive(l, now))
             .map(|(p, l)| {
                 format!(
@@ -140,9 +138,8 @@ impl Mirror {
 
     /// Whether a live lease on another hub covers `tag` (its requests go to that hub).
     pub fn remote_owner(&self, tag: &str, now: Instant) -> bool {
-        self.map()
-            .iter()
-            .any(|(p, l)| is_under(tag, p) && l.value.hub != self.me && self.alive(l, now))
+        // The longest claimed prefix decides, as for claims on one hub.
+        covering(&self.map(), tag).is_some_and(|l| l.value.hub != self.me && self.alive(l, now))
     }
 
     /// Whether this hub holds the lease on exactly `prefix`.

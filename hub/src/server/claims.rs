@@ -62,7 +62,7 @@ pub struct Claims {
 }
 
 /// The value under the longest prefix of `tag` (itself included) in `map`.
-fn covering<'a, V>(map: &'a BTreeMap<String, V>, tag: &str) -> Option<&'a V> {
+pub(crate) fn covering<'a, V>(map: &'a BTreeMap<String, V>, tag: &str) -> Option<&'a V> {
     if map.is_empty() {
         return None;
     }
@@ -76,7 +76,7 @@ fn covering<'a, V>(map: &'a BTreeMap<String, V>, tag: &str) -> Option<&'a V> {
 }
 
 /// Entries whose prefix is `prefix`, above it or below it.
-fn overlapping<'a, V>(
+pub(crate) fn overlapping<'a, V>(
     map: &'a BTreeMap<String, V>,
     prefix: &'a str,
 ) -> impl Iterator<Item = (&'a String, &'a V)> + 'a {

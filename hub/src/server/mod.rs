@@ -1,7 +1,7 @@
 //! The hub server: shared routing state, per-connection sessions, the TCP
 //! listener and graceful shutdown.
 
-mod claims;
+pub(crate) mod claims;
 mod connection;
 mod hub;
 mod listener;
